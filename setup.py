@@ -1,0 +1,33 @@
+"""tf_bitpruning: learned per-layer bitlengths for tf_keras models (BitPruning)."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = re.search(r'__version__ = "([^"]+)"',
+                    Path(__file__).with_name("tf_bitpruning").joinpath("__init__.py").read_text()).group(1)
+
+setup(
+    name="tf-bitpruning",
+    version=version,
+    description="Learn how many bits every layer needs: BitPruning (arXiv 2002.03090) for tf_keras and tfmot.",
+    long_description=Path(__file__).with_name("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tf_bitpruning", "tf_bitpruning.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tf-keras>=2.21,<2.22",
+        "tensorflow-model-optimization>=0.8,<0.9",
+        "tensorboard>=2.21,<2.22",
+        "numpy",
+        "absl-py",
+    ],
+    extras_require={
+        "litert": ["ai-edge-litert"],
+        "examples": ["scikit-learn", "matplotlib", "ai-edge-litert"],
+        "tests": ["pytest", "scikit-learn", "ai-edge-litert"],
+    },
+    license="Apache-2.0",
+)

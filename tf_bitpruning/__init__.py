@@ -1,0 +1,34 @@
+"""tf_bitpruning: learn how many bits every layer needs (BitPruning, arXiv 2002.03090).
+
+>>> import tf_keras as keras
+>>> import tf_bitpruning as tfbp
+>>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+>>> bp = tfbp.bitprune_model(model, regularization=0.05)
+>>> round(tfbp.average_bits(bp), 1)
+8.0
+"""
+
+from tf_bitpruning.api import (bitprune_annotate_layer, bitprune_annotate_model, bitprune_apply,
+                               bitprune_model, bitprune_scope)
+from tf_bitpruning.configs import BitPruneQuantizeConfig
+from tf_bitpruning.costs import average_bits, bitlengths
+from tf_bitpruning.freeze import freeze_bitlengths
+from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
+from tf_bitpruning.scheme import BitPruneQuantizeScheme
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationBitQuantizer",
+    "BitPruneQuantizeConfig",
+    "BitPruneQuantizeScheme",
+    "WeightBitQuantizer",
+    "average_bits",
+    "bitlengths",
+    "bitprune_annotate_layer",
+    "bitprune_annotate_model",
+    "bitprune_apply",
+    "bitprune_model",
+    "bitprune_scope",
+    "freeze_bitlengths",
+]

@@ -1,0 +1,203 @@
+"""The tfmot-style entry points: annotate, apply, ``bitprune_model``, scope."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import tf_keras as keras
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_annotate as tfmot_annotate
+
+from tf_bitpruning import costs
+from tf_bitpruning.configs import BitPruneQuantizeConfig
+from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer, _ClipParam
+from tf_bitpruning.scheme import BitPruneQuantizeRegistry, BitPruneQuantizeScheme
+
+_tfq = tfmot.quantization.keras
+
+_KERAS3_HELP = (
+    "tf_bitpruning (like tfmot) works with tf_keras (Keras 2) models only, and this is a "
+    "Keras 3 object. Build the model with `import tf_keras as keras` (pip install tf-keras), "
+    "or set TF_USE_LEGACY_KERAS=1 before importing TensorFlow so that tf.keras is Keras 2.")
+
+
+def _is_keras3(obj) -> bool:
+    module = type(obj).__module__
+    return (module == "keras" or module.startswith("keras.")) and not isinstance(obj, keras.layers.Layer)
+
+
+def _check_model(model, what: str) -> None:
+    if model is None:
+        raise ValueError(f"{what}: model is None.")
+    if _is_keras3(model):
+        raise TypeError(f"{what}: {_KERAS3_HELP}")
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{what}: expected a tf_keras Model, got {type(model).__name__}. "
+                        f"Use bitprune_annotate_layer for a single layer.")
+    if not isinstance(model, keras.Sequential) and not model._is_graph_network:
+        raise ValueError(
+            f"{what}: '{model.name}' is a subclassed model ({type(model).__name__}); tfmot can only "
+            f"clone Sequential and functional models. Rebuild it with the functional API "
+            f"(keras.Input -> layers -> keras.Model).")
+    if not model.built:
+        raise ValueError(f"{what}: model '{model.name}' is not built. Give it an input shape "
+                         f"(keras.Input or input_shape=...) or call model.build(input_shape).")
+    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
+    if nested:
+        raise ValueError(
+            f"{what}: model '{model.name}' contains nested model(s) {nested}. Quantizing a model "
+            f"inside a model is not supported (tfmot); flatten it first, for example by calling "
+            f"the inner model's layers directly in one functional model.")
+
+
+def bitprune_annotate_layer(to_annotate: keras.layers.Layer,
+                            quantize_config: Optional[_tfq.QuantizeConfig] = None):
+    """Marks one layer for bit pruning, optionally with its own config.
+
+    Use it for custom layers (give a :class:`BitPruneQuantizeConfig`) or to choose
+    which layers of a model get bit-pruned.
+
+    >>> layer = bitprune_annotate_layer(keras.layers.Dense(10))
+    """
+    if _is_keras3(to_annotate):
+        raise TypeError(f"bitprune_annotate_layer: {_KERAS3_HELP}")
+    if not isinstance(to_annotate, keras.layers.Layer) or isinstance(to_annotate, keras.Model):
+        raise TypeError(f"bitprune_annotate_layer: expected a tf_keras layer, got "
+                        f"{type(to_annotate).__name__}.")
+    if quantize_config is not None and not isinstance(quantize_config, _tfq.QuantizeConfig):
+        raise TypeError(f"bitprune_annotate_layer: quantize_config must be a tfmot QuantizeConfig "
+                        f"(e.g. tfbp.BitPruneQuantizeConfig), got {type(quantize_config).__name__}.")
+    if quantize_config is None:
+        reason = BitPruneQuantizeRegistry().unsupported_reason(to_annotate)
+        if reason:
+            raise ValueError(f"Layer '{to_annotate.name}': {reason}. Pass a "
+                             f"tfbp.BitPruneQuantizeConfig(weight_attrs, activation_attrs, "
+                             f"quantize_output) as quantize_config.")
+    return _tfq.quantize_annotate_layer(to_annotate, quantize_config)
+
+
+def bitprune_annotate_model(to_annotate: keras.Model, skip_layers: Sequence[str] = ()) -> keras.Model:
+    """Marks every layer of a Sequential or functional model for bit pruning.
+
+    Layers already annotated with :func:`bitprune_annotate_layer` keep their
+    config; layers named in ``skip_layers`` stay float. Raises a ``ValueError``
+    naming every layer that has no built-in config.
+    """
+    _check_model(to_annotate, "bitprune_annotate_model")
+    skip = set(skip_layers)
+    unknown = skip - {layer.name for layer in to_annotate.layers}
+    if unknown:
+        raise ValueError(f"bitprune_annotate_model: skip_layers names no layer of the model: {sorted(unknown)}.")
+    registry = BitPruneQuantizeRegistry()
+    problems = []
+    for layer in to_annotate.layers:
+        if layer.name in skip or isinstance(layer, tfmot_annotate.QuantizeAnnotate):
+            continue
+        reason = registry.unsupported_reason(layer)
+        if reason:
+            problems.append(f"  - '{layer.name}' ({type(layer).__name__}): {reason}")
+    if problems:
+        raise ValueError(
+            "bitprune_annotate_model: these layers cannot be bit-pruned automatically:\n"
+            + "\n".join(problems)
+            + "\nEither wrap them with tfbp.bitprune_annotate_layer(layer, tfbp.BitPruneQuantizeConfig(...)) "
+              "before calling this, or leave them in float with skip_layers=[...names...].")
+
+    def annotate(layer):
+        if layer.name in skip or isinstance(layer, (tfmot_annotate.QuantizeAnnotate, keras.layers.InputLayer)):
+            return layer
+        return tfmot_annotate.QuantizeAnnotate(layer)
+
+    with bitprune_scope():
+        return keras.models.clone_model(to_annotate, input_tensors=None, clone_function=annotate)
+
+
+def _check_bits(what: str, bits: Tuple[int, int], lowest: int) -> Tuple[int, int]:
+    try:
+        lo, hi = (int(b) for b in bits)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a pair (min_bits, max_bits), got {bits!r}.") from None
+    if lo > hi:
+        raise ValueError(f"{what}: min_bits={lo} > max_bits={hi}.")
+    if lo < lowest or hi > 16:
+        raise ValueError(f"{what}=({lo}, {hi}) is outside the supported [{lowest}, 16].")
+    return lo, hi
+
+
+def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: str = "uniform", *,
+                   weight_bits: Tuple[int, int] = (2, 8), activation_bits: Tuple[int, int] = (1, 8),
+                   init_bits: float = 8.0, bits_lr_multiplier: float = 10.0,
+                   per_channel_bits: bool = False, quantize_inputs: bool = True) -> keras.Model:
+    """Turns an annotated model into a bit-pruned one (tfmot's ``quantize_apply``
+    with :class:`BitPruneQuantizeScheme`) and attaches the bit loss.
+
+    Args:
+      model: the output of :func:`bitprune_annotate_model` (or a model with
+        layers wrapped by :func:`bitprune_annotate_layer`).
+      regularization: λ, the weight of the average bitlength in the loss.
+      weighting: ``"uniform"``, ``"memory"`` or ``"bops"``, see :mod:`costs`.
+      weight_bits, activation_bits: ``(min_bits, max_bits)`` of the bitlengths.
+      init_bits: starting bitlength of every tensor.
+      bits_lr_multiplier: bitlengths learn this many times faster than weights.
+      per_channel_bits: one bitlength per output channel of every kernel.
+      quantize_inputs: give the model inputs a learned-bitlength quantizer.
+
+    Returns:
+      A new tf_keras model; compile and fit it as usual.
+    """
+    _check_model(model, "bitprune_apply")
+    costs.check_regularization(regularization)
+    costs.check_weighting(weighting)
+    w_lo, w_hi = _check_bits("weight_bits", weight_bits, 2)
+    a_lo, a_hi = _check_bits("activation_bits", activation_bits, 1)
+    for what, lo, hi in (("weight_bits", w_lo, w_hi), ("activation_bits", a_lo, a_hi)):
+        if not lo <= float(init_bits) <= hi:
+            raise ValueError(f"init_bits={init_bits} is outside {what}=({lo}, {hi}).")
+    if not any(isinstance(layer, tfmot_annotate.QuantizeAnnotate) for layer in model.layers):
+        raise ValueError("bitprune_apply: no layer is annotated. Call tfbp.bitprune_annotate_model(model) "
+                         "first, or use tfbp.bitprune_model(model) which does both.")
+    scheme = BitPruneQuantizeScheme(
+        WeightBitQuantizer(w_lo, w_hi, init_bits, bits_lr_multiplier, per_channel_bits=per_channel_bits),
+        ActivationBitQuantizer(a_lo, a_hi, init_bits, bits_lr_multiplier),
+        quantize_inputs=quantize_inputs)
+    with bitprune_scope():
+        quantized = _tfq.quantize_apply(model, scheme)
+    costs.attach_bit_loss(quantized, regularization, weighting)
+    return quantized
+
+
+def bitprune_model(to_prune: keras.Model, regularization: float = 0.05, weighting: str = "uniform", *,
+                   skip_layers: Sequence[str] = (), **options) -> keras.Model:
+    """Bit-prunes a tf_keras model: every kernel and activation gets a learned bitlength.
+
+    ``bitprune_apply(bitprune_annotate_model(model))`` in one call; the options
+    are those of :func:`bitprune_apply`.
+
+    >>> import tf_keras as keras
+    >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+    >>> bp = bitprune_model(model, regularization=0.05)
+    >>> sorted(bitlengths(bp))
+    ['dense/activations', 'dense/weights', 'quantize_layer/activations']
+    """
+    if isinstance(to_prune, keras.Model) and costs.get_bit_loss(to_prune) is not None:
+        raise ValueError(f"Model '{to_prune.name}' is already bit-pruned.")
+    annotated = bitprune_annotate_model(to_prune, skip_layers=skip_layers)
+    return bitprune_apply(annotated, regularization, weighting, **options)
+
+
+def bitprune_scope(*args):
+    """A scope that makes tf_bitpruning's (and tfmot's) classes known to Keras, for
+    loading saved bit-pruned models::
+
+        with tfbp.bitprune_scope():
+            model = keras.models.load_model(path)
+    """
+    objects = {
+        "BitPruneQuantizeConfig": BitPruneQuantizeConfig,
+        "WeightBitQuantizer": WeightBitQuantizer,
+        "ActivationBitQuantizer": ActivationBitQuantizer,
+        "_ClipParam": _ClipParam,
+    }
+    for extra in args:
+        objects.update(extra)
+    return _tfq.quantize_scope(objects)

@@ -1,0 +1,244 @@
+"""Which tensors are quantized, and what each costs.
+
+The one place that walks a bit-pruned model: every later module (bit loss,
+callback, freezing, reports, export) asks :func:`quantized_tensors`.
+
+Weightings of the average bitlength ``R = Σ c_t n_t / Σ c_t``:
+
+- ``"uniform"``: ``c_t = 1``, the average per-tensor bitlength (the paper's metric);
+- ``"memory"``: ``c_t`` = elements (weights: parameters; activations: per example);
+- ``"bops"``: bit-operations ``MACs · n_w · n_a_in`` of every kernel, reported as
+  the equivalent bitlength ``sqrt(Σ MACs n_w n_a / Σ MACs)`` so that it reads in
+  bits like the other two (a model at b bits everywhere scores b).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
+
+from tf_bitpruning.quantizers import BitlengthQuantizer
+
+WEIGHTINGS = ("uniform", "memory", "bops")
+KINDS = (None, "weights", "activations")
+# Bits assumed for a kernel whose input is not quantized (a float input).
+FLOAT_BITS = 32.0
+
+
+@dataclasses.dataclass(eq=False)
+class QuantizedTensor:
+    """One quantized tensor of a bit-pruned model and its cost."""
+
+    name: str            # "conv2d/weights", "conv2d/activations"
+    layer: str           # the user's layer name, "conv2d"
+    kind: str            # "weights" or "activations"
+    quantizer: BitlengthQuantizer
+    variables: Dict[str, tf.Variable]
+    elements: int        # weights: parameters; activations: elements per example
+    macs: int = 0        # weights: multiply-accumulates per example
+    input: Optional["QuantizedTensor"] = None  # weights: the activation feeding the layer
+
+    @property
+    def bits_variable(self) -> tf.Variable:
+        return self.variables["bits"]
+
+    def bits(self) -> tf.Tensor:
+        """The bitlength ``n`` (mean over channels for per-channel bitlengths)."""
+        return tf.reduce_mean(self.quantizer.bitlength(self.variables))
+
+    def input_bits(self) -> tf.Tensor:
+        return self.input.bits() if self.input is not None else tf.constant(FLOAT_BITS)
+
+
+def _output_elements(layer) -> int:
+    shape = layer.get_output_shape_at(0)
+    if isinstance(shape, list):
+        shape = shape[0]
+    return int(np.prod([d for d in shape[1:]]))
+
+
+def _producer(layer):
+    """The layer feeding ``layer``'s (first) input, or None at a model input."""
+    if not layer._inbound_nodes:
+        return None
+    inbound = tf.nest.flatten(layer._inbound_nodes[0].inbound_layers)
+    return inbound[0] if inbound else None
+
+
+def _activation_tensors(layer) -> List[tuple]:
+    """(quantizer, variables) of the activation quantizers a layer owns."""
+    if isinstance(layer, tfmot_quantize_layer.QuantizeLayer):
+        return [(layer.quantizer, layer.quantizer_vars)] if layer.quantizer else []
+    if not isinstance(layer, quantize_wrapper.QuantizeWrapper):
+        return []
+    found = []
+    for qa in layer._quantize_activations:
+        for attr in ("_pre_activation_vars", "_post_activation_vars"):
+            if hasattr(qa, attr):
+                found.append((qa.quantizer, getattr(qa, attr)))
+    if getattr(layer, "_output_quantizers", None):
+        found.append((layer._output_quantizers[0], layer._output_quantizer_vars))
+    return found
+
+
+def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
+    """Every tensor of ``model`` quantized with a learned bitlength, in layer order."""
+    if not getattr(model, "built", False):
+        return []
+    activations: Dict[str, QuantizedTensor] = {}
+    result: List[QuantizedTensor] = []
+    for layer in model.layers:
+        user_name = layer.layer.name if isinstance(layer, quantize_wrapper.QuantizeWrapper) else layer.name
+        owned = [(q, v) for q, v in _activation_tensors(layer) if isinstance(q, BitlengthQuantizer)]
+        if owned:
+            quantizer, variables = owned[-1]
+            activations[layer.name] = QuantizedTensor(
+                f"{user_name}/activations", user_name, "activations", quantizer, variables,
+                _output_elements(layer))
+
+        weights = []
+        if isinstance(layer, quantize_wrapper.QuantizeWrapper):
+            weights = [(w, q, v) for w, q, v in layer._weight_vars if isinstance(q, BitlengthQuantizer)]
+        if weights:
+            producer = _producer(layer)
+            while producer is not None and producer.name not in activations:
+                producer = _producer(producer)
+            source = activations.get(producer.name) if producer is not None else None
+            out = layer.get_output_shape_at(0)
+            positions = _output_elements(layer) // max(int(out[-1]), 1)
+            for w, q, v in weights:
+                attr = layer._weight_name(w.name)
+                name = f"{user_name}/weights" if len(weights) == 1 else f"{user_name}/{attr}"
+                elements = int(w.shape.num_elements())
+                result.append(QuantizedTensor(name, user_name, "weights", q, v, elements,
+                                              elements * positions, source))
+        if layer.name in activations:
+            result.append(activations[layer.name])
+    return result
+
+
+def _select(tensors, kind):
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    return [t for t in tensors if kind is None or t.kind == kind]
+
+
+def average_bits_tensor(tensors: List[QuantizedTensor], weighting: str = "uniform",
+                        kind: Optional[str] = None) -> tf.Tensor:
+    """The differentiable weighted average bitlength ``R`` (see module doc)."""
+    check_weighting(weighting)
+    if weighting == "bops":
+        if kind == "activations":
+            raise ValueError("weighting='bops' is a cost of kernels and their inputs; "
+                             "use kind=None or kind='weights'.")
+        kernels = [t for t in tensors if t.kind == "weights"]
+        if not kernels:
+            raise ValueError("weighting='bops' needs at least one quantized kernel.")
+        macs = np.array([t.macs for t in kernels], np.float32)
+        bops = tf.add_n([float(m) * t.bits() * t.input_bits() for m, t in zip(macs, kernels)])
+        return tf.sqrt(bops / float(macs.sum()))
+    chosen = _select(tensors, kind)
+    if not chosen:
+        raise ValueError(f"The model has no quantized {kind or 'tensors'} with a learned bitlength.")
+    if weighting == "uniform":
+        return tf.add_n([t.bits() for t in chosen]) / float(len(chosen))
+    total = float(sum(t.elements for t in chosen))
+    return tf.add_n([(t.elements / total) * t.bits() for t in chosen])
+
+
+def check_weighting(weighting: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"Unknown weighting {weighting!r}; use one of {WEIGHTINGS}.")
+
+
+def bitlengths(model: keras.Model) -> Dict[str, float]:
+    """The current bitlength of every quantized tensor, e.g.
+    ``{"conv2d/weights": 5.31, "conv2d/activations": 3.92}``."""
+    tensors = quantized_tensors(model)
+    _require(model, tensors)
+    return {t.name: float(t.bits()) for t in tensors}
+
+
+def average_bits(model: keras.Model, kind: Optional[str] = None, weighting: str = "uniform") -> float:
+    """The weighted average bitlength of ``model``.
+
+    Args:
+      kind: None (all tensors), ``"weights"`` or ``"activations"``.
+      weighting: ``"uniform"``, ``"memory"`` or ``"bops"`` (see :mod:`costs`).
+    """
+    tensors = quantized_tensors(model)
+    _require(model, tensors)
+    return float(average_bits_tensor(tensors, weighting, kind))
+
+
+def _require(model, tensors):
+    if not tensors:
+        raise ValueError(
+            f"Model '{getattr(model, 'name', model)}' has no tensors with a learned bitlength: "
+            f"make it with tfbp.bitprune_model(model) first.")
+
+
+class BitLoss(tf.Module):
+    """``λ · R``: the bit loss attached to a bit-pruned model.
+
+    ``regularization`` (λ) is a variable, so callbacks can change it during
+    ``fit`` and checkpoints keep it.
+    """
+
+    def __init__(self, tensors: List[QuantizedTensor], regularization: float, weighting: str):
+        super().__init__(name="bit_loss")
+        check_regularization(regularization)
+        check_weighting(weighting)
+        self.regularization = tf.Variable(float(regularization), trainable=False,
+                                          dtype=tf.float32, name="regularization")
+        self.weighting = weighting
+        self._inventory = _Inventory(tensors)
+
+    @property
+    def tensors(self) -> List[QuantizedTensor]:
+        return self._inventory.tensors
+
+    def __call__(self) -> tf.Tensor:
+        return self.regularization * average_bits_tensor(self.tensors, self.weighting)
+
+
+class _Inventory:
+    """A plain holder, so the tensor list is not tracked as checkpoint state twice."""
+
+    def __init__(self, tensors):
+        self.tensors = list(tensors)
+
+
+def check_regularization(regularization: float) -> None:
+    if not np.isfinite(regularization) or regularization < 0:
+        raise ValueError(f"regularization (λ) must be a finite number >= 0, got {regularization}.")
+
+
+def attach_bit_loss(model: keras.Model, regularization: float, weighting: str = "uniform") -> BitLoss:
+    """Adds ``λ · R`` to ``model.losses`` (or updates the one already attached)."""
+    existing = get_bit_loss(model)
+    if existing is not None:
+        check_regularization(regularization)
+        check_weighting(weighting)
+        existing.regularization.assign(float(regularization))
+        existing.weighting = weighting
+        return existing
+    tensors = quantized_tensors(model)
+    _require(model, tensors)
+    loss = BitLoss(tensors, regularization, weighting)
+    # Not a Keras attribute: λ must not show up in model.weights / get_weights().
+    object.__setattr__(model, "_bitprune_loss", loss)
+    model._track_trackable(loss, name="bit_loss")
+    model.add_loss(loss)
+    return loss
+
+
+def get_bit_loss(model: keras.Model) -> Optional[BitLoss]:
+    """The :class:`BitLoss` attached to ``model``, if any."""
+    return getattr(model, "_bitprune_loss", None)

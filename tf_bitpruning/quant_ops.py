@@ -1,0 +1,99 @@
+"""The quantizer math: pure TensorFlow, no Keras.
+
+Integer quantizers at a (possibly dynamic) integer bitlength ``b`` and the
+differentiable blend between the two integers around a real bitlength ``n``
+(BitPruning, arXiv 2002.03090):
+
+    Q̂(x; n) = Q(x; b) + α · (Q(x; b + 1) - Q(x; b)),   b = floor(n), α = n - b
+
+Rounding uses a straight-through estimator; ``∂Q̂/∂n = Q(x; b+1) - Q(x; b)`` is
+exact. Every function here accepts ``bits`` as a Python number or a tensor that
+broadcasts against the quantized tensor (one bitlength per tensor or per channel).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import tensorflow as tf
+
+
+def ste_round(x: tf.Tensor) -> tf.Tensor:
+    """Rounds in the forward pass; passes the gradient straight through."""
+    return x + tf.stop_gradient(tf.round(x) - x)
+
+
+def weight_levels(bits) -> tf.Tensor:
+    """Largest integer of the symmetric narrow-range b-bit grid: 2^(b-1) - 1."""
+    return tf.pow(2.0, tf.cast(bits, tf.float32) - 1.0) - 1.0
+
+
+def weight_scale(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None) -> tf.Tensor:
+    """Step ``s = max|w| / (2^(b-1) - 1)``, per tensor (``reduce_axes=None``) or
+    per channel (reduced over ``reduce_axes``, kept as broadcastable dims)."""
+    if reduce_axes is None:
+        max_abs = tf.reduce_max(tf.abs(w))
+    else:
+        max_abs = tf.reduce_max(tf.abs(w), axis=list(reduce_axes), keepdims=True)
+    max_abs = tf.maximum(tf.stop_gradient(max_abs), 1e-12)
+    return max_abs / weight_levels(bits)
+
+
+def quantize_weights_int(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None) -> tf.Tensor:
+    """Symmetric narrow-range quantizer at integer ``bits`` (no gradient).
+
+    ``Q(w; b) = s · clip(round(w / s), -(2^(b-1)-1), 2^(b-1)-1)``; b = 2 is ternary.
+    """
+    w = tf.stop_gradient(w)
+    levels = weight_levels(bits)
+    s = weight_scale(w, bits, reduce_axes)
+    return s * tf.clip_by_value(tf.round(w / s), -levels, levels)
+
+
+def activation_grid(range_min: tf.Tensor, range_max: tf.Tensor, bits):
+    """The asymmetric b-bit grid over ``[min, max]`` with 0 exactly representable.
+
+    Returns ``(lo, step, zero_point)``: grid values are ``lo + step * k`` for
+    ``k = 0 .. 2^b - 1`` and ``k = zero_point`` is exactly 0 (TFLite's nudging).
+    """
+    range_min = tf.minimum(range_min, 0.0)
+    range_max = tf.maximum(range_max, range_min + 1e-6)
+    top = tf.pow(2.0, tf.cast(bits, tf.float32)) - 1.0
+    step = (range_max - range_min) / top
+    zero_point = tf.clip_by_value(tf.round(-range_min / step), 0.0, top)
+    return -zero_point * step, step, zero_point
+
+
+def quantize_activations_int(x: tf.Tensor, range_min: tf.Tensor, range_max: tf.Tensor, bits) -> tf.Tensor:
+    """Asymmetric quantizer at integer ``bits`` (no gradient):
+    ``Q(x; b) = lo + Δ · clip(round((x - lo) / Δ), 0, 2^b - 1)``."""
+    x = tf.stop_gradient(x)
+    lo, step, _ = activation_grid(range_min, range_max, bits)
+    top = tf.pow(2.0, tf.cast(bits, tf.float32)) - 1.0
+    return lo + step * tf.clip_by_value(tf.round((x - lo) / step), 0.0, top)
+
+
+def blend(x: tf.Tensor, quantize_int: Callable[[tf.Tensor], tf.Tensor], n: tf.Tensor,
+          min_bits: int, max_bits: int) -> tf.Tensor:
+    """The differentiable quantizer ``Q̂(x; n)`` around the real bitlength ``n``.
+
+    ``quantize_int(b)`` returns ``Q(x; b)`` without gradient; the result carries
+    the straight-through gradient to ``x`` (identity) and the exact gradient
+    ``Q(x; b+1) - Q(x; b)`` to ``n``. ``b`` is kept in ``[min_bits, max_bits - 1]``
+    so that ``n = max_bits`` gives ``Q(x; max_bits)`` exactly.
+    """
+    n = tf.cast(n, tf.float32)
+    if min_bits == max_bits:
+        return x + tf.stop_gradient(quantize_int(tf.constant(float(min_bits))) - x)
+    b = tf.stop_gradient(tf.clip_by_value(tf.floor(n), float(min_bits), float(max_bits - 1)))
+    alpha = n - b
+    q_lo = quantize_int(b)
+    q_hi = quantize_int(b + 1.0)
+    return x + tf.stop_gradient(q_lo - x) + alpha * tf.stop_gradient(q_hi - q_lo)
+
+
+def fixed(x: tf.Tensor, quantize_int: Callable[[tf.Tensor], tf.Tensor], n: tf.Tensor) -> tf.Tensor:
+    """One integer quantizer at ``round(n)`` with a straight-through gradient
+    (the frozen phase: no interpolation, no gradient to ``n``)."""
+    b = tf.stop_gradient(tf.round(tf.cast(n, tf.float32)))
+    return x + tf.stop_gradient(quantize_int(b) - x)

@@ -1,0 +1,244 @@
+"""tfmot ``Quantizer``s that own a trainable, real-valued bitlength.
+
+Each quantized tensor gets a bitlength variable ``<name>_bits`` created in
+``build()``. It stores ``n / bits_lr_multiplier`` and the forward pass reads
+``n = bits_lr_multiplier · param`` with the gradient of ``n`` passed to the
+parameter unscaled. Hence one optimizer step moves ``n`` by
+``bits_lr_multiplier`` times what it moves a weight: with Adam about
+``multiplier · lr`` per step, with SGD ``multiplier · lr · ∂L/∂n``. A plain
+gradient multiplier would not do this under Adam, whose step ignores gradient
+scale. A weight constraint keeps ``n`` in ``[min_bits, max_bits]``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import tensorflow as tf
+import tf_keras as keras
+from tensorflow_model_optimization.quantization.keras import quantizers as tfmot_quantizers
+
+from tf_bitpruning import quant_ops
+
+
+class _ClipParam(keras.constraints.Constraint):
+    """Keeps the bitlength parameter inside ``[low, high]`` after every step."""
+
+    def __init__(self, low: float, high: float):
+        self.low, self.high = float(low), float(high)
+
+    def __call__(self, w):
+        return tf.clip_by_value(w, self.low, self.high)
+
+    def get_config(self):
+        return {"low": self.low, "high": self.high}
+
+
+class BitlengthQuantizer(tfmot_quantizers.Quantizer):
+    """Base class: the bitlength variable, its reparametrization and the blend."""
+
+    kind = "tensor"  # "weights" or "activations" in subclasses
+
+    def __init__(self, min_bits: int, max_bits: int, init_bits: float = 8.0,
+                 bits_lr_multiplier: float = 10.0, frozen: bool = False):
+        min_bits, max_bits = int(min_bits), int(max_bits)
+        if min_bits < 1 or max_bits > 16 or min_bits > max_bits:
+            raise ValueError(
+                f"{type(self).__name__}: need 1 <= min_bits <= max_bits <= 16, "
+                f"got min_bits={min_bits}, max_bits={max_bits}.")
+        if not min_bits <= float(init_bits) <= max_bits:
+            raise ValueError(
+                f"{type(self).__name__}: init_bits={init_bits} is outside "
+                f"[min_bits, max_bits] = [{min_bits}, {max_bits}].")
+        if not float(bits_lr_multiplier) > 0:
+            raise ValueError(f"bits_lr_multiplier must be > 0, got {bits_lr_multiplier}.")
+        self.min_bits = min_bits
+        self.max_bits = max_bits
+        self.init_bits = float(init_bits)
+        self.bits_lr_multiplier = float(bits_lr_multiplier)
+        self.frozen = bool(frozen)
+
+    # -- the bitlength -------------------------------------------------------
+    def bits_shape(self, tensor_shape) -> Tuple[int, ...]:
+        return ()
+
+    def _build_bits(self, tensor_shape, name: str, layer) -> tf.Variable:
+        k = self.bits_lr_multiplier
+        return layer.add_weight(
+            f"{name}_bits",
+            shape=self.bits_shape(tensor_shape),
+            initializer=keras.initializers.Constant(self.init_bits / k),
+            constraint=_ClipParam(self.min_bits / k, self.max_bits / k),
+            trainable=not self.frozen,
+            aggregation=tf.VariableAggregation.MEAN,
+        )
+
+    def bitlength(self, weights: Dict[str, tf.Variable]) -> tf.Tensor:
+        """The real-valued bitlength ``n`` (integer once frozen)."""
+        param = tf.cast(weights["bits"], tf.float32)
+        k = self.bits_lr_multiplier
+        if self.frozen:
+            return tf.round(param * k)
+        n = param + tf.stop_gradient((k - 1.0) * param)
+        return tf.clip_by_value(n, float(self.min_bits), float(self.max_bits))
+
+    def _quantize(self, x, quantize_int, weights):
+        n = self.bitlength(weights)
+        if self.frozen:
+            return quant_ops.fixed(x, quantize_int, n)
+        return quant_ops.blend(x, quantize_int, n, self.min_bits, self.max_bits)
+
+    def get_config(self):
+        return {
+            "min_bits": self.min_bits,
+            "max_bits": self.max_bits,
+            "init_bits": self.init_bits,
+            "bits_lr_multiplier": self.bits_lr_multiplier,
+            "frozen": self.frozen,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return id(self)
+
+
+class WeightBitQuantizer(BitlengthQuantizer):
+    """Symmetric narrow-range weight quantizer with a learned bitlength.
+
+    Args:
+      min_bits, max_bits: the range of the bitlength (weights need at least 2).
+      init_bits: the starting bitlength.
+      bits_lr_multiplier: how much faster than the weights the bitlength learns.
+      per_channel_scale: one scale ``max|w|`` per output channel (else per tensor).
+      per_channel_bits: one bitlength per output channel (else one per tensor).
+      channel_axes: the kernel axes that index output channels (``(-1,)`` for
+        Dense/Conv, ``(2, 3)`` for DepthwiseConv2D).
+      frozen: one fixed integer quantizer, bitlength not trainable.
+
+    >>> q = WeightBitQuantizer(init_bits=3)
+    """
+
+    kind = "weights"
+
+    def __init__(self, min_bits: int = 2, max_bits: int = 8, init_bits: float = 8.0,
+                 bits_lr_multiplier: float = 10.0, per_channel_scale: bool = False,
+                 per_channel_bits: bool = False, channel_axes: Sequence[int] = (-1,),
+                 frozen: bool = False):
+        if int(min_bits) < 2:
+            raise ValueError(f"WeightBitQuantizer: min_bits must be >= 2 (2 bits is ternary), got {min_bits}.")
+        super().__init__(min_bits, max_bits, init_bits, bits_lr_multiplier, frozen)
+        self.per_channel_scale = bool(per_channel_scale)
+        self.per_channel_bits = bool(per_channel_bits)
+        self.channel_axes = tuple(int(a) for a in channel_axes)
+
+    def _axes(self, rank: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        channel = tuple(sorted(a % rank for a in self.channel_axes))
+        reduce = tuple(a for a in range(rank) if a not in channel)
+        return channel, reduce
+
+    def bits_shape(self, tensor_shape) -> Tuple[int, ...]:
+        if not self.per_channel_bits:
+            return ()
+        shape = list(tensor_shape)
+        channel, _ = self._axes(len(shape))
+        # Keep the reduced axes as size 1 so the bitlength broadcasts.
+        return tuple(shape[a] if a in channel else 1 for a in range(len(shape)))
+
+    def build(self, tensor_shape, name, layer):
+        return {"bits": self._build_bits(tensor_shape, name, layer)}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        x = tf.cast(inputs, tf.float32)
+        reduce_axes = None
+        if self.per_channel_scale or self.per_channel_bits:
+            _, reduce_axes = self._axes(len(x.shape))
+
+        def quantize_int(b):
+            return quant_ops.quantize_weights_int(x, b, reduce_axes)
+
+        return tf.cast(self._quantize(x, quantize_int, weights), inputs.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(per_channel_scale=self.per_channel_scale,
+                      per_channel_bits=self.per_channel_bits,
+                      channel_axes=list(self.channel_axes))
+        return config
+
+
+class ActivationBitQuantizer(BitlengthQuantizer):
+    """Asymmetric activation quantizer with a learned bitlength and a
+    moving-average ``[min, max]`` range (0 kept representable).
+
+    The range starts at the first training batch's min/max and then follows an
+    exponential moving average (``ema_decay``). ``freeze_range=True`` stops the
+    updates (useful when fine-tuning a frozen model). Before the first training
+    step the range is empty and the quantizer passes values through.
+    """
+
+    kind = "activations"
+
+    def __init__(self, min_bits: int = 1, max_bits: int = 8, init_bits: float = 8.0,
+                 bits_lr_multiplier: float = 10.0, ema_decay: float = 0.99,
+                 freeze_range: bool = False, frozen: bool = False):
+        super().__init__(min_bits, max_bits, init_bits, bits_lr_multiplier, frozen)
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
+        self.ema_decay = float(ema_decay)
+        self.freeze_range = bool(freeze_range)
+
+    def build(self, tensor_shape, name, layer):
+        def range_var(suffix):
+            return layer.add_weight(
+                f"{name}_{suffix}", shape=(), initializer=keras.initializers.Zeros(),
+                trainable=False, aggregation=tf.VariableAggregation.MEAN)
+
+        return {"bits": self._build_bits(tensor_shape, name, layer),
+                "min": range_var("min"), "max": range_var("max")}
+
+    def _update_range(self, x, weights):
+        batch_min = tf.minimum(tf.reduce_min(x), 0.0)
+        batch_max = tf.maximum(tf.reduce_max(x), 0.0)
+        old_min, old_max = weights["min"], weights["max"]
+        started = old_max > old_min
+        d = self.ema_decay
+        new_min = tf.where(started, d * old_min + (1.0 - d) * batch_min, batch_min)
+        new_max = tf.where(started, d * old_max + (1.0 - d) * batch_max, batch_max)
+        return old_min.assign(new_min), old_max.assign(new_max)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        x = tf.cast(inputs, tf.float32)
+        if training and not self.freeze_range:
+            range_min, range_max = self._update_range(tf.stop_gradient(x), weights)
+        else:
+            range_min = tf.identity(weights["min"])
+            range_max = tf.identity(weights["max"])
+
+        def quantize(x=x):
+            # Outside the range the gradient is 0 (the clip); inside it is 1 (STE).
+            clipped = tf.clip_by_value(x, tf.minimum(range_min, 0.0), tf.maximum(range_max, 0.0))
+
+            def quantize_int(b):
+                return quant_ops.quantize_activations_int(clipped, range_min, range_max, b)
+
+            return self._quantize(clipped, quantize_int, weights)
+
+        if training:
+            out = quantize()
+        else:
+            out = tf.cond(range_max > range_min, quantize, lambda: x)
+        return tf.cast(out, inputs.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(ema_decay=self.ema_decay, freeze_range=self.freeze_range)
+        return config
