@@ -9,6 +9,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+# Reproducible numbers: TF's CPU kernels are not deterministic by default.
+tf.config.experimental.enable_op_determinism()
+
 
 @pytest.fixture(scope="session")
 def digits():
