@@ -1,6 +1,9 @@
 """Shared fixtures: small real data (scikit-learn's digits, offline) and models."""
 
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,13 +19,9 @@ tf.config.experimental.enable_op_determinism()
 @pytest.fixture(scope="session")
 def digits():
     """8x8 handwritten digits: (x_train, y_train, x_test, y_test), x in [0, 1]."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from examples import data
 
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype("float32").reshape(-1, 8, 8, 1)
-    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
-    return xtr, ytr.astype("int32"), xte, yte.astype("int32")
+    return data.load("digits")
 
 
 @pytest.fixture(autouse=True)
