@@ -71,6 +71,10 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
             constraint=_ClipParam(self.min_bits / k, self.max_bits / k),
             trainable=not self.frozen,
             aggregation=tf.VariableAggregation.MEAN,
+            # Stay float32 under a mixed_float16 policy, like BatchNormalization's
+            # statistics: autocast to float16 they would clash with the float32
+            # quantizer math and round n to steps of ~0.005 bits.
+            experimental_autocast=False,
         )
 
     def bitlength(self, weights: Dict[str, tf.Variable]) -> tf.Tensor:
@@ -200,14 +204,32 @@ class ActivationBitQuantizer(BitlengthQuantizer):
         def range_var(suffix):
             return layer.add_weight(
                 f"{name}_{suffix}", shape=(), initializer=keras.initializers.Zeros(),
-                trainable=False, aggregation=tf.VariableAggregation.MEAN)
+                trainable=False, aggregation=tf.VariableAggregation.MEAN,
+                experimental_autocast=False)
 
         return {"bits": self._build_bits(tensor_shape, name, layer),
                 "min": range_var("min"), "max": range_var("max")}
 
+    @staticmethod
+    def _global_min_max(batch_min, batch_max):
+        """The min/max over the global batch under ``tf.distribute``.
+
+        Each replica sees only its slice of the batch; without this the MEAN
+        aggregation of the range variables would average per-replica extremes,
+        so N devices would not train like one. ``ReduceOp`` has no MIN/MAX, so
+        the replicas all-gather ``(-min, max)`` and reduce locally.
+        """
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return batch_min, batch_max
+        gathered = ctx.all_gather(tf.stack([-batch_min, batch_max])[tf.newaxis], axis=0)
+        extremes = tf.reduce_max(gathered, axis=0)
+        return -extremes[0], extremes[1]
+
     def _update_range(self, x, weights):
         batch_min = tf.minimum(tf.reduce_min(x), 0.0)
         batch_max = tf.maximum(tf.reduce_max(x), 0.0)
+        batch_min, batch_max = self._global_min_max(batch_min, batch_max)
         old_min, old_max = weights["min"], weights["max"]
         started = old_max > old_min
         d = self.ema_decay

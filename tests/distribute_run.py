@@ -1,0 +1,86 @@
+"""Helper for test_distribute.py, run as a subprocess (not collected by pytest).
+
+TensorFlow only accepts logical device configuration before it initializes its
+devices, so the two-CPU setup needs a fresh interpreter. This script trains the
+same bit-pruned model twice in one process, with the same seed, initial
+weights, data and global batch: once on one device (no strategy) and once under
+``tf.distribute.MirroredStrategy`` over two logical CPUs. It prints one JSON
+line with the losses, the bitlengths and every variable of both runs.
+
+Usage: python distribute_run.py [steps] [global_batch]
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+tf.config.experimental.enable_op_determinism()
+
+import numpy as np  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+import tf_bitpruning as tfbp  # noqa: E402
+
+STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 6
+BATCH = int(sys.argv[2]) if len(sys.argv) > 2 else 32
+
+
+def data():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x[: STEPS * BATCH] / 16.0).astype("float32").reshape(-1, 8, 8, 1)
+    return x, y[: STEPS * BATCH].astype("int32")
+
+
+def float_model():
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+
+
+def train(initial_weights, x, y, strategy=None):
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    scope = strategy.scope() if strategy is not None else tf.name_scope("single")
+    with scope:
+        model = float_model()
+        model.set_weights(initial_weights)
+        bp = tfbp.bitprune_model(model, regularization=0.5)
+        # A fast bitlength rate so that bitlengths move visibly in a few steps.
+        bp.compile(keras.optimizers.Adam(0.02), "sparse_categorical_crossentropy")
+    history = bp.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    probs = bp.predict(x[:BATCH], batch_size=BATCH, verbose=0)
+    return {
+        "loss": float(history.history["loss"][-1]),
+        "bits": tfbp.bitlengths(bp),
+        "variables": {v.name: np.asarray(v.numpy(), np.float64).ravel().tolist() for v in bp.variables},
+        "predictions": np.asarray(probs, np.float64).ravel().tolist(),
+    }
+
+
+def main():
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    x, y = data()
+    keras.utils.set_random_seed(0)
+    initial = float_model().get_weights()
+    single = train(initial, x, y)
+    strategy = tf.distribute.MirroredStrategy(devices)
+    mirrored = train(initial, x, y, strategy)
+    print(json.dumps({"devices": devices, "replicas": strategy.num_replicas_in_sync,
+                      "single": single, "mirrored": mirrored}))
+
+
+if __name__ == "__main__":
+    main()
