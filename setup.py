@@ -27,7 +27,7 @@ setup(
     extras_require={
         "litert": ["ai-edge-litert"],
         "examples": ["scikit-learn", "matplotlib", "ai-edge-litert"],
-        "tests": ["pytest", "scikit-learn", "ai-edge-litert"],
+        "tests": ["pytest", "scikit-learn", "ai-edge-litert", "nbclient", "nbformat", "ipykernel", "matplotlib"],
     },
     license="Apache-2.0",
 )

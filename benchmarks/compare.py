@@ -1,0 +1,267 @@
+"""Learned bitlengths vs uniform quantization, with numbers anyone can rerun.
+
+For each task, the same architecture trained as float32, tfmot 8-bit QAT, tfmot uniform
+n-bit QAT (``experimental.default_n_bit``) at 2, 3 and 4 bits, and BitPruning at several
+budgets. For each: top-1, average weight / activation bits, weight memory, BOPs, train step
+time (ratio to tfmot 8-bit, one run), ``.tflite`` size and LiteRT latency (ratio to tfmot int8).
+
+    python benchmarks/compare.py                       # writes docs/comparison.{md,json,png}
+    python benchmarks/compare.py --seeds=1 --quick     # a fast smoke run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from absl import app, flags
+
+flags.DEFINE_list("tasks", ["digits", "breast_cancer"], "Offline tasks: digits (CNN), breast_cancer (MLP).")
+flags.DEFINE_integer("seeds", 3, "Seeds per method.")
+flags.DEFINE_list("budgets", ["2.5", "3", "4"], "BitPruning target average bits (uniform weighting).")
+flags.DEFINE_list("uniform_bits", ["2", "3", "4"], "tfmot default_n_bit bitlengths.")
+flags.DEFINE_bool("quick", False, "Few epochs, for a smoke run.")
+flags.DEFINE_string("out", os.path.join(ROOT, "docs", "comparison"), "Output prefix (.md, .json, .png).")
+FLAGS = flags.FLAGS
+
+
+def _tasks():
+    import numpy as np
+    import tf_keras as keras
+
+    from examples import data
+    from examples.bitprune_end_to_end import build_model
+
+    def breast_cancer():
+        from sklearn.datasets import load_breast_cancer
+        from sklearn.model_selection import train_test_split
+        from sklearn.preprocessing import StandardScaler
+
+        x, y = load_breast_cancer(return_X_y=True)
+        xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+        scaler = StandardScaler().fit(xtr)
+        return (scaler.transform(xtr).astype("float32"), ytr.astype("int32"),
+                scaler.transform(xte).astype("float32"), yte.astype("int32"))
+
+    def mlp(shape):
+        L = keras.layers
+        return keras.Sequential([keras.Input(shape), L.Dense(64, activation="relu"),
+                                 L.Dense(32, activation="relu"), L.Dense(2, activation="softmax")])
+
+    return {
+        "digits": (lambda: data.load("digits"), lambda shape: build_model(shape, 10)),
+        "breast_cancer": (breast_cancer, mlp),
+    }
+
+
+def _epochs():
+    return dict(float=3, qat=2, learn=3, finetune=1) if FLAGS.quick else dict(float=20, qat=8, learn=20, finetune=5)
+
+
+def _step_time(model, x, y, steps=30, batch=64):
+    """Median seconds per train step (after one warm-up epoch)."""
+    import numpy as np
+
+    xb, yb = x[:batch], y[:batch]
+    model.train_on_batch(xb, yb)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        model.train_on_batch(xb, yb)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _tflite_latency(path, x, n=200):
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=path)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    times = []
+    for sample in x[:n]:
+        value = sample[None]
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            value = np.clip(np.round(value / scale + zero), -128, 127).astype(inp["dtype"])
+        interp.set_tensor(inp["index"], value)
+        t = time.perf_counter()
+        interp.invoke()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _tfmot_tflite(model, x, path):
+    import numpy as np
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([s[None].astype(np.float32)] for s in x[:128])
+    with open(path, "wb") as f:
+        f.write(converter.convert())
+    return path
+
+
+def _row(method, acc, w_bits, a_bits, inventory, step, size, latency, macs_bits=None):
+    params = sum(t.elements for t in inventory if t.kind == "weights")
+    macs = sum(t.macs for t in inventory if t.kind == "weights")
+    return dict(method=method, top1=acc, weight_bits=w_bits, activation_bits=a_bits,
+                weight_kb=params * w_bits / 8 / 1024,
+                bops_m=(macs_bits if macs_bits is not None else macs * w_bits * a_bits) / 1e6,
+                step_s=step, tflite_bytes=size, latency_s=latency)
+
+
+def run_task(name, load, build, seed, tmp):
+    import numpy as np
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    import tf_bitpruning as tfbp
+    from tf_bitpruning import costs
+
+    ep = _epochs()
+    xtr, ytr, xte, yte = load()
+    loss = "sparse_categorical_crossentropy"
+    rows = []
+
+    def fit(model, lr, epochs, callbacks=()):
+        model.compile(keras.optimizers.Adam(lr), loss, metrics=["accuracy"])
+        model.fit(xtr, ytr, epochs=epochs, batch_size=32, verbose=0, callbacks=list(callbacks))
+        return float(model.evaluate(xte, yte, verbose=0)[1])
+
+    keras.utils.set_random_seed(seed)
+    base = build(xtr.shape[1:])
+    float_acc = fit(base, 2e-3, ep["float"])
+    inventory = costs.quantized_tensors(tfbp.bitprune_model(base))  # MACs and params of the architecture
+    float_path = os.path.join(tmp, f"{name}_float.tflite")
+    import tensorflow as tf
+
+    with open(float_path, "wb") as f:
+        f.write(tf.lite.TFLiteConverter.from_keras_model(base).convert())
+    rows.append(_row("float32", float_acc, 32, 32, inventory, _step_time(base, xtr, ytr),
+                     os.path.getsize(float_path), _tflite_latency(float_path, xte)))
+
+    qat_schemes = [("tfmot 8-bit QAT", 8, None)] + [
+        (f"tfmot {b}-bit QAT", int(b), tfmot.quantization.keras.experimental.default_n_bit.DefaultNBitQuantizeScheme(
+            num_bits_weight=int(b), num_bits_activation=int(b))) for b in FLAGS.uniform_bits]
+    for label, bits, scheme in qat_schemes:
+        keras.utils.set_random_seed(seed)
+        annotated = tfmot.quantization.keras.quantize_annotate_model(base)
+        with tfmot.quantization.keras.quantize_scope():
+            qat = (tfmot.quantization.keras.quantize_apply(annotated, scheme) if scheme is not None
+                   else tfmot.quantization.keras.quantize_apply(annotated))
+        acc = fit(qat, 1e-3, ep["qat"])
+        path = _tfmot_tflite(qat, xtr, os.path.join(tmp, f"{name}_qat{bits}.tflite"))
+        rows.append(_row(label, acc, bits, bits, inventory, _step_time(qat, xtr, ytr),
+                         os.path.getsize(path), _tflite_latency(path, xte)))
+
+    for target in FLAGS.budgets:
+        keras.utils.set_random_seed(seed)
+        bp = tfbp.bitprune_model(base)
+        fit(bp, 1e-3, ep["learn"], [tfbp.BitBudget(target_bits=float(target))])
+        learn_step = _step_time(bp, xtr, ytr)
+        frozen = tfbp.freeze_bitlengths(bp)
+        acc = fit(frozen, 1e-4, ep["finetune"])
+        path = os.path.join(tmp, f"{name}_bp{target}.tflite")
+        tfbp.export_tflite(frozen, path, representative_dataset=xtr[:128])
+        tensors = costs.quantized_tensors(frozen)
+        w = [t for t in tensors if t.kind == "weights"]
+        w_bits = sum(t.elements * float(t.bits()) for t in w) / sum(t.elements for t in w)
+        bops = sum(t.macs * float(t.bits()) * float(t.input_bits()) for t in w)
+        rows.append(_row(f"BitPruning {target} bits", acc, w_bits,
+                         tfbp.average_bits(frozen, kind="activations"), w, learn_step,
+                         os.path.getsize(path), _tflite_latency(path, xte), macs_bits=bops))
+        rows[-1]["uniform_avg_bits"] = tfbp.average_bits(frozen)
+    return rows
+
+
+def _aggregate(per_seed):
+    import numpy as np
+
+    out = []
+    for i, first in enumerate(per_seed[0]):
+        runs = [rows[i] for rows in per_seed]
+        row = {"method": first["method"]}
+        for key in first:
+            if key != "method":
+                values = np.array([r[key] for r in runs], float)
+                row[key] = float(values.mean())
+                if key == "top1":
+                    row["top1_std"] = float(values.std())
+        out.append(row)
+    ref = next(r for r in out if r["method"] == "tfmot 8-bit QAT")
+    for r in out:
+        r["step_vs_qat8"] = r["step_s"] / ref["step_s"]
+        r["latency_vs_int8"] = r["latency_s"] / ref["latency_s"]
+    return out
+
+
+def _markdown(results):
+    lines = []
+    for task, rows in results.items():
+        lines += [f"### {task} ({FLAGS.seeds} seed(s))", "",
+                  "| method | top-1 % | avg weight bits | avg act. bits | weight kB | MBOPs | step / tfmot8 | .tflite bytes | latency / int8 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(
+                f"| {r['method']} | {100 * r['top1']:.2f} ± {100 * r['top1_std']:.2f} | {r['weight_bits']:.2f} | "
+                f"{r['activation_bits']:.2f} | {r['weight_kb']:.2f} | {r['bops_m']:.2f} | {r['step_vs_qat8']:.2f} | "
+                f"{r['tflite_bytes']:.0f} | {r['latency_vs_int8']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, (task, rows) in zip(axes[0], results.items()):
+        for family, marker in (("tfmot", "s"), ("BitPruning", "o"), ("float32", "*")):
+            sel = [r for r in rows if r["method"].startswith(family) and r["weight_bits"] <= 8]
+            if sel:
+                ax.errorbar([r["weight_bits"] for r in sel], [100 * r["top1"] for r in sel],
+                            yerr=[100 * r["top1_std"] for r in sel], marker=marker, ls="--" if family == "tfmot" else "-",
+                            label=family + (" (uniform n-bit QAT)" if family == "tfmot" else ""))
+        float_row = next(r for r in rows if r["method"] == "float32")
+        ax.axhline(100 * float_row["top1"], color="gray", ls=":", label="float32")
+        ax.set_xlabel("average weight bits (memory-weighted)")
+        ax.set_ylabel("top-1 %")
+        ax.set_title(task)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv):
+    del argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tasks = _tasks()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in FLAGS.tasks:
+            load, build = tasks[task]
+            per_seed = [run_task(task, load, build, seed, tmp) for seed in range(FLAGS.seeds)]
+            results[task] = _aggregate(per_seed)
+            print(_markdown({task: results[task]}), flush=True)
+    os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
+    with open(FLAGS.out + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    with open(FLAGS.out + ".md", "w") as f:
+        f.write("Made by `python benchmarks/compare.py " + " ".join(sys.argv[1:]) + "`\n\n" + _markdown(results))
+    _plot(results, FLAGS.out + ".png")
+    print(f"wrote {FLAGS.out}.md/.json/.png")
+
+
+if __name__ == "__main__":
+    app.run(main)
