@@ -12,6 +12,7 @@ from tf_bitpruning.api import (bitprune_annotate_layer, bitprune_annotate_model,
                                bitprune_model, bitprune_scope)
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.costs import average_bits, bitlengths
+from tf_bitpruning.export import export_tflite, read_precision
 from tf_bitpruning.freeze import freeze_bitlengths
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 from tf_bitpruning.scheme import BitPruneQuantizeScheme
@@ -30,5 +31,7 @@ __all__ = [
     "bitprune_apply",
     "bitprune_model",
     "bitprune_scope",
+    "export_tflite",
     "freeze_bitlengths",
+    "read_precision",
 ]

@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Tuple
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_annotate as tfmot_annotate
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper as tfmot_wrapper
 
 from tf_bitpruning import costs
 from tf_bitpruning.configs import BitPruneQuantizeConfig
@@ -185,6 +186,22 @@ def bitprune_model(to_prune: keras.Model, regularization: float = 0.05, weightin
     return bitprune_apply(annotated, regularization, weighting, **options)
 
 
+class QuantizeWrapperV2(tfmot_wrapper.QuantizeWrapperV2):
+    """tfmot's wrapper, loaded so that its weights keep their saved order.
+
+    tfmot lists a wrapper's own trainable variables (the bitlengths) before the
+    wrapped layer's kernel when the layer is built from a config, but after it in
+    the model that was saved; h5 files restore weights by position, so loading
+    failed. Building the wrapped layer first restores the saved order.
+    """
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+            self.layer.built = True
+        super().build(input_shape)
+
+
 def bitprune_scope(*args):
     """A scope that makes tf_bitpruning's (and tfmot's) classes known to Keras, for
     loading saved bit-pruned models::
@@ -200,4 +217,6 @@ def bitprune_scope(*args):
     }
     for extra in args:
         objects.update(extra)
-    return _tfq.quantize_scope(objects)
+    # tfmot's scope lists its own classes last; ours must win for the wrapper.
+    return keras.utils.custom_object_scope(*_tfq.quantize_scope(objects).custom_objects,
+                                           {"QuantizeWrapperV2": QuantizeWrapperV2})

@@ -50,6 +50,20 @@ def _freeze_config(config, freeze_ranges):
         activation_quantizer=_frozen(config.activation_quantizer, freeze_ranges))
 
 
+def _copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copies weights layer by layer, matched by name within each layer: a bitlength
+    that turns non-trainable moves in a layer's ``weights`` order (e.g. past
+    BatchNormalization's moving statistics), so model-wide positions differ."""
+    for src, dst in zip(source.layers, target.layers):
+        by_name = {w.name.split("/")[-1]: w for w in src.weights}
+        names = [w.name.split("/")[-1] for w in dst.weights]
+        if len(by_name) == len(src.weights) and sorted(names) == sorted(by_name):
+            for w, name in zip(dst.weights, names):
+                w.assign(by_name[name])
+        else:
+            dst.set_weights(src.get_weights())
+
+
 def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
                       allowed_bits: Optional[Sequence[int]] = None,
                       freeze_ranges: bool = True) -> keras.Model:
@@ -91,7 +105,7 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
 
     with bitprune_scope():
         frozen = keras.models.clone_model(model, clone_function=clone)
-    frozen.set_weights(model.get_weights())
+    _copy_weights(model, frozen)
     for t, b in zip(costs.quantized_tensors(frozen), targets):
         t.bits_variable.assign(b / t.quantizer.bits_lr_multiplier)
     old = costs.get_bit_loss(model)
