@@ -10,17 +10,20 @@
 
 from tf_bitpruning.api import (bitprune_annotate_layer, bitprune_annotate_model, bitprune_apply,
                                bitprune_model, bitprune_scope)
+from tf_bitpruning.callbacks import BitBudget
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.costs import average_bits, bitlengths
 from tf_bitpruning.export import export_tflite, read_precision
 from tf_bitpruning.freeze import freeze_bitlengths
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
+from tf_bitpruning.report import precision_report, summary
 from tf_bitpruning.scheme import BitPruneQuantizeScheme
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationBitQuantizer",
+    "BitBudget",
     "BitPruneQuantizeConfig",
     "BitPruneQuantizeScheme",
     "WeightBitQuantizer",
@@ -33,5 +36,7 @@ __all__ = [
     "bitprune_scope",
     "export_tflite",
     "freeze_bitlengths",
+    "precision_report",
     "read_precision",
+    "summary",
 ]

@@ -198,6 +198,7 @@ class BitLoss(tf.Module):
         self.regularization = tf.Variable(float(regularization), trainable=False,
                                           dtype=tf.float32, name="regularization")
         self.weighting = weighting
+        self.kind: Optional[str] = None  # None: all tensors; "weights"/"activations": only those
         self._inventory = _Inventory(tensors)
 
     @property
@@ -205,7 +206,7 @@ class BitLoss(tf.Module):
         return self._inventory.tensors
 
     def __call__(self) -> tf.Tensor:
-        return self.regularization * average_bits_tensor(self.tensors, self.weighting)
+        return self.regularization * average_bits_tensor(self.tensors, self.weighting, self.kind)
 
 
 class _Inventory:

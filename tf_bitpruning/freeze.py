@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -85,8 +86,8 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
     costs._require(model, tensors)
     if allowed_bits is not None:
         allowed_bits = sorted({int(b) for b in allowed_bits})
-        if not allowed_bits or allowed_bits[0] < 1:
-            raise ValueError(f"allowed_bits must hold positive integers, got {allowed_bits}.")
+        if not allowed_bits or allowed_bits[0] < 1 or allowed_bits[-1] > 16:
+            raise ValueError(f"allowed_bits must hold integers in [1, 16], got {allowed_bits}.")
     targets = []
     for t in tensors:
         learned = np.asarray(t.quantizer.bitlength(t.variables))
@@ -94,13 +95,27 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
             lambda n, q=t.quantizer: round_bits(float(n), rounding, allowed_bits, q.min_bits, 16),
             otypes=[np.float32])(learned))
 
+    # A range that never saw a training batch is empty; frozen, it would clip every
+    # activation to 0 during fine-tuning. Such ranges keep calibrating.
+    uncalibrated = set()
+    for layer in model.layers:
+        for q, v in costs._activation_tensors(layer):
+            if isinstance(q, ActivationBitQuantizer) and "min" in v and float(v["max"]) <= float(v["min"]):
+                uncalibrated.add(layer.name)
+    if freeze_ranges and uncalibrated:
+        warnings.warn(f"freeze_bitlengths: the activation ranges of {sorted(uncalibrated)} were never "
+                      f"calibrated (no training batch yet); they are left to update during fine-tuning.",
+                      stacklevel=2)
+
     def clone(layer):
+        freeze_layer_ranges = freeze_ranges and layer.name not in uncalibrated
         if isinstance(layer, quantize_wrapper.QuantizeWrapper):
             inner = layer.layer.__class__.from_config(layer.layer.get_config())
             return quantize_wrapper.QuantizeWrapperV2(
-                inner, _freeze_config(layer.quantize_config, freeze_ranges), name=layer.name)
+                inner, _freeze_config(layer.quantize_config, freeze_layer_ranges), name=layer.name)
         if isinstance(layer, tfmot_quantize_layer.QuantizeLayer) and isinstance(layer.quantizer, BitlengthQuantizer):
-            return tfmot_quantize_layer.QuantizeLayer(_frozen(layer.quantizer, freeze_ranges), name=layer.name)
+            return tfmot_quantize_layer.QuantizeLayer(_frozen(layer.quantizer, freeze_layer_ranges),
+                                                      name=layer.name)
         return layer.__class__.from_config(layer.get_config())
 
     with bitprune_scope():
@@ -111,4 +126,5 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
     old = costs.get_bit_loss(model)
     if old is not None:
         costs.attach_bit_loss(frozen, float(old.regularization.numpy()), old.weighting)
+        costs.get_bit_loss(frozen).kind = getattr(old, "kind", None)
     return frozen

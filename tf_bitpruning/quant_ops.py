@@ -13,7 +13,7 @@ broadcasts against the quantized tensor (one bitlength per tensor or per channel
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -92,8 +92,28 @@ def blend(x: tf.Tensor, quantize_int: Callable[[tf.Tensor], tf.Tensor], n: tf.Te
     return x + tf.stop_gradient(q_lo - x) + alpha * tf.stop_gradient(q_hi - q_lo)
 
 
-def fixed(x: tf.Tensor, quantize_int: Callable[[tf.Tensor], tf.Tensor], n: tf.Tensor) -> tf.Tensor:
+def fixed(x: tf.Tensor, quantize_int: Callable[[tf.Tensor], tf.Tensor], n: tf.Tensor,
+          grad_range: Optional[Tuple[tf.Tensor, tf.Tensor]] = None) -> tf.Tensor:
     """One integer quantizer at ``round(n)`` with a straight-through gradient
-    (the frozen phase: no interpolation, no gradient to ``n``)."""
+    (the frozen phase: no interpolation, no gradient to ``n``).
+
+    The output is exactly ``quantize_int(b)``; the gradient to ``x`` is 1, or,
+    with ``grad_range=(low, high)``, 1 inside ``[low, high]`` and 0 outside (a
+    clip's gradient), written as one custom gradient: the frozen train step stays
+    close to a fused fake-quant op in cost.
+    """
     b = tf.stop_gradient(tf.round(tf.cast(n, tf.float32)))
-    return x + tf.stop_gradient(quantize_int(b) - x)
+
+    @tf.custom_gradient
+    def straight_through(x):
+        def grad(dy, variables=None):
+            if grad_range is not None:
+                inside = tf.logical_and(x >= grad_range[0], x <= grad_range[1])
+                dy = tf.where(inside, dy, tf.zeros_like(dy))
+            # ``quantize_int`` may read a variable (a kernel passed as ``x``); its
+            # gradient flows through ``x`` alone.
+            return (dy, [None] * len(variables)) if variables else dy
+
+        return tf.stop_gradient(quantize_int(b)), grad
+
+    return straight_through(x)

@@ -1,0 +1,131 @@
+"""Train step time of the frozen phase vs tfmot 8-bit QAT, the learning phase and float.
+
+The digits CNN of the tests, one fixed batch, the compiled Keras train step called
+directly (no ``fit`` bookkeeping). Each variant is warmed up, then timed for
+``--steps`` steps, ``--repeats`` times, interleaving the variants so that load from
+other processes hits them alike; the median per-step time of the repeats is
+reported, and ratios from this one run, both in wall-clock time and in this
+process's CPU time (steadier when other processes share the cores). Target:
+frozen <= 1.1 x tfmot QAT.
+
+    python benchmarks/frozen_step_time.py
+    python benchmarks/frozen_step_time.py --batch=128 --steps=100 --repeats=9
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+flags.DEFINE_integer("batch", 64, "Batch size of the fixed training batch.")
+flags.DEFINE_integer("steps", 50, "Timed train steps per repeat.")
+flags.DEFINE_integer("repeats", 7, "Timed repeats per variant (the median is reported).")
+flags.DEFINE_integer("warmup", 20, "Untimed steps per variant before timing.")
+flags.DEFINE_float("frozen_bits", 4.0, "Bitlength every tensor is frozen at.")
+flags.DEFINE_integer("threads", 1, "TF intra- and inter-op threads (0: TF's default, all cores). One thread "
+                     "makes the ratios steadier on a shared machine.")
+FLAGS = flags.FLAGS
+
+
+def small_cnn():
+    import tf_keras as keras
+
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+
+
+def build_variants(x, y):
+    """name -> compiled model, all from the same float weights."""
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    import tf_bitpruning as tfbp
+    from tf_bitpruning import costs
+
+    def compiled(model):
+        model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    keras.utils.set_random_seed(0)
+    base = small_cnn()
+    variants = {"float": compiled(base)}
+    variants["tfmot_qat_8bit"] = compiled(tfmot.quantization.keras.quantize_model(small_cnn()))
+    learning = compiled(tfbp.bitprune_model(small_cnn()))
+    learning.train_on_batch(x, y)  # calibrates the activation ranges
+    variants["learning"] = learning
+    for t in costs.quantized_tensors(learning):
+        bits = max(min(FLAGS.frozen_bits, t.quantizer.max_bits), t.quantizer.min_bits)
+        t.bits_variable.assign(bits / t.quantizer.bits_lr_multiplier)
+    variants["frozen"] = compiled(tfbp.freeze_bitlengths(learning))
+    return variants
+
+
+def main(argv):
+    del argv
+    import numpy as np
+    import tensorflow as tf
+
+    from examples import data
+
+    if FLAGS.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
+
+    xtr, ytr, _, _ = data.load("digits")
+    x, y = xtr[:FLAGS.batch], ytr[:FLAGS.batch]
+    variants = build_variants(x, y)
+    iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    steps = {}
+    for name, model in variants.items():
+        step = model.make_train_function()
+        for _ in range(FLAGS.warmup):
+            step(iterator)
+        steps[name] = step
+
+    wall = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
+    order = list(steps)
+    rng = np.random.default_rng(0)
+    for _ in range(FLAGS.repeats):
+        rng.shuffle(order)  # no variant always runs right after another
+        for name in order:
+            step, out = steps[name], None
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(FLAGS.steps):
+                out = step(iterator)
+            float(out["loss"])  # wait for the last step
+            wall[name].append((time.perf_counter() - start) / FLAGS.steps)
+            cpu[name].append((time.process_time() - start_cpu) / FLAGS.steps)
+
+    print(f"digits CNN, batch {FLAGS.batch}, {FLAGS.steps} steps x {FLAGS.repeats} repeats (median), "
+          f"{FLAGS.threads or 'default'} TF thread(s), "
+          f"devices {[d.device_type for d in tf.config.list_logical_devices()]}")
+    ratios = {}
+    for label, times in (("wall", wall), ("CPU", cpu)):
+        median = {name: float(np.median(t)) for name, t in times.items()}
+        qat, flt = median["tfmot_qat_8bit"], median["float"]
+        print(f"{'variant':<16}{label + ' ms/step':>16}{'x tfmot QAT':>14}{'x float':>10}")
+        for name in ("float", "tfmot_qat_8bit", "learning", "frozen"):
+            print(f"{name:<16}{median[name] * 1e3:>16.3f}{median[name] / qat:>14.2f}{median[name] / flt:>10.2f}")
+        # Paired: the ratio within each repeat, then the median over repeats.
+        ratios[label] = float(np.median(np.array(times["frozen"]) / np.array(times["tfmot_qat_8bit"])))
+    for label, ratio in ratios.items():
+        print(f"frozen / tfmot QAT ({label} time, median of per-repeat ratios) = {ratio:.2f} "
+              f"(target <= 1.10: {'met' if ratio <= 1.10 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    app.run(main)
