@@ -4,7 +4,6 @@ learning phase and frozen, JSON-ready, with an hls4ml-shaped precision section."
 import json
 import re
 
-import numpy as np
 import pytest
 import tf_keras as keras
 
