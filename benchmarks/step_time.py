@@ -8,8 +8,8 @@ reported, and ratios from this one run, both in wall-clock time and in this
 process's CPU time (steadier when other processes share the cores). Target:
 frozen <= 1.1 x tfmot QAT.
 
-    python benchmarks/frozen_step_time.py
-    python benchmarks/frozen_step_time.py --batch=256 --threads=0
+    python benchmarks/step_time.py
+    python benchmarks/step_time.py --batch=256 --threads=0
 """
 
 from __future__ import annotations
