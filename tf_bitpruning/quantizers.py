@@ -86,11 +86,11 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
         n = param + tf.stop_gradient((k - 1.0) * param)
         return tf.clip_by_value(n, float(self.min_bits), float(self.max_bits))
 
-    def _quantize(self, x, quantize_int, weights):
+    def _quantize(self, x, quantize_int, weights, grad_range=None):
         n = self.bitlength(weights)
         if self.frozen:
-            return quant_ops.fixed(x, quantize_int, n)
-        return quant_ops.blend(x, quantize_int, n, self.min_bits, self.max_bits)
+            return quant_ops.fixed(x, quantize_int, n, grad_range)
+        return quant_ops.blend(x, quantize_int, n, self.min_bits, self.max_bits, grad_range)
 
     def get_config(self):
         return {
@@ -246,16 +246,12 @@ class ActivationBitQuantizer(BitlengthQuantizer):
             range_max = tf.identity(weights["max"])
 
         def quantize(x=x):
-            # Outside the range the gradient is 0 (the clip); inside it is 1 (STE).
-            low, high = tf.minimum(range_min, 0.0), tf.maximum(range_max, 0.0)
-            clipped = tf.clip_by_value(x, low, high)
-
+            # STE: gradient 1 inside the range, 0 outside (where the grid clips).
             def quantize_int(b):
-                return quant_ops.quantize_activations_int(clipped, range_min, range_max, b)
+                return quant_ops.quantize_activations_int(x, range_min, range_max, b)
 
-            if self.frozen:  # the clip's gradient inside the one custom gradient (faster)
-                return quant_ops.fixed(x, quantize_int, self.bitlength(weights), grad_range=(low, high))
-            return self._quantize(clipped, quantize_int, weights)
+            grad_range = (tf.minimum(range_min, 0.0), tf.maximum(range_max, 0.0))
+            return self._quantize(x, quantize_int, weights, grad_range)
 
         if training:
             out = quantize()
