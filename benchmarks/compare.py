@@ -233,7 +233,8 @@ def _plot(results, path):
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
     for ax, (task, rows) in zip(axes[0], results.items()):
         for family, marker in (("tfmot", "s"), ("BitPruning", "o"), ("float32", "*")):
-            sel = [r for r in rows if r["method"].startswith(family) and r["weight_bits"] <= 8]
+            sel = sorted((r for r in rows if r["method"].startswith(family) and r["weight_bits"] <= 8),
+                         key=lambda r: r["weight_bits"])
             if sel:
                 ax.errorbar([r["weight_bits"] for r in sel], [100 * r["top1"] for r in sel],
                             yerr=[100 * r["top1_std"] for r in sel], marker=marker, ls="--" if family == "tfmot" else "-",
