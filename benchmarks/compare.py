@@ -37,7 +37,7 @@ def _tasks():
     import tf_keras as keras
 
     from examples import data
-    from examples.bitprune_end_to_end import build_model
+    from examples.models import cnn
 
     def breast_cancer():
         from sklearn.datasets import load_breast_cancer
@@ -56,7 +56,7 @@ def _tasks():
                                  L.Dense(32, activation="relu"), L.Dense(2, activation="softmax")])
 
     return {
-        "digits": (lambda: data.load("digits"), lambda shape: build_model(shape, 10)),
+        "digits": (lambda: data.load("digits"), lambda shape: cnn(shape, 10)),
         "breast_cancer": (breast_cancer, mlp),
     }
 

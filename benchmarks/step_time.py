@@ -34,25 +34,13 @@ flags.DEFINE_integer("threads", 1, "TF intra- and inter-op threads (0: TF's defa
 FLAGS = flags.FLAGS
 
 
-def small_cnn():
-    import tf_keras as keras
-
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
-
-
 def build_variants(x, y):
     """name -> compiled model, all from the same float weights."""
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
     import tf_bitpruning as tfbp
+    from examples.models import small_cnn
     from tf_bitpruning import costs
 
     def compiled(model):

@@ -27,34 +27,19 @@ flags.DEFINE_string("out_dir", "out", "Where the TensorBoard logs and the .tflit
 FLAGS = flags.FLAGS
 
 
-def build_model(input_shape, classes=10):
-    import tf_keras as keras
-
-    L = keras.layers
-    inp = keras.Input(input_shape)
-    x = L.Conv2D(16, 3, padding="same")(inp)
-    x = L.BatchNormalization()(x)
-    x = L.ReLU()(x)
-    x = L.MaxPooling2D()(x)
-    x = L.Conv2D(32, 3, padding="same", activation="relu")(x)
-    x = L.MaxPooling2D()(x) if input_shape[0] > 8 else x
-    x = L.Flatten()(x)
-    out = L.Dense(classes, activation="softmax")(x)
-    return keras.Model(inp, out)
-
-
 def main(argv):
     del argv
     import tf_keras as keras
 
     import tf_bitpruning as tfbp
     from examples import data
+    from examples.models import cnn
 
     keras.utils.set_random_seed(FLAGS.seed)
     xtr, ytr, xte, yte = data.load(FLAGS.dataset)
     loss = "sparse_categorical_crossentropy"
 
-    model = build_model(xtr.shape[1:])
+    model = cnn(xtr.shape[1:])
     model.compile(keras.optimizers.Adam(2e-3), loss, metrics=["accuracy"])
     model.fit(xtr, ytr, epochs=FLAGS.float_epochs, batch_size=FLAGS.batch_size, verbose=0)
     float_acc = model.evaluate(xte, yte, verbose=0)[1]

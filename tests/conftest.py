@@ -12,6 +12,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from examples.models import small_cnn  # noqa: F401  (tests import it from here)
+
 # Reproducible numbers: TF's CPU kernels are not deterministic by default.
 tf.config.experimental.enable_op_determinism()
 
@@ -29,17 +31,6 @@ def _seed():
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     yield
-
-
-def small_cnn():
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
 
 
 def bn_add_cnn():
