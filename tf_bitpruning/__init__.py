@@ -13,7 +13,7 @@ from tf_bitpruning.api import (bitprune_annotate_layer, bitprune_annotate_model,
 from tf_bitpruning.callbacks import BitBudget
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.costs import average_bits, bitlengths
-from tf_bitpruning.export import export_tflite, read_precision
+from tf_bitpruning.export import export_tflite, load_model, read_precision, save_model
 from tf_bitpruning.freeze import freeze_bitlengths
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 from tf_bitpruning.report import precision_report, summary
@@ -36,7 +36,9 @@ __all__ = [
     "bitprune_scope",
     "export_tflite",
     "freeze_bitlengths",
+    "load_model",
     "precision_report",
     "read_precision",
+    "save_model",
     "summary",
 ]
