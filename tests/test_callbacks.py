@@ -63,7 +63,7 @@ def test_lambda_falls_when_below_target(digits):
     budget = tfbp.BitBudget(target_bits=6.0, regularization_range=(1e-4, 1.0))
     history = bp.fit(xtr, ytr, epochs=5, batch_size=32, verbose=0, callbacks=[budget])
     lambdas, bits = history.history["bit_lambda"], history.history["avg_bits"]
-    assert lambdas[-1] < 1e-3 and float(costs.get_bit_loss(bp).regularization) >= 1e-4
+    assert lambdas[-1] < 1e-3 and float(costs.get_bit_loss(bp).regularization) >= 1e-4 * (1 - 1e-6)  # float32 floor
     assert bits[-1] > bits[2] + 0.15  # rising once λ is low
 
 
