@@ -59,7 +59,17 @@ def main(argv):
     frozen = tfbp.freeze_bitlengths(bp)
     frozen.compile(keras.optimizers.Adam(1e-4), loss, metrics=["accuracy"])
     frozen_acc = frozen.evaluate(xte, yte, verbose=0)[1]
-    frozen.fit(xtr, ytr, epochs=FLAGS.finetune_epochs, batch_size=FLAGS.batch_size, verbose=0)
+    # Fine-tuning is noisy at few bits: keep the best epoch on held-out training data,
+    # and never end below where it started.
+    n_val = len(xtr) // 6
+    start_val = frozen.evaluate(xtr[-n_val:], ytr[-n_val:], verbose=0)[1]
+    start_weights = frozen.get_weights()
+    keep_best = keras.callbacks.EarlyStopping("val_accuracy", patience=FLAGS.finetune_epochs,
+                                              restore_best_weights=True)
+    history = frozen.fit(xtr[:-n_val], ytr[:-n_val], epochs=FLAGS.finetune_epochs, batch_size=FLAGS.batch_size,
+                         validation_data=(xtr[-n_val:], ytr[-n_val:]), callbacks=[keep_best], verbose=0)
+    if max(history.history["val_accuracy"]) < start_val:
+        frozen.set_weights(start_weights)
     tuned_acc = frozen.evaluate(xte, yte, verbose=0)[1]
     tfbp.summary(frozen)
 
