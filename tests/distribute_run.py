@@ -60,10 +60,13 @@ def train(initial_weights, x, y, strategy=None):
         bp = tfbp.bitprune_model(model, regularization=0.5)
         # A fast bitlength rate so that bitlengths move visibly in a few steps.
         bp.compile(keras.optimizers.Adam(0.02), "sparse_categorical_crossentropy")
-    history = bp.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    # BitBudget adapts λ every batch; under the strategy it must do exactly the same.
+    budget = tfbp.BitBudget(target_bits=4.0)
+    history = bp.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[budget])
     probs = bp.predict(x[:BATCH], batch_size=BATCH, verbose=0)
     return {
         "loss": float(history.history["loss"][-1]),
+        "bit_lambda": float(history.history["bit_lambda"][-1]),
         "bits": tfbp.bitlengths(bp),
         "variables": {v.name: np.asarray(v.numpy(), np.float64).ravel().tolist() for v in bp.variables},
         "predictions": np.asarray(probs, np.float64).ravel().tolist(),

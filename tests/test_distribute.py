@@ -51,6 +51,12 @@ def test_same_loss_and_bitlengths_as_one_device(runs):
         assert mirrored["bits"][name] == pytest.approx(n, abs=1e-5), name
 
 
+def test_bit_budget_callback_under_the_strategy(runs):
+    single, mirrored = runs["single"], runs["mirrored"]
+    assert mirrored["bit_lambda"] != 0.5  # the callback changed λ from its start
+    assert mirrored["bit_lambda"] == pytest.approx(single["bit_lambda"], rel=1e-4)
+
+
 def test_same_variables_and_predictions_as_one_device(runs):
     single, mirrored = runs["single"], runs["mirrored"]
     assert list(mirrored["variables"]) == list(single["variables"])
