@@ -28,7 +28,7 @@ flags.DEFINE_list("budgets", ["2.5", "3", "4"], "BitPruning target average bits 
 flags.DEFINE_list("uniform_bits", ["2", "3", "4"], "tfmot default_n_bit bitlengths.")
 flags.DEFINE_float("bits_lr_multiplier", 20.0, "BitPruning bitlength rate (see README).")
 flags.DEFINE_enum("rounding", "ceil", ["ceil", "round"], "How freeze_bitlengths rounds the learned bits.")
-flags.DEFINE_float("finetune_lr", 3e-4, "Adam learning rate of the fine-tuning at frozen bitlengths.")
+flags.DEFINE_float("finetune_lr", 1e-4, "Adam learning rate of the fine-tuning at frozen bitlengths.")
 flags.DEFINE_bool("quick", False, "Few epochs, for a smoke run.")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "comparison"), "Output prefix (.md, .json, .png).")
 FLAGS = flags.FLAGS
@@ -183,7 +183,8 @@ def run_task(name, load, build, seed, tmp):
         w = [t for t in tensors if t.kind == "weights"]
         w_bits = sum(t.elements * float(t.bits()) for t in w) / sum(t.elements for t in w)
         bops = sum(t.macs * float(t.bits()) * float(t.input_bits()) for t in w)
-        rows.append(_row(f"BitPruning {target} bits ({FLAGS.rounding})", acc, w_bits,
+        suffix = "" if FLAGS.rounding == "ceil" else f" ({FLAGS.rounding})"
+        rows.append(_row(f"BitPruning {target} bits{suffix}", acc, w_bits,
                          tfbp.average_bits(frozen, kind="activations"), w, learn_step,
                          os.path.getsize(path), _tflite_latency(path, xte), macs_bits=bops))
         rows[-1]["uniform_avg_bits"] = tfbp.average_bits(frozen)
