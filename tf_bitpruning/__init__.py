@@ -2,7 +2,7 @@
 
 >>> import tf_keras as keras
 >>> import tf_bitpruning as tfbp
->>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+>>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, name="dense")])
 >>> bp = tfbp.bitprune_model(model, regularization=0.05)
 >>> round(tfbp.average_bits(bp), 1)
 8.0

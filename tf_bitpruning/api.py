@@ -175,9 +175,10 @@ def bitprune_model(to_prune: keras.Model, regularization: float = 0.05, weightin
     are those of :func:`bitprune_apply`.
 
     >>> import tf_keras as keras
-    >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
-    >>> bp = bitprune_model(model, regularization=0.05)
-    >>> sorted(bitlengths(bp))
+    >>> import tf_bitpruning as tfbp
+    >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, name="dense")])
+    >>> bp = tfbp.bitprune_model(model, regularization=0.05)
+    >>> sorted(tfbp.bitlengths(bp))
     ['dense/activations', 'dense/weights', 'quantize_layer/activations']
     """
     if isinstance(to_prune, keras.Model) and costs.get_bit_loss(to_prune) is not None:

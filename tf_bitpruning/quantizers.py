@@ -39,9 +39,10 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
 
     kind = "tensor"  # "weights" or "activations" in subclasses
 
-    def __init__(self, min_bits: int, max_bits: int, init_bits: float = 8.0,
+    def __init__(self, min_bits: int, max_bits: int, init_bits: Optional[float] = None,
                  bits_lr_multiplier: float = 10.0, frozen: bool = False):
         min_bits, max_bits = int(min_bits), int(max_bits)
+        init_bits = max_bits if init_bits is None else init_bits
         if min_bits < 1 or max_bits > 16 or min_bits > max_bits:
             raise ValueError(
                 f"{type(self).__name__}: need 1 <= min_bits <= max_bits <= 16, "
@@ -120,7 +121,7 @@ class WeightBitQuantizer(BitlengthQuantizer):
 
     Args:
       min_bits, max_bits: the range of the bitlength (weights need at least 2).
-      init_bits: the starting bitlength.
+      init_bits: the starting bitlength (default ``max_bits``).
       bits_lr_multiplier: how much faster than the weights the bitlength learns.
       per_channel_scale: one scale ``max|w|`` per output channel (else per tensor).
       per_channel_bits: one bitlength per output channel (else one per tensor).
@@ -133,7 +134,7 @@ class WeightBitQuantizer(BitlengthQuantizer):
 
     kind = "weights"
 
-    def __init__(self, min_bits: int = 2, max_bits: int = 8, init_bits: float = 8.0,
+    def __init__(self, min_bits: int = 2, max_bits: int = 8, init_bits: Optional[float] = None,
                  bits_lr_multiplier: float = 10.0, per_channel_scale: bool = False,
                  per_channel_bits: bool = False, channel_axes: Sequence[int] = (-1,),
                  frozen: bool = False):
@@ -191,7 +192,7 @@ class ActivationBitQuantizer(BitlengthQuantizer):
 
     kind = "activations"
 
-    def __init__(self, min_bits: int = 1, max_bits: int = 8, init_bits: float = 8.0,
+    def __init__(self, min_bits: int = 1, max_bits: int = 8, init_bits: Optional[float] = None,
                  bits_lr_multiplier: float = 10.0, ema_decay: float = 0.99,
                  freeze_range: bool = False, frozen: bool = False):
         super().__init__(min_bits, max_bits, init_bits, bits_lr_multiplier, frozen)
