@@ -198,3 +198,9 @@ def test_apply_without_annotation_and_double_pruning():
 def test_bitlengths_of_a_plain_model_is_a_clear_error():
     with pytest.raises(ValueError, match="bitprune_model"):
         tfbp.bitlengths(small_cnn())
+
+
+def test_init_bits_defaults_to_the_top_of_each_range():
+    bp = tfbp.bitprune_model(small_cnn(), weight_bits=(2, 6), activation_bits=(1, 5))
+    bits = tfbp.bitlengths(bp)
+    assert bits["conv2d/weights"] == pytest.approx(6.0) and bits["conv2d/activations"] == pytest.approx(5.0)

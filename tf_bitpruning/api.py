@@ -127,7 +127,7 @@ def _check_bits(what: str, bits: Tuple[int, int], lowest: int) -> Tuple[int, int
 
 def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: str = "uniform", *,
                    weight_bits: Tuple[int, int] = (2, 8), activation_bits: Tuple[int, int] = (1, 8),
-                   init_bits: float = 8.0, bits_lr_multiplier: float = 10.0,
+                   init_bits: Optional[float] = None, bits_lr_multiplier: float = 10.0,
                    per_channel_bits: bool = False, quantize_inputs: bool = True) -> keras.Model:
     """Turns an annotated model into a bit-pruned one (tfmot's ``quantize_apply``
     with :class:`BitPruneQuantizeScheme`) and attaches the bit loss.
@@ -138,7 +138,7 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
       regularization: λ, the weight of the average bitlength in the loss.
       weighting: ``"uniform"``, ``"memory"`` or ``"bops"``, see :mod:`costs`.
       weight_bits, activation_bits: ``(min_bits, max_bits)`` of the bitlengths.
-      init_bits: starting bitlength of every tensor.
+      init_bits: starting bitlength of every tensor (default: the top of its range).
       bits_lr_multiplier: bitlengths learn this many times faster than weights.
       per_channel_bits: one bitlength per output channel of every kernel.
       quantize_inputs: give the model inputs a learned-bitlength quantizer.
@@ -152,7 +152,7 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
     w_lo, w_hi = _check_bits("weight_bits", weight_bits, 2)
     a_lo, a_hi = _check_bits("activation_bits", activation_bits, 1)
     for what, lo, hi in (("weight_bits", w_lo, w_hi), ("activation_bits", a_lo, a_hi)):
-        if not lo <= float(init_bits) <= hi:
+        if init_bits is not None and not lo <= float(init_bits) <= hi:
             raise ValueError(f"init_bits={init_bits} is outside {what}=({lo}, {hi}).")
     if not any(isinstance(layer, tfmot_annotate.QuantizeAnnotate) for layer in model.layers):
         raise ValueError("bitprune_apply: no layer is annotated. Call tfbp.bitprune_annotate_model(model) "
