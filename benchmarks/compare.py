@@ -24,11 +24,12 @@ from absl import app, flags
 
 flags.DEFINE_list("tasks", ["digits", "breast_cancer"], "Offline tasks: digits (CNN), breast_cancer (MLP).")
 flags.DEFINE_integer("seeds", 3, "Seeds per method.")
-flags.DEFINE_list("budgets", ["2.5", "3", "4"], "BitPruning target average bits (uniform weighting).")
+flags.DEFINE_list("budgets", ["2.5", "3", "4"], "BitPruning target average bits (in --weighting).")
 flags.DEFINE_list("uniform_bits", ["2", "3", "4"], "tfmot default_n_bit bitlengths.")
 flags.DEFINE_float("bits_lr_multiplier", 20.0, "BitPruning bitlength rate (see README).")
 flags.DEFINE_enum("rounding", "ceil", ["ceil", "round"], "How freeze_bitlengths rounds the learned bits.")
 flags.DEFINE_float("finetune_lr", 1e-4, "Adam learning rate of the fine-tuning at frozen bitlengths.")
+flags.DEFINE_enum("weighting", "uniform", ["uniform", "memory", "bops"], "BitBudget weighting of the budget.")
 flags.DEFINE_bool("quick", False, "Few epochs, for a smoke run.")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "comparison"), "Output prefix (.md, .json, .png).")
 FLAGS = flags.FLAGS
@@ -173,7 +174,7 @@ def run_task(name, load, build, seed, tmp):
     for target in FLAGS.budgets:
         keras.utils.set_random_seed(seed)
         bp = tfbp.bitprune_model(base, bits_lr_multiplier=FLAGS.bits_lr_multiplier)
-        fit(bp, 1e-3, ep["learn"], [tfbp.BitBudget(target_bits=float(target))])
+        fit(bp, 1e-3, ep["learn"], [tfbp.BitBudget(target_bits=float(target), weighting=FLAGS.weighting)])
         learn_step = _step_time(bp, xtr, ytr)
         frozen = tfbp.freeze_bitlengths(bp, rounding=FLAGS.rounding)
         acc = fit(frozen, FLAGS.finetune_lr, ep["finetune"])
@@ -183,11 +184,13 @@ def run_task(name, load, build, seed, tmp):
         w = [t for t in tensors if t.kind == "weights"]
         w_bits = sum(t.elements * float(t.bits()) for t in w) / sum(t.elements for t in w)
         bops = sum(t.macs * float(t.bits()) * float(t.input_bits()) for t in w)
-        suffix = "" if FLAGS.rounding == "ceil" else f" ({FLAGS.rounding})"
+        suffix = "".join(f", {v}" for v, d in ((FLAGS.rounding, "ceil"), (FLAGS.weighting, "uniform")) if v != d)
+        suffix = f" ({suffix[2:]})" if suffix else ""
         rows.append(_row(f"BitPruning {target} bits{suffix}", acc, w_bits,
                          tfbp.average_bits(frozen, kind="activations"), w, learn_step,
                          os.path.getsize(path), _tflite_latency(path, xte), macs_bits=bops))
         rows[-1]["uniform_avg_bits"] = tfbp.average_bits(frozen)
+        rows[-1]["memory_avg_bits"] = tfbp.average_bits(frozen, weighting="memory")
     return rows
 
 
