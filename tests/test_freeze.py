@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
 
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
@@ -72,15 +71,8 @@ def test_fine_tuning_keeps_bits_and_accuracy(digits):
 
 def _quantized_kernels(model):
     """(QuantizedTensor, quantized kernel, integer bits) of every kernel."""
-    out = []
-    tensors = {id(t.bits_variable): t for t in costs.quantized_tensors(model) if t.kind == "weights"}
-    for layer in model.layers:
-        if isinstance(layer, quantize_wrapper.QuantizeWrapper):
-            for kernel, _, variables in layer._weight_vars:
-                t = tensors[id(variables["bits"])]
-                q = t.quantizer(kernel, False, t.variables).numpy()
-                out.append((t, q, np.asarray(t.quantizer.bitlength(t.variables))))
-    return out
+    return [(t, t.quantizer(t.weight, False, t.variables).numpy(), np.asarray(t.quantizer.bitlength(t.variables)))
+            for t in costs.quantized_tensors(model) if t.kind == "weights"]
 
 
 @pytest.mark.parametrize("per_channel_bits", [False, True])

@@ -1,9 +1,7 @@
 """Real training on scikit-learn's digits: bitlengths fall under the bit loss,
 accuracy holds, and the bitlength rate works with Adam and SGD."""
 
-import numpy as np
 import pytest
-import tensorflow as tf
 import tf_keras as keras
 
 import tf_bitpruning as tfbp

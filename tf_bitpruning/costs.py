@@ -43,6 +43,9 @@ class QuantizedTensor:
     elements: int        # weights: parameters; activations: elements per example
     macs: int = 0        # weights: multiply-accumulates per example
     input: Optional["QuantizedTensor"] = None  # weights: the activation feeding the layer
+    wrapper: str = ""    # the layer's name in the bit-pruned model, "quant_conv2d"
+    attr: str = ""       # weights: the kernel attribute, "kernel" or "depthwise_kernel"
+    weight: Optional[tf.Variable] = None  # weights: the float kernel it quantizes
 
     @property
     def bits_variable(self) -> tf.Variable:
@@ -100,7 +103,7 @@ def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
             quantizer, variables = owned[-1]
             activations[layer.name] = QuantizedTensor(
                 f"{user_name}/activations", user_name, "activations", quantizer, variables,
-                _output_elements(layer))
+                _output_elements(layer), wrapper=layer.name)
 
         weights = []
         if isinstance(layer, quantize_wrapper.QuantizeWrapper):
@@ -117,7 +120,7 @@ def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
                 name = f"{user_name}/weights" if len(weights) == 1 else f"{user_name}/{attr}"
                 elements = int(w.shape.num_elements())
                 result.append(QuantizedTensor(name, user_name, "weights", q, v, elements,
-                                              elements * positions, source))
+                                              elements * positions, source, layer.name, attr, w))
         if layer.name in activations:
             result.append(activations[layer.name])
     return result

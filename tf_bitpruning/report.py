@@ -37,16 +37,6 @@ def _max_abs(variable) -> float:
     return float(np.max(np.abs(np.asarray(variable)))) if variable is not None else 0.0
 
 
-def _kernel_variable(model: keras.Model, t: costs.QuantizedTensor):
-    """The float kernel quantized by ``t`` (a weights tensor), found by its bitlength variable."""
-    for layer in model.layers:
-        if isinstance(layer, quantize_wrapper.QuantizeWrapper):
-            for weight, _, variables in layer._weight_vars:
-                if variables is t.variables or variables.get("bits") is t.bits_variable:
-                    return weight
-    return None
-
-
 def _input_layer_names(model: keras.Model) -> Dict[str, str]:
     """QuantizeLayer name -> the name of the model input it quantizes (for hls4ml)."""
     names = {}
@@ -175,7 +165,7 @@ def precision_report(model: keras.Model) -> Dict[str, Any]:
         precision = hls.setdefault(name, {"Precision": {}})["Precision"]
         width = _hls_bits(t)
         if t.kind == "weights":
-            top = _max_abs(_kernel_variable(model, t))
+            top = _max_abs(t.weight)
             attr = t.name.split("/", 1)[1]
             key = "weight" if attr == "weights" else _HLS_WEIGHT_KEYS.get(attr, attr)
             precision[key] = _fixed_type(width, -top, top)

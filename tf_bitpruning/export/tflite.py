@@ -707,7 +707,7 @@ def _refine_inputs(model_obj, plan: _Plan, matched) -> List[str]:
             fine.shape = in_t.shape
             fine.shapeSignature = in_t.shapeSignature
             fine.type = schema.TensorType.INT8
-            fine.name = _text(in_t.name) + "/refined"
+            fine.name = _metadata._text(in_t.name) + "/refined"
             fine.buffer = _new_buffer(model_obj)
             fine.quantization = schema.QuantizationParametersT()
             fine.quantization.scale = [float(fine_scale)]
@@ -766,8 +766,8 @@ def _rename_tensors(model_obj, matched, layer_names: Dict[str, str]) -> None:
             wanted[int(op.inputs[2])] = f"{layer_names[key[0]]}/bias"
     used = set()
     for i, t in enumerate(sg.tensors):
-        name = wanted.get(i) or _text(t.name).split(";")[0]
-        if _text(t.name).endswith("/refined") and not name.endswith("/refined"):
+        name = wanted.get(i) or _metadata._text(t.name).split(";")[0]
+        if _metadata._text(t.name).endswith("/refined") and not name.endswith("/refined"):
             name += "/refined"
         unique, n = name, 1
         while unique in used:
@@ -910,8 +910,9 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     model_obj = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
     _check_full_integer(model_obj)
 
-    names = {key: _tensor_name(model, key) for key in plan.weights}
-    bits = {key: int(_int_bits(*_weight_quantizer(model, key)).max()) for key in plan.weights}
+    kernels = {(t.wrapper, t.attr): t for t in tensors if t.kind == "weights"}
+    names = {key: kernels[key].name for key in plan.weights}
+    bits = {key: int(_int_bits(kernels[key].quantizer, kernels[key].variables).max()) for key in plan.weights}
     matched = _match_filters(model_obj, plan.weights)
     if fine_bias:
         _refine_inputs(model_obj, plan, matched)
@@ -919,7 +920,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     content = bytes(flatbuffer_utils.convert_object_to_bytearray(model_obj))  # the INT8 reference
     packed = _pack_int4(model_obj, matched, bits, tuple(int4_ops)) if int4 else []
     storage = {names[key]: {"storage": "int4" if key in packed else "int8",
-                            "tflite_tensor": _text(tensor.name),
+                            "tflite_tensor": _metadata._text(tensor.name),
                             "code_multiplier": _int_or_list(plan.weights[key].multiplier)}
                for key, (_, _, tensor) in matched.items()}
     info = _precision_info(model, tensors, storage)
@@ -941,25 +942,6 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     return info
 
 
-def _text(name) -> str:
-    return name.decode("utf-8") if isinstance(name, (bytes, bytearray)) else str(name)
-
-
 def _int_or_list(values: np.ndarray):
     flat = np.asarray(values).reshape(-1)
     return int(flat[0]) if np.all(flat == flat[0]) else [int(v) for v in flat]
-
-
-def _weight_quantizer(model, key):
-    layer = model.get_layer(key[0])
-    for weight, quantizer, variables in layer._weight_vars:
-        if layer._weight_name(weight.name) == key[1]:
-            return quantizer, variables
-    raise KeyError(key)
-
-
-def _tensor_name(model, key) -> str:
-    """The :func:`costs.quantized_tensors` name of a wrapper's kernel."""
-    layer = model.get_layer(key[0])
-    kernels = [w for w, q, _ in layer._weight_vars if isinstance(q, BitlengthQuantizer)]
-    return f"{layer.layer.name}/weights" if len(kernels) == 1 else f"{layer.layer.name}/{key[1]}"
