@@ -43,23 +43,9 @@ def bits_range(tensors: List[costs.QuantizedTensor], weighting: str = "uniform",
                kind: Optional[str] = None) -> Tuple[float, float]:
     """The lowest and highest average bitlength the tensors can reach: every
     bitlength at its quantizer's ``min_bits``, respectively ``max_bits``."""
-    costs.check_weighting(weighting)
-
-    def average(attr):
-        value = {id(t): float(getattr(t.quantizer, attr)) for t in tensors}
-        if weighting == "bops":
-            kernels = [t for t in tensors if t.kind == "weights"]
-            macs = np.array([t.macs for t in kernels], np.float64)
-            inputs = [value[id(t.input)] if t.input is not None else costs.FLOAT_BITS for t in kernels]
-            bops = sum(m * value[id(t)] * a for m, t, a in zip(macs, kernels, inputs))
-            return math.sqrt(bops / max(macs.sum(), 1.0))
-        chosen = costs._select(tensors, kind)
-        if weighting == "uniform":
-            return sum(value[id(t)] for t in chosen) / len(chosen)
-        total = float(sum(t.elements for t in chosen))
-        return sum(t.elements / total * value[id(t)] for t in chosen)
-
-    return average("min_bits"), average("max_bits")
+    return tuple(float(costs.average_bits_tensor(tensors, weighting, kind,
+                                                 bits=lambda t, end=end: float(getattr(t.quantizer, end))))
+                 for end in ("min_bits", "max_bits"))
 
 
 def _learning_rate(optimizer) -> Optional[float]:

@@ -15,7 +15,7 @@ Weightings of the average bitlength ``R = Σ c_t n_t / Σ c_t``:
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -133,9 +133,19 @@ def _select(tensors, kind):
 
 
 def average_bits_tensor(tensors: List[QuantizedTensor], weighting: str = "uniform",
-                        kind: Optional[str] = None) -> tf.Tensor:
-    """The differentiable weighted average bitlength ``R`` (see module doc)."""
+                        kind: Optional[str] = None,
+                        bits: Optional[Callable[[QuantizedTensor], Any]] = None) -> tf.Tensor:
+    """The differentiable weighted average bitlength ``R`` (see module doc).
+
+    ``bits(t)`` gives each tensor's bitlength (default: its learned ``t.bits()``);
+    pass e.g. ``lambda t: t.quantizer.min_bits`` for the lowest reachable average.
+    """
     check_weighting(weighting)
+    bits = bits or QuantizedTensor.bits
+
+    def value(t):
+        return tf.cast(bits(t), tf.float32) if t is not None else tf.constant(FLOAT_BITS)
+
     if weighting == "bops":
         if kind == "activations":
             raise ValueError("weighting='bops' is a cost of kernels and their inputs; "
@@ -144,15 +154,15 @@ def average_bits_tensor(tensors: List[QuantizedTensor], weighting: str = "unifor
         if not kernels:
             raise ValueError("weighting='bops' needs at least one quantized kernel.")
         macs = np.array([t.macs for t in kernels], np.float32)
-        bops = tf.add_n([float(m) * t.bits() * t.input_bits() for m, t in zip(macs, kernels)])
+        bops = tf.add_n([float(m) * value(t) * value(t.input) for m, t in zip(macs, kernels)])
         return tf.sqrt(bops / float(macs.sum()))
     chosen = _select(tensors, kind)
     if not chosen:
         raise ValueError(f"The model has no quantized {kind or 'tensors'} with a learned bitlength.")
     if weighting == "uniform":
-        return tf.add_n([t.bits() for t in chosen]) / float(len(chosen))
+        return tf.add_n([value(t) for t in chosen]) / float(len(chosen))
     total = float(sum(t.elements for t in chosen))
-    return tf.add_n([(t.elements / total) * t.bits() for t in chosen])
+    return tf.add_n([(t.elements / total) * value(t) for t in chosen])
 
 
 def check_weighting(weighting: str) -> None:
