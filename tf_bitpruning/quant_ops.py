@@ -28,25 +28,31 @@ def weight_levels(bits) -> tf.Tensor:
     return tf.pow(2.0, tf.cast(bits, tf.float32) - 1.0) - 1.0
 
 
-def weight_scale(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None) -> tf.Tensor:
-    """Step ``s = max|w| / (2^(b-1) - 1)``, per tensor (``reduce_axes=None``) or
+def max_abs(w: tf.Tensor, reduce_axes: Optional[Sequence[int]] = None) -> tf.Tensor:
+    """``max|w|`` (no gradient, at least 1e-12), per tensor (``reduce_axes=None``) or
     per channel (reduced over ``reduce_axes``, kept as broadcastable dims)."""
     if reduce_axes is None:
-        max_abs = tf.reduce_max(tf.abs(w))
+        m = tf.reduce_max(tf.abs(w))
     else:
-        max_abs = tf.reduce_max(tf.abs(w), axis=list(reduce_axes), keepdims=True)
-    max_abs = tf.maximum(tf.stop_gradient(max_abs), 1e-12)
-    return max_abs / weight_levels(bits)
+        m = tf.reduce_max(tf.abs(w), axis=list(reduce_axes), keepdims=True)
+    return tf.maximum(tf.stop_gradient(m), 1e-12)
 
 
-def quantize_weights_int(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None) -> tf.Tensor:
+def weight_scale(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None,
+                 w_max: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Step ``s = max|w| / (2^(b-1) - 1)``; ``w_max`` is :func:`max_abs` if already known."""
+    return (max_abs(w, reduce_axes) if w_max is None else w_max) / weight_levels(bits)
+
+
+def quantize_weights_int(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None,
+                         w_max: Optional[tf.Tensor] = None) -> tf.Tensor:
     """Symmetric narrow-range quantizer at integer ``bits`` (no gradient).
 
     ``Q(w; b) = s · clip(round(w / s), -(2^(b-1)-1), 2^(b-1)-1)``; b = 2 is ternary.
     """
     w = tf.stop_gradient(w)
     levels = weight_levels(bits)
-    s = weight_scale(w, bits, reduce_axes)
+    s = weight_scale(w, bits, reduce_axes, w_max)
     return s * tf.clip_by_value(tf.round(w / s), -levels, levels)
 
 

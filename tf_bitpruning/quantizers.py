@@ -167,8 +167,10 @@ class WeightBitQuantizer(BitlengthQuantizer):
         if self.per_channel_scale or self.per_channel_bits:
             _, reduce_axes = self._axes(len(x.shape))
 
+        w_max = quant_ops.max_abs(x, reduce_axes)  # once, shared by both integer quantizers
+
         def quantize_int(b):
-            return quant_ops.quantize_weights_int(x, b, reduce_axes)
+            return quant_ops.quantize_weights_int(x, b, reduce_axes, w_max)
 
         return tf.cast(self._quantize(x, quantize_int, weights), inputs.dtype)
 
