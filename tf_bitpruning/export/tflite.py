@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -45,6 +44,7 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
 
 from tf_bitpruning import costs, quant_ops
+from tf_bitpruning._files import write_atomic
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.export import metadata as _metadata
 from tf_bitpruning.quantizers import ActivationBitQuantizer, BitlengthQuantizer, WeightBitQuantizer
@@ -930,15 +930,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     if packed and verify_int4:
         _verify_int4(content, bytes(final))
 
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(final)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic(path, bytes(final))
     return info
 
 
