@@ -43,7 +43,7 @@ def set_metadata(model_obj: "schema.ModelT", name: str, data: bytes) -> None:
     buffer.data = np.frombuffer(data, dtype=np.uint8).copy()
     entries = list(model_obj.metadata or [])
     for entry in entries:
-        if entry.name is not None and _text(entry.name) == name:
+        if entry.name is not None and _name_bytes(entry.name) == name.encode("utf-8"):
             model_obj.buffers[entry.buffer] = buffer
             return
     model_obj.buffers.append(buffer)
@@ -55,12 +55,28 @@ def set_metadata(model_obj: "schema.ModelT", name: str, data: bytes) -> None:
 
 
 def get_metadata(model_obj: "schema.ModelT", name: str) -> Union[bytes, None]:
-    """The bytes of metadata entry ``name``, or None."""
+    """The bytes of metadata entry ``name``, or None.
+
+    Raises:
+      PrecisionMetadataError: the entry points at a buffer the model does not have.
+    """
+    wanted = name.encode("utf-8")
     for entry in model_obj.metadata or []:
-        if entry.name is not None and _text(entry.name) == name:
-            data = model_obj.buffers[entry.buffer].data
-            return b"" if data is None else bytes(np.asarray(data, dtype=np.uint8).tobytes())
+        # Compared as bytes: a damaged name that is not UTF-8 is simply another name.
+        if entry.name is None or _name_bytes(entry.name) != wanted:
+            continue
+        buffers = model_obj.buffers or []
+        if not isinstance(entry.buffer, int) or not 0 <= entry.buffer < len(buffers):
+            raise PrecisionMetadataError(
+                f"the '{name}' metadata entry points at buffer {entry.buffer}, but the model has "
+                f"{len(buffers)} buffers")
+        data = buffers[entry.buffer].data
+        return b"" if data is None else bytes(np.asarray(data, dtype=np.uint8).tobytes())
     return None
+
+
+def _name_bytes(name) -> bytes:
+    return bytes(name) if isinstance(name, (bytes, bytearray)) else str(name).encode("utf-8")
 
 
 def _text(name) -> str:
@@ -87,20 +103,47 @@ def read_metadata(path: PathLike) -> Dict[str, Any]:
     """The full precision JSON that :func:`export_tflite` wrote into ``path``.
 
     Raises:
-      PrecisionMetadataError: ``path`` is not a TFLite file, or has no
-        ``tf_bitpruning.precision`` entry.
+      FileNotFoundError: ``path`` does not exist.
+      PrecisionMetadataError: ``path`` is not a TFLite file, is damaged, or has no
+        valid ``tf_bitpruning.precision`` entry (any damage of the file raises this).
     """
-    data = get_metadata(_read_model(path), METADATA_NAME)
+    model_obj = _read_model(path)
+    try:
+        data = get_metadata(model_obj, METADATA_NAME)
+    except PrecisionMetadataError as e:
+        raise PrecisionMetadataError(f"'{os.fspath(path)}' is a damaged TFLite model: {e}.") from e
     if data is None:
         raise PrecisionMetadataError(
             f"'{os.fspath(path)}' is a TFLite model without '{METADATA_NAME}' metadata: it was not "
             f"written by tfbp.export_tflite. Export the frozen bit-pruned model with "
             f"tfbp.export_tflite(model, path) to get the per-layer precision.")
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        info = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise PrecisionMetadataError(f"'{os.fspath(path)}': the '{METADATA_NAME}' entry is not "
                                      f"valid JSON ({e}).") from e
+    problem = _layers_problem(info)
+    if problem:
+        raise PrecisionMetadataError(f"'{os.fspath(path)}': the '{METADATA_NAME}' entry is damaged: "
+                                     f"{problem}.")
+    return info
+
+
+def _layers_problem(info: Any) -> Union[str, None]:
+    """What is wrong with the shape of the metadata JSON, or None: it must be an object
+    whose ``"layers"`` maps layer names to ``{tensor: bits}`` with numeric bits."""
+    if not isinstance(info, dict):
+        return f"expected a JSON object, got {type(info).__name__}"
+    layers = info.get("layers")
+    if not isinstance(layers, dict):
+        return "no 'layers' object"
+    for layer, entry in layers.items():
+        if not isinstance(entry, dict):
+            return f"layer '{layer}' maps to {type(entry).__name__}, not an object"
+        for key, bits in entry.items():
+            if isinstance(bits, bool) or not isinstance(bits, (int, float)):
+                return f"'{layer}/{key}' has bits {bits!r}, not a number"
+    return None
 
 
 def read_precision(path: PathLike) -> Dict[str, Dict[str, Union[int, float]]]:
