@@ -244,7 +244,7 @@ def test_failed_export_leaves_no_file(frozen_models, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise ExportError("simulated failure")
 
-    monkeypatch.setattr(tflite_export, "_check_full_integer", fail)
+    monkeypatch.setattr(tflite_export, "check_full_integer", fail)
     for path in (fresh, old):
         with pytest.raises(ExportError, match="simulated"):
             export_tflite(model, path)

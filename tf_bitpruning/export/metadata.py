@@ -22,8 +22,7 @@ import os
 from typing import Any, Dict, Union
 
 import numpy as np
-from tensorflow.lite.python import schema_py_generated as schema
-from tensorflow.lite.tools import flatbuffer_utils
+from tf_bitpruning.export._compat import flatbuffer_utils, schema
 
 METADATA_NAME = "tf_bitpruning.precision"
 FORMAT_VERSION = 1

@@ -1,0 +1,80 @@
+"""Helpers the flatbuffer passes share: find the filters, match them to the
+plan's kernels, add opcodes and buffers."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from tf_bitpruning.export._compat import flatbuffer_utils, schema
+from tf_bitpruning.export.grids import WeightExport
+
+# The filter operand of every op that has one.
+FILTER_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1}
+
+# (op name, op, filter tensor) of one exported kernel, keyed by (wrapper name, attribute).
+Matched = Dict[Tuple[str, str], Tuple[str, Any, Any]]
+
+
+def read(content: bytes) -> "schema.ModelT":
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+
+
+def to_bytes(model_obj) -> bytes:
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model_obj))
+
+
+def op_name(model_obj, op) -> str:
+    return flatbuffer_utils.opcode_to_name(model_obj, op.opcodeIndex)
+
+
+def filters(model_obj) -> List[Tuple[str, Any, Any]]:
+    """(op name, op, tensor) of every constant int8 filter."""
+    found = []
+    sg = model_obj.subgraphs[0]
+    for op in sg.operators:
+        name = op_name(model_obj, op)
+        if name in FILTER_INPUT and len(op.inputs) > FILTER_INPUT[name]:
+            index = op.inputs[FILTER_INPUT[name]]
+            tensor = sg.tensors[index]
+            if tensor.type == schema.TensorType.INT8 and tensor.buffer:
+                found.append((name, op, tensor))
+    return found
+
+
+def match_filters(model_obj, weights: Dict[Tuple[str, str], WeightExport]) -> Matched:
+    """Which flatbuffer op and filter hold which exported kernel (matched by size and scales)."""
+    matched: Matched = {}
+    for op_name_, op, tensor in filters(model_obj):
+        scales = np.asarray(tensor.quantization.scale if tensor.quantization else [], np.float64).reshape(-1)
+        size = int(np.prod(tensor.shape))
+        for key, spec in weights.items():
+            if key in matched or spec.kernel.size != size:
+                continue
+            want = np.asarray(spec.scale, np.float64).reshape(-1)
+            if want.size == scales.size and np.allclose(want, scales, rtol=1e-5, atol=0):
+                matched[key] = (op_name_, op, tensor)
+                break
+    return matched
+
+
+def opcode_index(model_obj, builtin: int, version: int) -> int:
+    """The index of ``builtin``'s operator code (added when missing)."""
+    for i, code in enumerate(model_obj.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
+    code.version = version
+    model_obj.operatorCodes.append(code)
+    return len(model_obj.operatorCodes) - 1
+
+
+def new_buffer(model_obj, data: Optional[np.ndarray] = None) -> int:
+    """Appends a buffer holding ``data`` (uint8) and returns its index."""
+    buffer = schema.BufferT()
+    buffer.data = data
+    model_obj.buffers.append(buffer)
+    return len(model_obj.buffers) - 1

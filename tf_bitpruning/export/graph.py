@@ -1,0 +1,158 @@
+"""The fake-quant graph: the frozen model re-run with the plan's grid specs.
+
+tfmot's quantizers are swapped for the ``fake_quant`` ops of :mod:`.grids`; BN
+layers folded by the plan pass their input through; a per-channel Dense runs as
+a 1x1 conv and Conv1D as a CONV_2D, which the converter can quantize per channel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tf_bitpruning.configs import BitPruneQuantizeConfig
+from tf_bitpruning.export import _compat
+from tf_bitpruning.export.checks import ExportError, check_frozen
+from tf_bitpruning.export.grids import WeightExport
+from tf_bitpruning.export.plan import Plan
+
+L = keras.layers
+
+
+class ExportActivation:
+    """Stands in for tfmot's QuantizeAwareActivation in the export graph."""
+
+    def __init__(self, qaa, plan: Plan):
+        self.qaa = qaa
+        self.plan = plan
+        self.__name__ = getattr(qaa.activation, "__name__", "activation")
+
+    def __call__(self, x, *args, **kwargs):
+        pre, post = _compat.activation_vars(self.qaa)
+        if pre is not None:
+            x = self._quantize(x, pre)
+        x = self.qaa.activation(x, *args, **kwargs)
+        if post is not None:
+            x = self._quantize(x, post)
+        return x
+
+    def _quantize(self, x, variables):
+        spec = self.plan.act(variables)
+        if spec is None:
+            return self.qaa.quantizer(x, False, weights=variables)
+        return spec(x)
+
+
+def _inference_kwargs(layer, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    kwargs = dict(kwargs)
+    kwargs.pop("training", None)
+    if _compat.accepts_training(layer):
+        kwargs["training"] = False
+    return kwargs
+
+
+def run_wrapper(layer, plan: Plan, inputs, kwargs):
+    """tfmot's QuantizeWrapper.call with export ops in place of the quantizers."""
+    inner = layer.layer
+    config = layer.quantize_config
+    saved: Dict[str, Any] = {}
+
+    def swap(attr, value):
+        old = _compat.set_attribute(inner, attr, value)
+        saved.setdefault(attr, old)
+
+    try:
+        if layer.name in plan.folded_bn:
+            out = inputs  # folded into the producer's kernel and bias
+        else:
+            for weight, quantizer, variables, attr in _compat.weight_quantizers(layer):
+                spec = plan.weights.get((layer.name, attr))
+                value = spec.tensor() if spec is not None else quantizer(weight, False, weights=variables)
+                swap(attr, value)
+            if layer.name in plan.fold_into:
+                swap("use_bias", True)
+                swap("bias", tf.constant(plan.fold_into[layer.name]))
+            for attr, qaa in zip(getattr(config, "activation_attrs", []), _compat.quantize_activations(layer)):
+                swap(attr, ExportActivation(qaa, plan))
+            kernel = plan.weights.get((layer.name, "kernel"))
+            if isinstance(inner, L.Dense) and kernel is not None and kernel.scale.ndim > 0:
+                out = dense_as_conv(inner, inputs, kernel)
+            elif type(inner) is L.Conv1D and kernel is not None:
+                out = conv1d_as_conv2d(inner, inputs, kernel)
+            else:
+                out = inner.call(inputs, **_inference_kwargs(inner, kwargs))
+        quantizer, variables = _compat.output_quantizer(layer)
+        if quantizer is not None:
+            spec = plan.act(variables)
+            out = spec(out) if spec is not None else quantizer(out, False, weights=variables)
+        return out
+    finally:
+        for attr, value in saved.items():
+            _compat.set_attribute(inner, attr, value)
+
+
+def dense_as_conv(inner: L.Dense, x: tf.Tensor, spec: WeightExport) -> tf.Tensor:
+    """Dense with per-channel weight scales (a folded BatchNormalization) as a 1x1
+    CONV_2D: TFLite's converter cannot transpose a per-channel FULLY_CONNECTED
+    filter ("tfl.transpose op has mismatched quantized axes")."""
+    n_in, n_out = spec.kernel.shape
+    kernel = spec.tensor((1, 1, n_in, n_out))
+    y = tf.nn.conv2d(tf.reshape(x, [-1, 1, 1, n_in]), kernel, strides=1, padding="VALID")
+    if x.shape.rank == 2:
+        y = tf.reshape(y, [-1, n_out])
+    else:
+        y = tf.reshape(y, tf.concat([tf.shape(x)[:-1], [n_out]], axis=0))
+    if inner.use_bias:
+        y = tf.nn.bias_add(y, inner.bias)
+    return inner.activation(y) if inner.activation is not None else y
+
+
+def conv1d_as_conv2d(inner: L.Conv1D, x: tf.Tensor, spec: WeightExport) -> tf.Tensor:
+    """Conv1D as the CONV_2D TFLite runs, with the kernel fake-quantized in its
+    4-D shape (the converter cannot reshape a per-channel quantized filter)."""
+    if inner.groups != 1 or inner.data_format != "channels_last":
+        raise ExportError(f"Conv1D '{inner.name}': grouped or channels_first Conv1D cannot be exported.")
+    padding = inner.padding
+    if padding == "causal":
+        x = tf.pad(x, _compat.causal_padding(inner, x))
+        padding = "valid"
+    kernel = spec.tensor((1,) + tuple(spec.kernel.shape))
+    y = tf.nn.conv2d(tf.expand_dims(x, 1), kernel, strides=[1, inner.strides[0]],
+                     padding=padding.upper(), dilations=[1, inner.dilation_rate[0]])
+    y = tf.squeeze(y, axis=1)
+    if inner.use_bias:
+        y = tf.nn.bias_add(y, inner.bias)
+    return inner.activation(y) if inner.activation is not None else y
+
+
+def run_layer(layer, plan: Plan, args, kwargs):
+    """One layer of the export graph."""
+    if isinstance(layer, _compat.QuantizeWrapper) and isinstance(layer.quantize_config, BitPruneQuantizeConfig):
+        if len(args) != 1:
+            raise ExportError(f"Layer '{layer.name}' is called with {len(args)} positional inputs.")
+        return run_wrapper(layer, plan, args[0], kwargs)
+    if isinstance(layer, _compat.QuantizeLayer) and layer.quantizer is not None:
+        spec = plan.act(layer.quantizer_vars)
+        if spec is not None:
+            return spec(args[0])
+    kwargs = dict(kwargs)
+    kwargs.pop("training", None)
+    return layer(*args, training=False, **kwargs) if _compat.accepts_training(layer) else layer(*args, **kwargs)
+
+
+def export_graph(model: keras.Model, plan: Optional[Plan] = None) -> Callable[..., Any]:
+    """The export graph of a frozen bit-pruned model: a function of the model's
+    inputs built from ``fake_quant`` ops (see :mod:`.grids`). Useful to inspect
+    what :func:`export_tflite` converts; it computes what the model does."""
+    if plan is None:
+        check_frozen(model)
+        plan = Plan(model)
+
+    def run(*inputs):
+        outs = _compat.run_functional(model, tf.nest.flatten(inputs),
+                                      lambda layer, args, kwargs: run_layer(layer, plan, args, kwargs))
+        return outs[0] if len(outs) == 1 else outs
+
+    return run

@@ -1,0 +1,194 @@
+"""The plan: everything the export graph needs, computed once from the frozen model.
+
+- the grid spec (:mod:`.grids`) of every kernel and activation quantizer;
+- ``Conv/Dense -> BatchNormalization`` pairs folded before TFLite sees them: the
+  BN factor ``γ/σ`` multiplies the per-channel step, so the folded kernel stays
+  on a per-channel b-bit grid and its bias absorbs the rest (a Dense with
+  per-channel scales is exported as a 1x1 CONV_2D, which the converter supports);
+- the float bias and the b-bit input grid of every kernel layer with a bias
+  (for the ``fine_bias`` pass, :mod:`.fine_bias`).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import tf_keras as keras
+
+from tf_bitpruning import costs
+from tf_bitpruning.configs import BitPruneQuantizeConfig
+from tf_bitpruning.export import _compat
+from tf_bitpruning.export.checks import ExportError
+from tf_bitpruning.export.grids import ActivationExport, WeightExport, activation_export, int_bits, weight_export
+from tf_bitpruning.quantizers import BitlengthQuantizer, WeightBitQuantizer
+
+L = keras.layers
+
+# Layers whose output values are some of their input values (so stay on its grid).
+VALUE_PRESERVING = (L.InputLayer, L.Flatten, L.Reshape, L.Permute, L.Dropout, L.SpatialDropout1D,
+                    L.SpatialDropout2D, L.ActivityRegularization, L.MaxPooling1D, L.MaxPooling2D,
+                    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.ZeroPadding1D, L.ZeroPadding2D,
+                    L.Cropping1D, L.Cropping2D)
+
+FOLDABLE = (L.Conv1D, L.Conv2D, L.DepthwiseConv2D, L.Dense)
+# The TFLite op each kernel layer becomes.
+TFLITE_OP = {L.Conv1D: "CONV_2D", L.Conv2D: "CONV_2D", L.DepthwiseConv2D: "DEPTHWISE_CONV_2D",
+             L.Dense: "FULLY_CONNECTED", L.Conv2DTranspose: "TRANSPOSE_CONV"}
+
+
+def bn_factors(bn: L.BatchNormalization, rank: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(multiplier, offset) of an inference-mode BatchNormalization: y = x·m + c."""
+    axes = [a % rank for a in ([bn.axis] if isinstance(bn.axis, int) else bn.axis)]
+    if axes != [rank - 1]:
+        raise ExportError(f"BatchNormalization '{bn.name}' normalizes axis {bn.axis}; only the "
+                          f"last (channels) axis can be folded.")
+    var = bn.moving_variance.numpy().astype(np.float64)
+    mean = bn.moving_mean.numpy().astype(np.float64)
+    gamma = bn.gamma.numpy().astype(np.float64) if bn.scale else np.ones_like(var)
+    beta = bn.beta.numpy().astype(np.float64) if bn.center else np.zeros_like(var)
+    m = gamma / np.sqrt(var + bn.epsilon)
+    return m, beta - mean * m
+
+
+def is_linear(activation) -> bool:
+    activation = _compat.plain_activation(activation)
+    return activation is None or getattr(activation, "__name__", "") == "linear"
+
+
+def _bitpruned(layer) -> bool:
+    return isinstance(layer, _compat.QuantizeWrapper) and isinstance(layer.quantize_config,
+                                                                    BitPruneQuantizeConfig)
+
+
+class Plan:
+    """Everything the export graph needs, computed once from the frozen model."""
+
+    def __init__(self, model: keras.Model, int4_ops: Sequence[str] = (), fine_bias: bool = True):
+        self.model = model
+        self.fine_bias = fine_bias
+        self.weights: Dict[Tuple[str, str], WeightExport] = {}
+        self.activations: Dict[int, ActivationExport] = {}    # id(bits variable) -> export
+        self.fold_into: Dict[str, np.ndarray] = {}            # kernel layer name -> BN offset
+        self.folded_bn: set = set()                           # BN wrapper layer names
+        self.input_grid: Dict[str, ActivationExport] = {}     # kernel layer -> grid of its input
+        self.bias: Dict[str, np.ndarray] = {}                 # kernel layer -> float bias (folded)
+        self.layers = {layer.name: layer for layer in model.layers}
+        folds = self._find_folds(model)
+        for layer in model.layers:
+            if isinstance(layer, _compat.QuantizeLayer):
+                if isinstance(layer.quantizer, BitlengthQuantizer):
+                    self._add_activation(layer.quantizer, layer.quantizer_vars, layer.name)
+                continue
+            if _bitpruned(layer):  # tfmot's own fake quants export as they are
+                self._add_layer(layer, folds.get(layer.name), int4_ops)
+        for layer in model.layers:
+            inner = _compat.inner(layer)
+            if (layer.name in self.fold_into or getattr(inner, "use_bias", False)) and any(
+                    key[0] == layer.name for key in self.weights):
+                grid = self._input_grid(layer)
+                if grid is not None:
+                    self.input_grid[layer.name] = grid
+                self.bias[layer.name] = (self.fold_into[layer.name] if layer.name in self.fold_into
+                                         else inner.bias.numpy().astype(np.float32))
+                self._limit_bias_codes(layer.name)
+
+    def _find_folds(self, model: keras.Model) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """Kernel layer name -> BN (multiplier, offset) for every foldable pair."""
+        outputs = {id(layer) for layer in _compat.output_layers(model)}
+        consumers = _compat.consumers(model)
+        folds: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+        for layer in model.layers:
+            inner = _compat.inner(layer)
+            users = consumers.get(id(layer), [])
+            if (isinstance(layer, _compat.QuantizeWrapper) and isinstance(inner, FOLDABLE)
+                    and is_linear(getattr(inner, "activation", None)) and len(users) == 1
+                    and isinstance(_compat.inner(users[0]), L.BatchNormalization) and id(layer) not in outputs
+                    and not self._has_activation_quantizer(layer)):
+                m, c = bn_factors(_compat.inner(users[0]), len(users[0].get_input_shape_at(0)))
+                folds[layer.name] = (m, c)
+                self.folded_bn.add(users[0].name)
+        return folds
+
+    def _add_layer(self, layer, fold: Optional[Tuple[np.ndarray, np.ndarray]], int4_ops: Sequence[str]) -> None:
+        inner = _compat.inner(layer)
+        has_bias = fold is not None or bool(getattr(inner, "use_bias", False))
+        for weight, quantizer, variables, attr in _compat.weight_quantizers(layer):
+            if not isinstance(quantizer, WeightBitQuantizer):
+                continue
+            code_limit = None
+            if self.fine_bias and has_bias:
+                op = self.tflite_op(layer, quantizer, fold is not None)
+                int4 = op in int4_ops and int_bits(quantizer, variables).max() <= 4
+                code_limit = 7 if int4 else 127
+            self.weights[(layer.name, attr)] = weight_export(
+                quantizer, variables, weight, f"{layer.name}/{attr}",
+                None if fold is None else fold[0], code_limit)
+        if fold is not None:
+            bias = getattr(inner, "bias", None)
+            b = bias.numpy().astype(np.float64) if getattr(inner, "use_bias", False) else 0.0
+            self.fold_into[layer.name] = (b * fold[0] + fold[1]).astype(np.float32)
+        for quantizer, variables in costs._activation_tensors(layer):
+            if isinstance(quantizer, BitlengthQuantizer):
+                self._add_activation(quantizer, variables, layer.name)
+
+    @staticmethod
+    def tflite_op(layer, quantizer: WeightBitQuantizer, folded: bool) -> Optional[str]:
+        """The builtin op the layer's kernel becomes in the file."""
+        op = TFLITE_OP.get(type(_compat.inner(layer)))
+        if op == "FULLY_CONNECTED" and (folded or quantizer.per_channel_scale or quantizer.per_channel_bits):
+            op = "CONV_2D"  # see graph.dense_as_conv
+        return op
+
+    def _input_grid(self, layer) -> Optional[ActivationExport]:
+        """The b-bit grid of ``layer``'s input, if its producer's output is on one."""
+        producers = _compat.producers(layer)
+        while len(producers) == 1 and isinstance(_compat.inner(producers[0]), VALUE_PRESERVING) \
+                and not isinstance(producers[0], _compat.QuantizeLayer):
+            producers = _compat.producers(producers[0])
+        if len(producers) != 1:
+            return None
+        producer = producers[0]
+        if isinstance(producer, _compat.QuantizeLayer):
+            return self.act(producer.quantizer_vars) if producer.quantizer is not None else None
+        if not isinstance(producer, _compat.QuantizeWrapper) or producer.name in self.folded_bn:
+            return None
+        quantizer, variables = _compat.output_quantizer(producer)
+        if quantizer is not None:
+            return self.act(variables)
+        activations = _compat.quantize_activations(producer)
+        if activations:
+            _, post = _compat.activation_vars(activations[-1])
+            if post is not None:
+                return self.act(post)
+        return None
+
+    def _limit_bias_codes(self, layer_name: str) -> None:
+        """Keeps the int32 bias codes (bias / (input scale × weight scale)) below
+        2^30 by lowering the weight code multiplier where a bias is very large."""
+        grid, bias = self.input_grid.get(layer_name), self.bias.get(layer_name)
+        if grid is None or bias is None:
+            return
+        for key, spec in self.weights.items():
+            if key[0] != layer_name:
+                continue
+            step = spec.scale.astype(np.float64) * spec.multiplier
+            mult = spec.multiplier.astype(np.float64)
+            while True:
+                worst = np.max(np.abs(bias) / (grid.step * step / mult))
+                if worst < 2.0 ** 30 or np.all(mult <= 1):
+                    break
+                mult = np.maximum(mult / 2.0, 1.0)
+            spec.multiplier = mult.astype(np.int64)
+            spec.scale = (step / mult).astype(np.float32)
+
+    @staticmethod
+    def _has_activation_quantizer(layer) -> bool:
+        return any(isinstance(q, BitlengthQuantizer) for q, _ in costs._activation_tensors(layer))
+
+    def _add_activation(self, quantizer, variables, where):
+        self.activations[id(variables["bits"])] = activation_export(quantizer, variables, where)
+
+    def act(self, variables) -> Optional[ActivationExport]:
+        """The grid of the activation quantizer with these variables (None: not ours)."""
+        return self.activations.get(id(variables["bits"])) if variables else None
