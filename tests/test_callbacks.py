@@ -35,6 +35,7 @@ class _BatchLogs(keras.callbacks.Callback):
         self.keys |= set(logs or {})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [3.0, 5.0])
 def test_budget_settles_at_target(digits, target):
     xtr, ytr, xte, yte = digits
@@ -55,6 +56,7 @@ def test_budget_settles_at_target(digits, target):
     assert bp.evaluate(xte, yte, verbose=0)[1] > 0.85
 
 
+@pytest.mark.slow
 def test_lambda_falls_when_below_target(digits):
     """Bitlengths far below the target: λ drops towards its floor and the task
     loss pulls the bits back up."""
@@ -67,6 +69,7 @@ def test_lambda_falls_when_below_target(digits):
     assert bits[-1] > bits[2] + 0.15  # rising once λ is low
 
 
+@pytest.mark.slow
 def test_stop_when_met(digits):
     xtr, ytr, _, _ = digits
     bp = _bitpruned()
@@ -77,6 +80,7 @@ def test_stop_when_met(digits):
     assert all(abs(b - 7.0) <= 0.25 for b in history.history["avg_bits"][-2:])
 
 
+@pytest.mark.slow
 def test_weighting_and_kind_reach_the_bit_loss(digits):
     """The callback switches the attached loss to its weighting/kind before the
     train function is traced, also on a model that was already trained."""
@@ -101,6 +105,7 @@ def _events(directory):
     return acc
 
 
+@pytest.mark.slow
 def test_tensorboard_summaries(digits, tmp_path):
     xtr, ytr, _, _ = digits
     bp = _bitpruned()

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # a subprocess that trains twice
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 

@@ -16,6 +16,7 @@ from tf_bitpruning import costs, quant_ops
 from tf_bitpruning.export import (METADATA_NAME, ExportError, PrecisionMetadataError, export_tflite,
                                   precision_table, read_metadata, read_precision)
 from tf_bitpruning.export import tflite as tflite_export
+from tflite_checks import fuzz_reader, top1_agreement
 
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
 OpResolverType = pytest.importorskip("ai_edge_litert.interpreter").OpResolverType
@@ -23,12 +24,14 @@ OpResolverType = pytest.importorskip("ai_edge_litert.interpreter").OpResolverTyp
 MODELS = ("sequential", "functional")
 
 
+def _kernels(builtin: bool) -> dict:
+    """Interpreter options: LiteRT's builtin kernels, or the default XNNPACK delegate."""
+    return {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} if builtin else {}
+
+
 def run_tflite(path, x, builtin=False, preserve=False):
     """Runs a .tflite file on a batch; returns (outputs, interpreter)."""
-    kwargs = {"experimental_preserve_all_tensors": preserve}
-    if builtin:
-        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    it = Interpreter(model_path=str(path), **kwargs)
+    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=preserve, **_kernels(builtin))
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     it.resize_tensor_input(inp["index"], x.shape)
     it.allocate_tensors()
@@ -48,6 +51,15 @@ def flatbuffer(path):
     return flatbuffer_utils.read_model(str(path))
 
 
+def output_step(path) -> float:
+    """The grid step of a full-integer file's output: the scale of the int8 tensor
+    its final DEQUANTIZE reads (an int8 softmax's is 1/256 by TFLite's op spec;
+    a linear output keeps the learned activation grid)."""
+    sg = flatbuffer(path).subgraphs[0]
+    last = next(op for op in sg.operators if sg.outputs[0] in list(op.outputs))
+    return float(sg.tensors[last.inputs[0]].quantization.scale[0])
+
+
 @pytest.fixture(scope="module")
 def exported(frozen_models, tmp_path_factory):
     """Each model exported once with INT8 filters and once with INT4 packing."""
@@ -61,21 +73,35 @@ def exported(frozen_models, tmp_path_factory):
     return files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_tflite_agrees_with_keras(name, frozen_models, exported, digits):
+    """Keras' fake-quantized float model and the integer file compute the same grid
+    values, up to rounding at grid midpoints (see tests/tflite_checks.py)."""
     model = frozen_models[name]
     x = digits[2]
     ref = model.predict(x, verbose=0)
+    step = output_step(exported[name, "int8"])
     for builtin in (False, True):  # XNNPACK (default) and the builtin kernels
         got, _ = run_tflite(exported[name, "int8"], x, builtin=builtin)
-        agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
-        assert agreement >= 0.995, (name, builtin, agreement)
-    # Outputs differ only where a value sits within rounding noise of a grid
-    # midpoint: at most a few output steps (softmax: 1/256 plus such flips).
-    max_diff = float(np.abs(got - ref).max())
-    assert max_diff < (0.2 if name == "sequential" else 2.0), max_diff
+        a = top1_agreement(got, ref, step)
+        # A value one rounding error from a grid midpoint can round the other way, at
+        # the output (one step: the tolerance) or in a hidden tensor (then the output
+        # moves by more). Such values are rare, and where they fall depends on the CPU
+        # that trained the model: 0.3-5 % of the examples moved by more than a step
+        # with oneDNN on/off, 1 or 2 threads and AVX-512/AVX2 kernels. At most 10 % may;
+        # a wrong scale, bias, zero point or fold moves nearly every example that far.
+        assert a.off_grid_rate <= 0.1, a
+        # Top-1 differs only where an example moved by more than a step (never on one
+        # that stayed within the tolerance: that cannot flip a margin > 2 steps).
+        assert a.decided - a.agreeing <= a.off_grid and a.rate >= 0.99, a
+        # Ties (top two within 2 steps) are examples the reference itself cannot rank
+        # at this output resolution; a model trained to ~97 % has few. Counted apart,
+        # bounded so that the comparison above covers at least 90 % of the examples.
+        assert a.tie_rate <= 0.1, a
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_full_integer_on_the_b_bit_grids(name, frozen_models, exported, digits):
     model = frozen_models[name]
@@ -128,6 +154,7 @@ def test_full_integer_on_the_b_bit_grids(name, frozen_models, exported, digits):
     assert seen >= len(grids) - 1  # the output's grid may only exist before softmax
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_int4_filters_are_packed_and_run_identically(name, exported, digits, tmp_path):
     path4 = exported[name, "int4"]
@@ -161,10 +188,13 @@ def test_int4_filters_are_packed_and_run_identically(name, exported, digits, tmp
     out4, _ = run_tflite(path4, x, builtin=True)
     out8, _ = run_tflite(unpacked, x, builtin=True)
     np.testing.assert_array_equal(out4, out8)
-    # The default XNNPACK delegate leaves INT4 convolutions to the builtin kernel
-    # (which rounds some midpoints differently than XNNPACK): same top-1.
+    # The default XNNPACK delegate leaves INT4 convolutions to the builtin kernel and
+    # runs the rest itself, rounding some midpoints differently than the builtin
+    # kernels: the same integer grid values up to such flips (bounds as in
+    # test_tflite_agrees_with_keras).
     default4, _ = run_tflite(path4, x)
-    assert np.mean(default4.argmax(1) == out8.argmax(1)) >= 0.995
+    a = top1_agreement(default4, out8, output_step(path4))
+    assert a.off_grid_rate <= 0.1 and a.decided - a.agreeing <= a.off_grid and a.tie_rate <= 0.1, a
 
 
 def test_int4_pack_roundtrip_and_range():
@@ -176,6 +206,7 @@ def test_int4_pack_roundtrip_and_range():
         tflite_export.pack_int4_values(np.array([9], np.int8))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_metadata_matches_bitlengths(name, frozen_models, exported):
     model = frozen_models[name]
@@ -196,16 +227,34 @@ def test_metadata_matches_bitlengths(name, frozen_models, exported):
     assert all(layer in table for layer in precision)
 
 
+@pytest.mark.slow
 def test_int8_input_and_output(frozen_models, digits, tmp_path):
+    """int8 input and output types change only the file's ends: fed the int8 codes the
+    float-input file computes from the same images, it returns the int8 codes that
+    file dequantizes, exactly (an integer reference, no tolerance)."""
     model = frozen_models["functional"]
-    path = tmp_path / "int8_io.tflite"
+    path, float_io = tmp_path / "int8_io.tflite", tmp_path / "float_io.tflite"
     export_tflite(model, path, inference_input_type=tf.int8, inference_output_type=tf.int8)
-    got, it = run_tflite(path, digits[2])
-    assert it.get_input_details()[0]["dtype"] == np.int8
-    ref = model.predict(digits[2], verbose=0)
-    assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.995
+    export_tflite(model, float_io)
+    x = digits[2]
+    for builtin in (False, True):
+        ref, it_float = run_tflite(float_io, x, builtin=builtin, preserve=True)
+        sg = flatbuffer(float_io).subgraphs[0]
+        codes_in = it_float.get_tensor(sg.operators[0].outputs[0])  # the leading QUANTIZE's output
+        it = Interpreter(model_path=str(path), **_kernels(builtin))
+        inp, out = it.get_input_details()[0], it.get_output_details()[0]
+        assert inp["dtype"] == out["dtype"] == codes_in.dtype == np.int8
+        it.resize_tensor_input(inp["index"], x.shape)
+        it.allocate_tensors()
+        it.set_tensor(inp["index"], codes_in)
+        it.invoke()
+        codes_out = it.get_tensor(out["index"])
+        scale, zero = out["quantization"]
+        assert scale == pytest.approx(output_step(float_io), rel=1e-6)
+        np.testing.assert_array_equal(codes_out, np.round(ref / scale).astype(int) + zero)
 
 
+@pytest.mark.slow
 def test_float_layers_need_a_representative_dataset(digits, tmp_path):
     from conftest import small_cnn
 
@@ -220,8 +269,12 @@ def test_float_layers_need_a_representative_dataset(digits, tmp_path):
     export_tflite(frozen, path, representative_dataset=digits[0][:64])
     got, _ = run_tflite(path, digits[2])
     ref = frozen.predict(digits[2], verbose=0)
-    # The float dense layer is now int8 at calibrated ranges: close, not exact.
-    assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.95
+    # The float dense layer is now int8 at calibrated ranges: close, not exact. Its
+    # 8-bit noise moves the logits by a few steps (up to 16 softmax steps seen), which
+    # can only swap the top two of examples near a tie: top-1 holds on >= 98 % of the
+    # decided ones (100 % seen on every CPU variant; ties 4.7 %, bounded at 10 %).
+    a = top1_agreement(got, ref, output_step(path))
+    assert a.rate >= 0.98 and a.tie_rate <= 0.1, a
 
 
 def test_refuses_models_that_are_not_frozen(digits, tmp_path):
@@ -235,6 +288,7 @@ def test_refuses_models_that_are_not_frozen(digits, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_failed_export_leaves_no_file(frozen_models, tmp_path, monkeypatch):
     model = frozen_models["sequential"]
     fresh = tmp_path / "new.tflite"
@@ -263,33 +317,18 @@ def test_failed_export_leaves_no_file(frozen_models, tmp_path, monkeypatch):
         export_tflite(model, tmp_path / "missing_dir" / "m.tflite")
 
 
-def test_read_precision_errors(tmp_path):
-    junk = tmp_path / "model.tflite"
-    junk.write_bytes(b"this is not a flatbuffer at all")
-    with pytest.raises(PrecisionMetadataError, match="not a TFLite model"):
-        read_precision(junk)
-    with pytest.raises(FileNotFoundError):
-        read_precision(tmp_path / "absent.tflite")
-
-    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    converter = tf.lite.TFLiteConverter.from_keras_model(plain)
-    path = tmp_path / "plain.tflite"
-    path.write_bytes(converter.convert())
-    with pytest.raises(PrecisionMetadataError, match="without 'tf_bitpruning.precision' metadata"):
-        read_precision(path)
-
-    fb = flatbuffer(path)
-    from tf_bitpruning.export.metadata import set_metadata
-    set_metadata(fb, METADATA_NAME, b"{not json")
-    flatbuffer_utils.write_model(fb, str(path))
-    with pytest.raises(PrecisionMetadataError, match="not valid JSON"):
-        read_metadata(path)
-    set_metadata(fb, METADATA_NAME, json.dumps({"layers": {"d": {"weights": 3}}}).encode())
-    flatbuffer_utils.write_model(fb, str(path))
-    assert read_precision(path) == {"d": {"weights": 3}}
-    assert [e.name.decode() for e in flatbuffer(path).metadata].count(METADATA_NAME) == 1
+@pytest.mark.slow
+def test_damaged_exports_raise_only_precision_metadata_error(exported, tmp_path):
+    """1,500 truncations and byte flips of a real export (a third in the metadata
+    name and JSON); tests/test_metadata.py does the same on a tiny file, fast."""
+    data = exported["functional", "int4"].read_bytes()
+    json_start = data.index(b'{"format"')
+    hot = (METADATA_NAME.encode(), data[json_start:data.index(b"}]}", json_start) + 3])
+    raised, read = fuzz_reader(read_precision, PrecisionMetadataError, data, tmp_path, count=1500, seed=1, hot=hot)
+    assert raised >= 500 and read >= 50, (raised, read)
 
 
+@pytest.mark.slow
 def test_cli_exports_a_saved_model(frozen_models, digits, tmp_path, capsys):
     from absl import flags
 

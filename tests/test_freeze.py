@@ -38,6 +38,7 @@ def _bits_params(model):
     return [v for v in model.variables if v.name.split("/")[-1].split(":")[0].endswith("_bits")]
 
 
+@pytest.mark.slow
 def test_frozen_bits_are_integers_and_not_trainable(digits):
     bp = _learned(digits)
     learned = tfbp.bitlengths(bp)
@@ -52,6 +53,7 @@ def test_frozen_bits_are_integers_and_not_trainable(digits):
     assert len(frozen.trainable_variables) == len(bp.trainable_variables) - len(learned)
 
 
+@pytest.mark.slow
 def test_fine_tuning_keeps_bits_and_accuracy(digits):
     xtr, ytr, xte, yte = digits
     frozen = _compiled(tfbp.freeze_bitlengths(_learned(digits)), lr=1e-4)
@@ -75,6 +77,7 @@ def _quantized_kernels(model):
             for t in costs.quantized_tensors(model) if t.kind == "weights"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_channel_bits", [False, True])
 def test_weights_hold_at_most_2b_minus_1_values(digits, per_channel_bits):
     frozen = tfbp.freeze_bitlengths(_learned(digits, epochs=2, regularization=1.0,
@@ -93,6 +96,7 @@ def test_weights_hold_at_most_2b_minus_1_values(digits, per_channel_bits):
     assert min(b for t, _, b in _quantized_kernels(frozen) for b in np.ravel(b)) < 8  # not trivially 8-bit
 
 
+@pytest.mark.slow
 def test_activations_hold_at_most_2b_values(digits):
     frozen = tfbp.freeze_bitlengths(_learned(digits))
     x = tf.random.stateless_uniform((4096,), seed=(1, 2), minval=-3.0, maxval=12.0)
@@ -129,6 +133,7 @@ def test_round_bits():
     assert round_bits(5.0, allowed_bits=(2, 4, 8)) == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make, options", [(small_cnn, {}), (small_cnn, {"per_channel_bits": True}),
                                            (_bn_cnn, {})])
 def test_freeze_carries_every_weight_over(digits, make, options):
@@ -149,6 +154,7 @@ def test_freeze_carries_every_weight_over(digits, make, options):
     np.testing.assert_allclose(frozen.predict(xte, verbose=0), bp.predict(xte, verbose=0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_freeze_ranges_false_keeps_calibrating(digits):
     xtr, ytr, _, _ = digits
     frozen = _compiled(tfbp.freeze_bitlengths(_learned(digits, epochs=1), freeze_ranges=False))

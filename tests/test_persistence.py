@@ -12,6 +12,8 @@ from tf_bitpruning.export import load_model, restore_bit_loss, save_model
 
 from conftest import bn_add_cnn, small_cnn
 
+pytestmark = pytest.mark.slow  # every test trains or saves a trained model
+
 
 def learning_model(digits, fn=bn_add_cnn, regularization=0.05, steps=4):
     """A bit-pruned model a few steps into the learning phase (ranges calibrated)."""

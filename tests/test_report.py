@@ -16,7 +16,7 @@ FIXED = re.compile(r"^ap_u?fixed<(\d+),-?\d+>$")
 
 
 @pytest.fixture()
-def learned(digits):
+def learned(digits):  # its users are slow: two epochs of training
     xtr, ytr, _, _ = digits
     bp = tfbp.bitprune_model(small_cnn(), regularization=0.5, bits_lr_multiplier=20.0)
     bp.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
@@ -32,6 +32,7 @@ def _check_totals(report):
     assert totals["compression_vs_int8"] == pytest.approx(totals["compression_vs_float32"] / 4)
 
 
+@pytest.mark.slow
 def test_rows_and_totals_learning_phase(learned):
     report = tfbp.precision_report(learned)
     json.loads(json.dumps(report))  # JSON-serializable
@@ -57,6 +58,7 @@ def test_rows_and_totals_learning_phase(learned):
     assert not report["totals"]["frozen"]
 
 
+@pytest.mark.slow
 def test_frozen_report_and_hls4ml_section(learned):
     frozen = tfbp.freeze_bitlengths(learned)
     report = tfbp.precision_report(frozen)
@@ -82,6 +84,7 @@ def _lines(model):
     return lines
 
 
+@pytest.mark.slow
 def test_summary_prints_every_layer_and_totals(learned):
     text = "\n".join(_lines(learned))
     for name in ("quantize_layer", "conv2d", "conv2d_1", "dense", "Total", "float32", "int8"):

@@ -7,6 +7,8 @@ import tf_keras as keras
 import tf_bitpruning as tfbp
 from conftest import small_cnn
 
+pytestmark = pytest.mark.slow  # real training runs
+
 
 @pytest.fixture(scope="module")
 def float_model(digits):
