@@ -30,6 +30,11 @@ def _seed():
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     yield
+    # A global dtype policy left behind would silently change every later test.
+    policy = keras.mixed_precision.global_policy().name
+    if policy != "float32":
+        keras.mixed_precision.set_global_policy("float32")
+        pytest.fail(f"the test left Keras' global dtype policy at {policy!r}; restore float32")
 
 
 def bn_add_cnn():

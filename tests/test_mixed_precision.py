@@ -7,6 +7,8 @@ policy, not the wrapped layer's, so a float32 output layer has to be left
 unwrapped with ``skip_layers`` to keep a float32 softmax.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,13 +17,22 @@ import tf_keras as keras
 import tf_bitpruning as tfbp
 
 
-@pytest.fixture
-def mixed_float16():
-    keras.mixed_precision.set_global_policy("mixed_float16")
+@contextlib.contextmanager
+def global_policy(name: str):
+    """Sets Keras' global dtype policy inside the block, restores the previous one after
+    (also when the block raises)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
     try:
         yield
     finally:
-        keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy(previous)
+
+
+@pytest.fixture
+def mixed_float16():
+    with global_policy("mixed_float16"):
+        yield
 
 
 def _model():
@@ -37,6 +48,7 @@ def _model():
     ])
 
 
+@pytest.mark.slow
 def test_bitprune_trains_under_mixed_float16(mixed_float16, digits):
     x, y = digits[0][:128], digits[1][:128]
     bp = tfbp.bitprune_model(_model(), regularization=0.5, skip_layers=["out"])
@@ -61,5 +73,14 @@ def test_bitprune_trains_under_mixed_float16(mixed_float16, digits):
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-3)
 
 
-def test_policy_is_reset():
+def test_policy_is_restored_even_when_the_test_fails():
+    """The fixture's policy does not leak into later tests, whatever the order
+    (conftest also fails any test that leaves a policy other than float32 behind)."""
     assert keras.mixed_precision.global_policy().name == "float32"
+    with pytest.raises(RuntimeError, match="inside"):
+        with global_policy("mixed_float16"):
+            assert keras.mixed_precision.global_policy().name == "mixed_float16"
+            assert keras.layers.Dense(2).compute_dtype == "float16"
+            raise RuntimeError("a failure inside the block")
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert keras.layers.Dense(2).compute_dtype == "float32"
