@@ -30,6 +30,8 @@ flags.DEFINE_float("bits_lr_multiplier", 20.0, "BitPruning bitlength rate (see R
 flags.DEFINE_enum("rounding", "ceil", ["ceil", "round"], "How freeze_bitlengths rounds the learned bits.")
 flags.DEFINE_float("finetune_lr", 1e-4, "Adam learning rate of the fine-tuning at frozen bitlengths.")
 flags.DEFINE_enum("weighting", "uniform", ["uniform", "memory", "bops"], "BitBudget weighting of the budget.")
+flags.DEFINE_float("anneal", 0.25, "BitBudget(anneal=...): share of the learning phase that slides the bits to integers.")
+flags.DEFINE_bool("exact", True, "Freeze with target_bits (the deployed model is at or under the budget).")
 flags.DEFINE_bool("quick", False, "Few epochs, for a smoke run.")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "comparison"), "Output prefix (.md, .json, .png).")
 FLAGS = flags.FLAGS
@@ -69,9 +71,11 @@ def _epochs():
 
 
 def _step_time(model, x, y, steps=30, batch=64):
-    """Median seconds per train step (after one warm-up epoch)."""
+    """Median seconds per train step (after one warm-up step). The model's weights
+    are restored afterwards: the timed steps train on one batch."""
     import numpy as np
 
+    weights = model.get_weights()
     xb, yb = x[:batch], y[:batch]
     model.train_on_batch(xb, yb)
     times = []
@@ -79,6 +83,7 @@ def _step_time(model, x, y, steps=30, batch=64):
         t = time.perf_counter()
         model.train_on_batch(xb, yb)
         times.append(time.perf_counter() - t)
+    model.set_weights(weights)
     return float(np.median(times))
 
 
@@ -174,9 +179,14 @@ def run_task(name, load, build, seed, tmp):
     for target in FLAGS.budgets:
         keras.utils.set_random_seed(seed)
         bp = tfbp.bitprune_model(base, bits_lr_multiplier=FLAGS.bits_lr_multiplier)
-        fit(bp, 1e-3, ep["learn"], [tfbp.BitBudget(target_bits=float(target), weighting=FLAGS.weighting)])
+        learn_acc = fit(bp, 1e-3, ep["learn"], [tfbp.BitBudget(target_bits=float(target), weighting=FLAGS.weighting,
+                                                               anneal=FLAGS.anneal)])
+        learn_bits = tfbp.average_bits(bp, weighting=FLAGS.weighting)
         learn_step = _step_time(bp, xtr, ytr)
-        frozen = tfbp.freeze_bitlengths(bp, rounding=FLAGS.rounding)
+        exact = dict(target_bits=float(target), calibration_data=xtr[:256]) if FLAGS.exact else {}
+        frozen = tfbp.freeze_bitlengths(bp, rounding=FLAGS.rounding, weighting=FLAGS.weighting, **exact)
+        frozen.compile(keras.optimizers.Adam(FLAGS.finetune_lr), loss, metrics=["accuracy"])
+        frozen_acc = float(frozen.evaluate(xte, yte, verbose=0)[1])
         acc = fit(frozen, FLAGS.finetune_lr, ep["finetune"])
         path = os.path.join(tmp, f"{name}_bp{target}.tflite")
         tfbp.export_tflite(frozen, path, representative_dataset=xtr[:128])
@@ -191,6 +201,11 @@ def run_task(name, load, build, seed, tmp):
                          os.path.getsize(path), _tflite_latency(path, xte), macs_bits=bops))
         rows[-1]["uniform_avg_bits"] = tfbp.average_bits(frozen)
         rows[-1]["memory_avg_bits"] = tfbp.average_bits(frozen, weighting="memory")
+        rows[-1].update(float_top1=float_acc, learn_top1=learn_acc, learn_bits=learn_bits, frozen_top1=frozen_acc,
+                        deployed_bits=tfbp.average_bits(frozen, weighting=FLAGS.weighting))
+        print(f"{name} seed {seed} budget {target} ({FLAGS.weighting}): float {100 * float_acc:.2f} | learning "
+              f"phase {100 * learn_acc:.2f} at {learn_bits:.3f} bits | frozen {100 * frozen_acc:.2f} | deployed "
+              f"{100 * acc:.2f} at {rows[-1]['deployed_bits']:.3f} bits", flush=True)
     return rows
 
 
@@ -230,6 +245,20 @@ def _markdown(results):
     return "\n".join(lines)
 
 
+def _runs_markdown(runs):
+    """Per seed: the accuracy at each stage of BitPruning and the bits it ran at."""
+    lines = ["### BitPruning per seed: float → learning phase → frozen → deployed (fine-tuned)", "",
+             "| task | seed | budget | float % | learning % (bits) | frozen % | deployed % (bits) |",
+             "|---|---|---|---|---|---|---|"]
+    for task, rows in runs.items():
+        for i, r in enumerate(rows):
+            seed = i // max(1, len(FLAGS.budgets))
+            lines.append(f"| {task} | {seed} | {r['method']} | {100 * r['float_top1']:.2f} | "
+                         f"{100 * r['learn_top1']:.2f} ({r['learn_bits']:.2f}) | {100 * r['frozen_top1']:.2f} | "
+                         f"{100 * r['top1']:.2f} ({r['deployed_bits']:.2f}) |")
+    return "\n".join(lines + [""])
+
+
 def _plot(results, path):
     import matplotlib
 
@@ -259,18 +288,20 @@ def main(argv):
     del argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     tasks = _tasks()
-    results = {}
+    results, runs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in FLAGS.tasks:
             load, build = tasks[task]
             per_seed = [run_task(task, load, build, seed, tmp) for seed in range(FLAGS.seeds)]
             results[task] = _aggregate(per_seed)
+            runs[task] = [r for rows in per_seed for r in rows if "deployed_bits" in r]
             print(_markdown({task: results[task]}), flush=True)
     os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
     with open(FLAGS.out + ".json", "w") as f:
-        json.dump(results, f, indent=1)
+        json.dump(dict(results, bitpruning_runs=runs), f, indent=1)
     with open(FLAGS.out + ".md", "w") as f:
-        f.write("Made by `python benchmarks/compare.py " + " ".join(sys.argv[1:]) + "`\n\n" + _markdown(results))
+        f.write("Made by `python benchmarks/compare.py " + " ".join(sys.argv[1:]) + "`\n\n" + _markdown(results)
+                + _runs_markdown(runs))
     _plot(results, FLAGS.out + ".png")
     print(f"wrote {FLAGS.out}.md/.json/.png")
 

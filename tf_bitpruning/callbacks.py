@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_bitpruning import costs
+from tf_bitpruning import costs, rounding
 
 # Bytes per kB in the logged model size (as larq's summary: 1 kB = 1024 bytes).
 KB = 1024.0
@@ -70,9 +71,13 @@ class BitBudget(keras.callbacks.Callback):
     and ``bit_lambda`` (λ). The progress bar shows their running mean over the
     epoch; ``History`` records the value at each epoch end.
 
-    The budget holds for the learned (real) bitlengths. ``freeze_bitlengths``
-    rounds up by default, which adds about half a bit on average: aim that much
-    lower, or freeze with ``rounding="round"``, when the frozen model must fit.
+    The learning phase ends at integer bitlengths within the budget: when the
+    last ``anneal`` share of the training steps begins, every bitlength gets an
+    integer (rounded up, then the cheapest lowered until the average is at or
+    under ``target_bits``: ``rounding.fit_budget``), and over those steps each
+    ``n`` slides linearly to its integer while the weights adapt; λ is held.
+    ``fit`` thus leaves the integer model that ``freeze_bitlengths`` makes, at
+    or under the budget, and freezing costs no accuracy.
 
     Args:
       target_bits: the budget, an average bitlength (e.g. ``4.0``).
@@ -97,6 +102,10 @@ class BitBudget(keras.callbacks.Callback):
         (training steps); larger is slower and smoother.
       gain: log-λ change per step at full relative speed error (0.03: λ changes
         at most by a factor e in ~33 steps).
+      anneal: the share of the training steps of each ``fit`` (its last ones) over
+        which the bitlengths are pulled to integers; 0 keeps the blend to the end.
+        With ``stop_when_met``, annealing starts once the budget is met and lasts
+        ``anneal · epochs`` epochs (at least one), then training stops.
       verbose: 1 prints a line when training is stopped.
 
     >>> budget = BitBudget(target_bits=4.0, log_dir="logs")  # doctest: +SKIP
@@ -108,14 +117,15 @@ class BitBudget(keras.callbacks.Callback):
                  tolerance: float = 0.1, initial_regularization: Optional[float] = None,
                  regularization_range: Tuple[float, float] = (1e-5, 10.0),
                  speed: Optional[float] = None, settle_steps: float = 100.0, gain: float = 0.03,
-                 verbose: int = 0):
+                 anneal: float = 0.25, verbose: int = 0):
         super().__init__()
         try:
             target_bits = float(target_bits)
         except (TypeError, ValueError):
             raise ValueError(f"BitBudget: target_bits must be a number, got {target_bits!r}.") from None
-        if not math.isfinite(target_bits) or target_bits <= 0:
-            raise ValueError(f"BitBudget: target_bits must be a finite number > 0, got {target_bits}.")
+        if not (math.isfinite(target_bits) and 1.0 <= target_bits <= 16.0):
+            raise ValueError(f"BitBudget: target_bits must be a finite average bitlength in [1, 16], "
+                             f"got {target_bits}.")
         costs.check_weighting(weighting)
         if kind not in costs.KINDS:
             raise ValueError(f"BitBudget: kind must be one of {costs.KINDS}, got {kind!r}.")
@@ -138,6 +148,8 @@ class BitBudget(keras.callbacks.Callback):
             raise ValueError(f"BitBudget: settle_steps must be > 0, got {settle_steps}.")
         if not (math.isfinite(float(gain)) and float(gain) > 0):
             raise ValueError(f"BitBudget: gain must be > 0, got {gain}.")
+        if not 0.0 <= float(anneal) < 1.0:
+            raise ValueError(f"BitBudget: anneal must be a share of the training steps in [0, 1), got {anneal}.")
         self.target_bits = target_bits
         self.weighting = weighting
         self.kind = kind
@@ -150,6 +162,7 @@ class BitBudget(keras.callbacks.Callback):
         self.speed = None if speed is None else float(speed)
         self.settle_steps = float(settle_steps)
         self.gain = float(gain)
+        self.anneal = float(anneal)
         self.speed_floor = 0.25
         self.verbose = int(verbose)
         self.stopped_epoch: Optional[int] = None
@@ -163,6 +176,11 @@ class BitBudget(keras.callbacks.Callback):
         self._met_epochs = 0
         self._writer = None
         self._measure_fn = None
+        self._anneal_begin = math.inf  # in epochs (epoch index + share of its steps)
+        self._anneal_epochs = 0.0
+        self._steps_per_epoch: Optional[int] = None
+        self._epoch = 0
+        self._batches = 0
 
     # -- setup ---------------------------------------------------------------
     def set_model(self, model: keras.Model) -> None:
@@ -194,11 +212,16 @@ class BitBudget(keras.callbacks.Callback):
         changed = (bit_loss.weighting, getattr(bit_loss, "kind", None)) != (self.weighting, self.kind)
         bit_loss.weighting = self.weighting
         bit_loss.kind = self.kind
+        if bit_loss.anneal(self.anneal > 0):
+            changed = True
         if changed:
-            # The bit loss is traced into the train function: trace it again.
+            # The bit loss (and the annealed bitlength) is traced into the model's
+            # functions: trace them again.
             model.train_function = None
             model.test_function = None
+            model.predict_function = None
         self._measure_fn = None
+        self._track_state(bit_loss)
 
     def _measure(self) -> Dict[str, float]:
         """``avg_bits`` (controlled), ``avg_weight_bits``, ``avg_activation_bits``."""
@@ -246,6 +269,46 @@ class BitBudget(keras.callbacks.Callback):
         self._last = (self._measure()["avg_bits"], self._step)
         if self.log_dir and self._writer is None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "bitpruning"))
+        self._schedule_anneal()
+        if not self._resume_state():
+            self._save_state()
+
+    # -- annealing -------------------------------------------------------------
+    def _schedule_anneal(self) -> None:
+        """Annealing covers the last ``anneal`` share of the planned epochs (in
+        absolute epoch indices, so a resumed ``fit`` continues the same schedule)."""
+        epochs = self.params.get("epochs") if self.params else None
+        self._anneal_begin, self._anneal_epochs = math.inf, 0.0
+        if self.anneal > 0 and epochs and not self.stop_when_met:
+            self._anneal_epochs = self.anneal * epochs
+            self._anneal_begin = epochs - self._anneal_epochs
+
+    def anneal_progress(self, epoch: int, batch: int) -> float:
+        """Share of the annealing done after training step ``batch`` of ``epoch``."""
+        if self._anneal_epochs <= 0:
+            return 0.0
+        steps = (self.params or {}).get("steps") or self._steps_per_epoch
+        position = epoch + ((batch + 1) / steps if steps else 0.0)
+        return float(np.clip((position - self._anneal_begin) / self._anneal_epochs, 0.0, 1.0))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._anneal_epochs <= 0:
+            return
+        p = self.anneal_progress(self._epoch, batch)
+        if p > 0 and float(self._bit_loss.anneal_weight.numpy()) == 0.0:
+            self._choose_integers()
+        self._bit_loss.anneal_weight.assign(p)
+
+    def _choose_integers(self) -> None:
+        """The integers annealing slides to: rounded up, then fitted to the budget."""
+        learned = {t: np.asarray(t.quantizer.bitlength(t.variables), np.float32) for t in self._tensors}
+        start = {t: np.vectorize(lambda n, q=t.quantizer: rounding.round_bits(float(n), "ceil", None, q.min_bits,
+                                                                               q.max_bits),
+                                 otypes=[np.float32])(n) for t, n in learned.items()}
+        bits = rounding.fit_budget(self._tensors, start, self.target_bits, self.weighting, self.kind,
+                                   rounding.distance_cost(learned))
+        for t, variable in zip(self._tensors, self._bit_loss.anneal_bits):
+            variable.assign(np.reshape(bits[t], variable.shape))
 
     # -- control ---------------------------------------------------------------
     def _default_speed(self) -> float:
@@ -255,7 +318,10 @@ class BitBudget(keras.callbacks.Callback):
         return 0.8 * k * (lr if lr else 1e-3)
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._resume_state()  # a BackupAndRestore after this callback restores in its on_train_begin
         self._speed = self.speed if self.speed is not None else self._default_speed()
+        self._epoch = epoch
+        self._batches = 0
 
     def _update(self, avg: float, step: int) -> None:
         if not math.isfinite(avg):
@@ -281,12 +347,16 @@ class BitBudget(keras.callbacks.Callback):
         self._assign(self._log_lambda)
 
     def on_train_batch_end(self, batch, logs=None):
+        self._batches = batch + 1
         values = self._measure()
-        self._update(values["avg_bits"], self._step)
+        if float(self._bit_loss.anneal_weight.numpy()) == 0.0:  # λ is held while annealing
+            self._update(values["avg_bits"], self._step)
         if logs is not None:
             logs.update(values, bit_lambda=float(self._bit_loss.regularization.numpy()))
+        self._save_state()
 
     def on_epoch_end(self, epoch, logs=None):
+        self._steps_per_epoch = self._batches or self._steps_per_epoch
         values = self._measure()
         lam = float(self._bit_loss.regularization.numpy())
         if logs is not None:
@@ -297,18 +367,98 @@ class BitBudget(keras.callbacks.Callback):
             self._met_epochs += 1
         else:
             self._met_epochs = 0
-        if self.stop_when_met and self._met_epochs >= self.patience:
-            self.model.stop_training = True
-            self.stopped_epoch = epoch
-            if self.verbose:
-                print(f"BitBudget: average bitlength {values['avg_bits']:.2f} within {self.tolerance} of "
-                      f"the target {self.target_bits} for {self.patience} epoch(s); stopping at "
-                      f"epoch {epoch + 1}.")
+        if self.stop_when_met and self._anneal_epochs > 0:
+            if epoch + 1 >= self._anneal_begin + self._anneal_epochs:
+                self._stop(epoch, "annealed to integer bitlengths")
+        elif self.stop_when_met and self._met_epochs >= self.patience:
+            message = (f"average bitlength {values['avg_bits']:.2f} within {self.tolerance} of the target "
+                       f"{self.target_bits} for {self.patience} epoch(s)")
+            if self.anneal > 0:
+                self._anneal_begin = epoch + 1.0
+                self._anneal_epochs = float(max(1, math.ceil(self.anneal * self.params.get("epochs", 1))))
+                if self.verbose:
+                    print(f"BitBudget: {message}; annealing to integer bitlengths for "
+                          f"{int(self._anneal_epochs)} epoch(s).")
+            else:
+                self._stop(epoch, message)
+        self._save_state()
+
+    def _stop(self, epoch: int, why: str) -> None:
+        self.model.stop_training = True
+        self.stopped_epoch = epoch
+        if self.verbose:
+            print(f"BitBudget: {why}; stopping at epoch {epoch + 1}.")
 
     def on_train_end(self, logs=None):
+        if self._anneal_epochs > 0 and self.anneal_progress(self._epoch, self._batches - 1) < 1.0:
+            warnings.warn(f"BitBudget: training ended before the bitlengths were annealed to integers "
+                          f"({100 * self.anneal_progress(self._epoch, self._batches - 1):.0f} % done); "
+                          f"freezing may cost accuracy. Train the planned epochs, or fine-tune after "
+                          f"freeze_bitlengths.", stacklevel=2)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    # -- checkpointed state ------------------------------------------------------
+    # The control state lives in Python attributes (read every batch). A copy in one
+    # float64 variable tracked on the bit loss (``bit_loss.budget_state``) travels with
+    # the model in checkpoints (BackupAndRestore, tf.train.Checkpoint, save_weights), so
+    # a resumed ``fit`` continues the same λ path. float64 holds Python floats exactly;
+    # NaN stands for None. Layout: [1 (a stored state), *_STATE_FIELDS, last step].
+    _STATE_FIELDS = ("_log_lambda", "_last", "_velocity", "_met_epochs", "_anneal_begin",
+                     "_anneal_epochs", "_steps_per_epoch")
+    _state: Optional[tf.Variable] = None
+    _written: Optional[np.ndarray] = None  # what this callback last stored
+
+    def _track_state(self, bit_loss: costs.BitLoss) -> None:
+        if self._state is not None and getattr(bit_loss, "budget_state", None) is self._state:
+            return
+        self._state = tf.Variable(np.full(len(self._STATE_FIELDS) + 2, np.nan), dtype=tf.float64,
+                                  trainable=False, name="bit_budget_state")
+        self._written = None
+        # Tracked (a tf.Module attribute): checkpoints of the model save it, and a
+        # checkpoint restored before fit() restores it here (deferred restoration).
+        bit_loss.budget_state = self._state
+
+    def _state_vector(self) -> np.ndarray:
+        def number(v):
+            return np.nan if v is None else float(v)
+
+        last = self._last if self._last is not None else (None, None)
+        values = [number(getattr(self, f)) for f in self._STATE_FIELDS if f != "_last"]
+        values.insert(self._STATE_FIELDS.index("_last"), number(last[0]))
+        return np.array([1.0] + values + [number(last[1])], np.float64)
+
+    def _load_state_vector(self, vector: np.ndarray) -> None:
+        values = [None if math.isnan(v) else float(v) for v in vector[1:]]
+        last_step = values.pop()
+        for field, value in zip(self._STATE_FIELDS, values):
+            if field == "_last":
+                value = None if value is None or last_step is None else (value, int(last_step))
+            elif field in ("_met_epochs", "_steps_per_epoch") and value is not None:
+                value = int(value)
+            setattr(self, field, value)
+        if self._met_epochs is None:
+            self._met_epochs = 0
+
+    def _save_state(self) -> None:
+        if self._state is not None:
+            self._written = self._state_vector()
+            self._state.assign(self._written)
+
+    def _resume_state(self) -> bool:
+        """Takes over a state that a checkpoint restored into the variable (it differs
+        from what this callback stored); returns whether it did."""
+        if self._state is None:
+            return False
+        saved = self._state.numpy()
+        if saved[0] != 1.0 or (self._written is not None and
+                               np.array_equal(saved, self._written, equal_nan=True)):
+            return False
+        self._load_state_vector(saved)
+        self._written = saved
+        self._assign(self._log_lambda)
+        return True
 
     # -- TensorBoard -------------------------------------------------------------
     @staticmethod

@@ -210,9 +210,36 @@ class BitLoss(tf.Module):
         check_weighting(weighting)
         self.regularization = tf.Variable(float(regularization), trainable=False,
                                           dtype=tf.float32, name="regularization")
+        # The objective as codes (see `objective_codes`), so that SavedModel and checkpoints keep it.
+        self.objective = tf.Variable(objective_codes(weighting, None), trainable=False,
+                                     dtype=tf.int64, name="objective")
         self.weighting = weighting
-        self.kind: Optional[str] = None  # None: all tensors; "weights"/"activations": only those
+        self.kind = None  # None: all tensors; "weights"/"activations": only those
         self._inventory = _Inventory(tensors)
+        # Annealing (BitBudget): every learned n slides to an integer as the weight
+        # goes 0 -> 1. Variables, so checkpoints carry a run that is half-way.
+        self.anneal_weight = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="anneal_weight")
+        self.anneal_bits = [tf.Variable(tf.zeros(t.bits_variable.shape), trainable=False,
+                                        name=f"anneal_bits_{i}") for i, t in enumerate(tensors)]
+
+    def anneal(self, enabled: bool = True) -> bool:
+        """Routes every learned bitlength through ``anneal_weight`` and
+        ``anneal_bits`` (see ``BitlengthQuantizer.anneal``), or stops doing so.
+        Returns whether anything changed: the model's functions must then be traced again."""
+        changed = False
+        for t, bits in zip(self.tensors, self.anneal_bits):
+            q, key = t.quantizer, t.bits_variable.ref()
+            current = (q.anneal or {}).get(key)
+            if enabled and not q.frozen:
+                if current is None or current[1] is not bits:
+                    if q.anneal is None:
+                        q.anneal = {}
+                    q.anneal[key] = (self.anneal_weight, bits)
+                    changed = True
+            elif current is not None:
+                del q.anneal[key]
+                changed = True
+        return changed
 
     @property
     def tensors(self) -> List[QuantizedTensor]:
@@ -220,6 +247,53 @@ class BitLoss(tf.Module):
 
     def __call__(self) -> tf.Tensor:
         return self.regularization * average_bits_tensor(self.tensors, self.weighting, self.kind)
+
+    # -- the objective (weighting, kind), mirrored into the `objective` variable --
+    @property
+    def weighting(self) -> str:
+        """``"uniform"``, ``"memory"`` or ``"bops"``: how the bitlengths are averaged."""
+        return self._weighting
+
+    @weighting.setter
+    def weighting(self, value: str) -> None:
+        check_weighting(value)
+        self._weighting = value
+        self._store_objective()
+
+    @property
+    def kind(self) -> Optional[str]:
+        """None (all tensors), ``"weights"`` or ``"activations"``: which tensors are regularized."""
+        return self._kind
+
+    @kind.setter
+    def kind(self, value: Optional[str]) -> None:
+        if value not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {value!r}.")
+        self._kind = value
+        self._store_objective()
+
+    def _store_objective(self) -> None:
+        weighting, kind = getattr(self, "_weighting", None), getattr(self, "_kind", None)
+        if weighting is not None:
+            self.objective.assign(objective_codes(weighting, kind))
+
+
+def objective_codes(weighting: str, kind: Optional[str]) -> List[int]:
+    """``[index in WEIGHTINGS, index in KINDS]``: how a :class:`BitLoss` saves its
+    objective in a variable (both tuples only ever grow at the end)."""
+    check_weighting(weighting)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    return [WEIGHTINGS.index(weighting), KINDS.index(kind)]
+
+
+def objective_from_codes(codes) -> tuple:
+    """``(weighting, kind)`` from :func:`objective_codes`' pair (e.g. a loaded variable)."""
+    w, k = (int(c) for c in np.asarray(codes).ravel())
+    if not (0 <= w < len(WEIGHTINGS) and 0 <= k < len(KINDS)):
+        raise ValueError(f"Unknown bit-loss objective codes {[w, k]}: the model was saved by a newer "
+                         f"tf_bitpruning; upgrade it to load this model.")
+    return WEIGHTINGS[w], KINDS[k]
 
 
 class _Inventory:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import warnings
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
@@ -15,25 +15,9 @@ from tf_bitpruning import costs
 from tf_bitpruning.api import bitprune_scope
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.quantizers import ActivationBitQuantizer, BitlengthQuantizer
+from tf_bitpruning.rounding import ROUNDINGS, check_allowed_bits, distance_cost, fit_budget, round_bits
 
-ROUNDINGS = ("ceil", "round")
-# n within this of an integer counts as that integer under "ceil" (float noise).
-_CEIL_TOLERANCE = 1e-3
-
-
-def round_bits(n: float, rounding: str = "ceil", allowed_bits: Optional[Sequence[int]] = None,
-               min_bits: int = 1, max_bits: int = 16) -> int:
-    """One learned bitlength to the integer it is frozen at."""
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}.")
-    b = math.ceil(n - _CEIL_TOLERANCE) if rounding == "ceil" else int(math.floor(n + 0.5))
-    b = min(max(b, min_bits), max_bits)
-    if allowed_bits:
-        larger = sorted(a for a in allowed_bits if a >= b)
-        if not larger:
-            raise ValueError(f"Bitlength {n:.2f} rounds to {b}, above every allowed bitlength {sorted(allowed_bits)}.")
-        b = larger[0]
-    return int(b)
+__all__ = ["freeze_bitlengths", "round_bits", "ROUNDINGS"]
 
 
 def _frozen(quantizer: BitlengthQuantizer, freeze_ranges: bool) -> BitlengthQuantizer:
@@ -67,33 +51,54 @@ def _copy_weights(source: keras.Model, target: keras.Model) -> None:
 
 def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
                       allowed_bits: Optional[Sequence[int]] = None,
-                      freeze_ranges: bool = True) -> keras.Model:
+                      freeze_ranges: bool = True, *, target_bits: Optional[float] = None,
+                      weighting: Optional[str] = None, kind: Optional[str] = None,
+                      calibration_data=None) -> keras.Model:
     """A copy of a bit-pruned model with every bitlength rounded and frozen.
 
     Each tensor then goes through exactly one integer quantizer (no blend), its
     bitlength is no longer trainable, and the bit loss is constant. Compile and
     fine-tune the result as usual.
 
+    >>> frozen = freeze_bitlengths(bp)                                  # doctest: +SKIP
+    >>> frozen = freeze_bitlengths(bp, target_bits=3.0, calibration_data=x[:256])  # doctest: +SKIP
+
     Args:
-      rounding: ``"ceil"`` (the paper's choice) or ``"round"``.
+      rounding: ``"ceil"`` (the paper's choice) or ``"round"``. After
+        ``BitBudget``'s annealing the bitlengths are integers and both agree.
       allowed_bits: optional hardware set, e.g. ``(2, 4, 8)``: each bitlength is
         snapped up to the nearest allowed value.
       freeze_ranges: also stop the activation range updates (recommended: a
         fine-tune that keeps moving ranges at the learning-phase rate can end
         below where it started).
+      target_bits: a budget the frozen model must meet: its average bitlength
+        (``weighting``, ``kind``) ends at or below it. Starting from ``rounding``,
+        tensors are lowered one integer (one ``allowed_bits`` level) at a time,
+        cheapest first per bit saved, until the average fits; then lowered
+        tensors whose step back up still fits are raised, most costly first.
+        The cost of a tensor at ``b`` bits (others as rounded) is, with
+        ``calibration_data``, the mean squared change of the model's outputs on
+        that data against the learned model's outputs; without it, the growth
+        of the tensor's quantization noise below its learned ``n``,
+        ``4^(n - b) - 1`` (a tensor that learned 3.1 goes to 3 before one that
+        learned 3.9; two tensors one bit down before one two bits down).
+        Without ``target_bits`` only ``rounding`` applies.
+      weighting, kind: how the budget averages, as in ``BitBudget``; default:
+        those of the model's bit loss (``"uniform"``, all tensors).
+      calibration_data: inputs (an array, or a tuple of arrays for several
+        inputs), a few hundred samples: used only with ``target_bits``.
     """
     tensors = costs.quantized_tensors(model)
     costs._require(model, tensors)
-    if allowed_bits is not None:
-        allowed_bits = sorted({int(b) for b in allowed_bits})
-        if not allowed_bits or allowed_bits[0] < 1 or allowed_bits[-1] > 16:
-            raise ValueError(f"allowed_bits must hold integers in [1, 16], got {allowed_bits}.")
-    targets = []
-    for t in tensors:
-        learned = np.asarray(t.quantizer.bitlength(t.variables))
-        targets.append(np.vectorize(
-            lambda n, q=t.quantizer: round_bits(float(n), rounding, allowed_bits, q.min_bits, 16),
-            otypes=[np.float32])(learned))
+    allowed_bits = check_allowed_bits(allowed_bits)
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}.")
+    learned = {t: np.asarray(t.quantizer.bitlength(t.variables), np.float32) for t in tensors}
+    start = {t: np.vectorize(lambda n, q=t.quantizer: round_bits(float(n), rounding, allowed_bits, q.min_bits, 16),
+                             otypes=[np.float32])(learned[t])
+             for t in tensors}
+    if target_bits is None and calibration_data is not None:
+        raise ValueError("freeze_bitlengths: calibration_data is used to meet target_bits; give target_bits too.")
 
     # A range that never saw a training batch is empty; frozen, it would clip every
     # activation to 0 during fine-tuning. Such ranges keep calibrating.
@@ -121,10 +126,68 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
     with bitprune_scope():
         frozen = keras.models.clone_model(model, clone_function=clone)
     _copy_weights(model, frozen)
-    for t, b in zip(costs.quantized_tensors(frozen), targets):
-        t.bits_variable.assign(b / t.quantizer.bits_lr_multiplier)
+    twins = dict(zip(tensors, costs.quantized_tensors(frozen)))
+    _assign_bits(twins, start)
+    if target_bits is not None:
+        bit_loss = costs.get_bit_loss(model)
+        weighting = weighting or (bit_loss.weighting if bit_loss is not None else "uniform")
+        if kind is None and weighting != "bops" and bit_loss is not None:
+            kind = getattr(bit_loss, "kind", None)
+        costs.check_weighting(weighting)
+        target_bits = _check_target(target_bits)
+        cost = (distance_cost(learned) if calibration_data is None
+                else _output_change_cost(model, frozen, twins, start, calibration_data))
+        _assign_bits(twins, fit_budget(tensors, start, target_bits, weighting, kind, cost, allowed_bits))
     old = costs.get_bit_loss(model)
     if old is not None:
         costs.attach_bit_loss(frozen, float(old.regularization.numpy()), old.weighting)
         costs.get_bit_loss(frozen).kind = getattr(old, "kind", None)
     return frozen
+
+
+def _assign_bits(twins: Dict[costs.QuantizedTensor, costs.QuantizedTensor], bits) -> None:
+    """Sets the frozen model's bitlengths (``twins`` maps source to frozen tensors)."""
+    for t, b in bits.items():
+        twin = twins[t]
+        twin.bits_variable.assign(np.reshape(b, twin.bits_variable.shape) / twin.quantizer.bits_lr_multiplier)
+
+
+def _check_target(target_bits) -> float:
+    try:
+        value = float(target_bits)
+    except (TypeError, ValueError):
+        raise ValueError(f"freeze_bitlengths: target_bits must be a number, got {target_bits!r}.") from None
+    if not (np.isfinite(value) and 1.0 <= value <= 16.0):
+        raise ValueError(f"freeze_bitlengths: target_bits must be a finite average bitlength in [1, 16], "
+                         f"got {target_bits}.")
+    return value
+
+
+def _output_change_cost(model, frozen, twins, start, data, batch_size: int = 256):
+    """cost(t, b): mean squared difference between ``frozen``'s outputs with ``t``
+    at ``b`` (others at ``start``) and the learned ``model``'s outputs on ``data``."""
+    inputs = data if isinstance(data, (tuple, list)) else (data,)
+    inputs = [np.asarray(x, np.float32) for x in inputs]
+    count = len(inputs[0])
+    if count == 0:
+        raise ValueError("freeze_bitlengths: calibration_data is empty.")
+    batches = [[x[i:i + batch_size] for x in inputs] for i in range(0, count, batch_size)]
+
+    def flat(m):
+        fn = tf.function(lambda xs: tf.concat(
+            [tf.reshape(tf.cast(y, tf.float32), [tf.shape(y)[0], -1])
+             for y in tf.nest.flatten(m(xs if len(xs) > 1 else xs[0], training=False))], axis=1))
+        return lambda: [fn(b) for b in batches]
+
+    reference = flat(model)()
+    run = flat(frozen)
+
+    def cost(t, b):
+        twin = twins[t]
+        _assign_bits(twins, {t: b})
+        try:
+            return float(sum(tf.reduce_sum(tf.square(y - r)) for y, r in zip(run(), reference)) / count)
+        finally:
+            _assign_bits(twins, {t: start[t]})
+
+    return cost

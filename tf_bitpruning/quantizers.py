@@ -12,7 +12,7 @@ scale. A weight constraint keeps ``n`` in ``[min_bits, max_bits]``.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
@@ -38,6 +38,11 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
     """Base class: the bitlength variable, its reparametrization and the blend."""
 
     kind = "tensor"  # "weights" or "activations" in subclasses
+    # Set by ``BitLoss.anneal`` (``BitBudget(anneal=...)``): bitlength variable ref ->
+    # ``(weight, integer)`` variables; ``bitlength()`` then returns
+    # ``(1 - weight) · n + weight · integer``. Keyed by variable because layers share
+    # quantizer objects. Runtime state, not config.
+    anneal: Optional[Dict[Any, Tuple[tf.Variable, tf.Variable]]] = None
 
     def __init__(self, min_bits: int, max_bits: int, init_bits: Optional[float] = None,
                  bits_lr_multiplier: float = 10.0, frozen: bool = False):
@@ -85,7 +90,13 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
         if self.frozen:
             return tf.round(param * k)
         n = param + tf.stop_gradient((k - 1.0) * param)
-        return tf.clip_by_value(n, float(self.min_bits), float(self.max_bits))
+        n = tf.clip_by_value(n, float(self.min_bits), float(self.max_bits))
+        pair = self.anneal.get(weights["bits"].ref()) if self.anneal else None
+        if pair is not None:
+            # n slides to its integer as the weight goes 0 -> 1; so does the blend.
+            weight, integer = pair
+            n = (1.0 - weight) * n + weight * integer  # exactly the integer at weight 1
+        return n
 
     def _quantize(self, x, quantize_int, weights, grad_range=None):
         n = self.bitlength(weights)

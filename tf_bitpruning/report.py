@@ -75,7 +75,7 @@ def _fixed_type(bits: int, low: float, high: float) -> str:
 def _hls_bits(t: costs.QuantizedTensor) -> int:
     """Integer width for hls4ml: the frozen bitlength, or the learned one rounded up
     (as :func:`freeze_bitlengths` does by default); the widest channel."""
-    from tf_bitpruning.freeze import round_bits
+    from tf_bitpruning.rounding import round_bits
 
     return max(round_bits(float(n), "ceil", None, t.quantizer.min_bits, t.quantizer.max_bits)
                for n in _bits(t))

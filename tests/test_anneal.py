@@ -1,0 +1,63 @@
+"""BitBudget's annealing: the learning phase ends at integer bitlengths within
+the budget, so freezing changes nothing and costs no accuracy."""
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+import tf_bitpruning as tfbp
+from tf_bitpruning import costs
+from conftest import small_cnn
+
+pytestmark = pytest.mark.slow
+
+
+def _bit_pruned(digits, epochs, budget):
+    xtr, ytr, _, _ = digits
+    bp = tfbp.bitprune_model(small_cnn(), bits_lr_multiplier=20.0)
+    bp.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = bp.fit(xtr, ytr, epochs=epochs, batch_size=32, verbose=0, callbacks=[budget])
+    return bp, history
+
+
+def test_annealed_model_freezes_without_a_cliff(digits):
+    _, _, xte, yte = digits
+    budget = tfbp.BitBudget(target_bits=3.0, anneal=0.25)
+    bp, history = _bit_pruned(digits, 8, budget)
+    bits = tfbp.bitlengths(bp)
+    assert all(b == round(b) for b in bits.values()), bits
+    assert tfbp.average_bits(bp) <= 3.0 + 1e-6
+    # λ is held while annealing (the last 2 of 8 epochs).
+    assert history.history["bit_lambda"][-1] == pytest.approx(history.history["bit_lambda"][-3], rel=1e-6)
+
+    frozen = tfbp.freeze_bitlengths(bp)
+    assert tfbp.bitlengths(frozen) == bits
+    learned_out = bp.predict(xte, verbose=0)
+    frozen_out = frozen.predict(xte, verbose=0)
+    # The same integer quantizers on the same weights: equal up to float rounding
+    # (the blend at α = 0 adds 0 · (Q(b+1) - Q(b))).
+    np.testing.assert_allclose(frozen_out, learned_out, atol=1e-5)
+    confident = np.sort(learned_out, axis=1)[:, -1] - np.sort(learned_out, axis=1)[:, -2] > 1e-4
+    assert confident.mean() > 0.9
+    assert np.array_equal(frozen_out[confident].argmax(1), learned_out[confident].argmax(1))
+    learned_acc = float((learned_out.argmax(1) == yte).mean())
+    frozen_acc = float((frozen_out.argmax(1) == yte).mean())
+    assert abs(frozen_acc - learned_acc) <= 0.005
+    assert learned_acc > 0.8  # it learned something: the comparison is not vacuous
+
+
+def test_without_annealing_the_bits_stay_real(digits):
+    bp, _ = _bit_pruned(digits, 3, tfbp.BitBudget(target_bits=3.0, anneal=0.0))
+    assert any(abs(b - round(b)) > 1e-3 for b in tfbp.bitlengths(bp).values())
+    assert all(t.quantizer.anneal is None or t.bits_variable.ref() not in t.quantizer.anneal
+               for t in costs.quantized_tensors(bp))
+
+
+def test_stop_when_met_anneals_then_stops(digits):
+    budget = tfbp.BitBudget(target_bits=6.0, anneal=0.2, stop_when_met=True, patience=1, tolerance=0.5)
+    bp, history = _bit_pruned(digits, 30, budget)
+    epochs = len(history.history["loss"])
+    assert budget.stopped_epoch is not None and epochs < 30
+    bits = tfbp.bitlengths(bp)
+    assert all(b == round(b) for b in bits.values()), bits
+    assert tfbp.average_bits(bp) <= 6.0 + 1e-6

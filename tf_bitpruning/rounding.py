@@ -1,0 +1,150 @@
+"""Learned (real) bitlengths to integers: one tensor at a time, or a whole model
+to a budget.
+
+:func:`round_bits` rounds one bitlength (``"ceil"``, the paper's choice, or
+``"round"``), snapped up into ``allowed_bits``. :func:`fit_budget` starts from
+that rounding and lowers tensors one allowed step at a time, cheapest first,
+until the model's weighted average is at or below the target; then it raises
+back, most costly first, every step that still fits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from tf_bitpruning import costs
+
+ROUNDINGS = ("ceil", "round")
+# n within this of an integer counts as that integer under "ceil" (float noise).
+_CEIL_TOLERANCE = 1e-3
+# Below this the average counts as on the target (float32 sums of weights).
+_TARGET_TOLERANCE = 1e-6
+
+Assignment = Dict[costs.QuantizedTensor, np.ndarray]
+# cost(tensor, candidate bits) -> how much worse the model gets (>= 0 preferred).
+CostFn = Callable[[costs.QuantizedTensor, np.ndarray], float]
+
+
+def round_bits(n: float, rounding: str = "ceil", allowed_bits: Optional[Sequence[int]] = None,
+               min_bits: int = 1, max_bits: int = 16) -> int:
+    """One learned bitlength to the integer it is frozen at."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}.")
+    b = math.ceil(n - _CEIL_TOLERANCE) if rounding == "ceil" else int(math.floor(n + 0.5))
+    b = min(max(b, min_bits), max_bits)
+    if allowed_bits:
+        larger = sorted(a for a in allowed_bits if a >= b)
+        if not larger:
+            raise ValueError(f"Bitlength {n:.2f} rounds to {b}, above every allowed bitlength {sorted(allowed_bits)}.")
+        b = larger[0]
+    return int(b)
+
+
+def check_allowed_bits(allowed_bits: Optional[Sequence[int]]) -> Optional[List[int]]:
+    if allowed_bits is None:
+        return None
+    allowed = sorted({int(b) for b in allowed_bits})
+    if not allowed or allowed[0] < 1 or allowed[-1] > 16:
+        raise ValueError(f"allowed_bits must hold integers in [1, 16], got {allowed}.")
+    return allowed
+
+
+def _levels(t: costs.QuantizedTensor, allowed: Optional[List[int]]) -> List[int]:
+    """The integers a tensor may be frozen at, ascending."""
+    levels = range(t.quantizer.min_bits, 17)
+    return [b for b in levels if allowed is None or b in allowed]
+
+
+def _step(bits: np.ndarray, levels: List[int], direction: int, limit: Optional[np.ndarray] = None):
+    """Every channel one allowed level down (-1) or up (+1); None if none can move."""
+    index = np.searchsorted(levels, bits)
+    moved = np.clip(index + direction, 0, len(levels) - 1)
+    out = np.asarray(levels, np.float32)[moved]
+    if limit is not None:
+        out = np.minimum(out, limit) if direction > 0 else out
+    return None if np.array_equal(out, bits) else out.astype(np.float32)
+
+
+def average(tensors: Sequence[costs.QuantizedTensor], assignment: Assignment,
+            weighting: str, kind: Optional[str]) -> float:
+    """The weighted average bitlength with every tensor at its assigned bits."""
+    return float(costs.average_bits_tensor(list(tensors), weighting, kind,
+                                           bits=lambda t: float(np.mean(assignment[t]))))
+
+
+def fit_budget(tensors: Sequence[costs.QuantizedTensor], start: Assignment, target_bits: float,
+               weighting: str, kind: Optional[str], cost: CostFn,
+               allowed_bits: Optional[List[int]] = None) -> Assignment:
+    """Integer bitlengths with a weighted average ``<= target_bits``.
+
+    From ``start`` (e.g. every bitlength rounded up) it repeatedly lowers the
+    tensor whose next lower level costs least per bit of average saved, until the
+    average fits; then it raises, most costly first, any lowered tensor whose
+    step back up still fits. ``cost(t, bits)`` is how much worse the model gets
+    with ``t`` at ``bits`` and every other tensor at ``start``. Only the tensors
+    the budget covers (``kind``; for ``"bops"`` all kernels and their inputs) move.
+    """
+    chosen = [t for t in tensors if t in start]
+    movable = chosen if weighting == "bops" else costs._select(chosen, kind)
+    levels = {t: _levels(t, allowed_bits) for t in movable}
+    lowest = {**start, **{t: np.full_like(start[t], levels[t][0]) for t in movable}}
+    floor_avg = average(chosen, lowest, weighting, kind)
+    if floor_avg > target_bits + _TARGET_TOLERANCE:
+        raise ValueError(
+            f"target_bits={target_bits} cannot be met: with weighting={weighting!r} and every tensor at "
+            f"its lowest bitlength{'' if allowed_bits is None else f' in allowed_bits={allowed_bits}'} "
+            f"the average is {floor_avg:.3f}. Choose a larger target.")
+
+    bits = dict(start)
+    cache: Dict[tuple, float] = {}
+
+    def cost_of(t, b):
+        key = (id(t), b.tobytes())
+        if key not in cache:
+            cache[key] = float(cost(t, b))
+        return cache[key]
+
+    now = average(chosen, bits, weighting, kind)
+    while now > target_bits + _TARGET_TOLERANCE:
+        best = None
+        for t in movable:
+            lower = _step(bits[t], levels[t], -1)
+            if lower is None:
+                continue
+            after = average(chosen, {**bits, t: lower}, weighting, kind)
+            saved = now - after
+            if saved <= 0:
+                continue
+            score = (cost_of(t, lower) - cost_of(t, bits[t])) / saved
+            if best is None or score < best[0]:
+                best = (score, t, lower, after)
+        if best is None:  # unreachable after the floor check; kept as a guard
+            raise ValueError(f"target_bits={target_bits} cannot be met (average stays at {now:.3f}).")
+        _, t, bits[t], now = best
+
+    while True:  # give back what still fits, most valuable first
+        best = None
+        for t in movable:
+            higher = _step(bits[t], levels[t], +1, limit=start[t])
+            if higher is None:
+                continue
+            after = average(chosen, {**bits, t: higher}, weighting, kind)
+            if after > target_bits + _TARGET_TOLERANCE:
+                continue
+            gain = cost_of(t, bits[t]) - cost_of(t, higher)
+            if best is None or gain > best[0]:
+                best = (gain, t, higher, after)
+        if best is None:
+            return bits
+        _, t, bits[t], now = best
+
+
+def distance_cost(learned: Dict[costs.QuantizedTensor, np.ndarray]) -> CostFn:
+    """The label-free proxy when no calibration data is given: the growth of a
+    tensor's quantization noise power below its learned bitlength ``n``,
+    ``mean(4^max(n - b, 0) - 1)``. Convex in ``b``: one tensor three bits down
+    costs more than three tensors one bit down each."""
+    return lambda t, b: float(np.mean(np.power(4.0, np.maximum(learned[t] - b, 0.0)) - 1.0))
