@@ -8,6 +8,11 @@
 8.0
 """
 
+# First: TensorFlow loads quietly when TF_CPP_MIN_LOG_LEVEL asks (and for the CLI; see _logs).
+from tf_bitpruning import _logs
+
+_logs.import_tensorflow()
+
 from tf_bitpruning.api import (bitprune_annotate_layer, bitprune_annotate_model, bitprune_apply,
                                bitprune_model, bitprune_scope)
 from tf_bitpruning.callbacks import BitBudget

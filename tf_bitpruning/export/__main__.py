@@ -6,6 +6,9 @@
 SAVED_MODEL is a SavedModel directory (or .h5 file) of a model made with
 ``tfbp.freeze_bitlengths`` and saved with ``model.save(...)``. Prints the learned
 precision of every tensor (the table written into the file's metadata).
+
+Quiet by default: TensorFlow's C++ and absl logs are hidden (see ``tf_bitpruning._logs``);
+``--verbosity=0`` shows them all, ``--verbosity=-1`` warnings and errors.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import os
 import sys
 
 from absl import app, flags
+
+from tf_bitpruning import _logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("representative_data", None,
@@ -50,6 +55,8 @@ def main(argv) -> int:
     source, out = argv[1], argv[2]
     if not os.path.exists(source):
         raise app.UsageError(f"SAVED_MODEL: no such file or directory '{source}'.")
+    verbosity = FLAGS.verbosity if FLAGS["verbosity"].present else None
+    _logs.quiet_python_logs(verbosity)
     import tensorflow as tf
 
     from tf_bitpruning.export import export_tflite, precision_table
@@ -58,11 +65,13 @@ def main(argv) -> int:
     samples = None
     if FLAGS.representative_data:
         samples = _load_samples(FLAGS.representative_data, FLAGS.npz_key)[:FLAGS.max_samples]
-    model = load_model(source, regularization=0.0, compile=False)
     io_type = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[FLAGS.io_type]
     try:
-        info = export_tflite(model, out, samples, int4=FLAGS.int4,
-                             inference_input_type=io_type, inference_output_type=io_type)
+        # Quiet: the converter's C++ writes straight to stderr too.
+        with _logs.native_stderr_muted(verbosity is None):
+            model = load_model(source, regularization=0.0, compile=False)
+            info = export_tflite(model, out, samples, int4=FLAGS.int4,
+                                 inference_input_type=io_type, inference_output_type=io_type)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
