@@ -29,9 +29,17 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    import tf_keras as keras
-
+    # Quiet by default: our progress and results, not TensorFlow's logs (absl's
+    # --verbosity=0 brings them back). The level must be set before TensorFlow loads;
+    # tf_bitpruning, imported first, then loads it without its load-time lines.
+    verbosity = FLAGS.verbosity if FLAGS["verbosity"].present else None
+    if verbosity is None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tf_bitpruning as tfbp
+    import tf_keras as keras
+    from tf_bitpruning import _logs
+
+    _logs.quiet_python_logs(verbosity)
     from examples import data
     from examples.models import cnn
 
@@ -75,7 +83,8 @@ def main(argv):
 
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     path = os.path.join(FLAGS.out_dir, f"{FLAGS.dataset}_bitpruned.tflite")
-    tfbp.export_tflite(frozen, path, representative_dataset=xtr[:256])
+    with _logs.native_stderr_muted(verbosity is None):  # the converter's C++ prints
+        tfbp.export_tflite(frozen, path, representative_dataset=xtr[:256])
     print(f"wrote {path} ({os.path.getsize(path)} bytes); precision in its metadata:")
     for layer, precision in tfbp.read_precision(path).items():
         print(f"  {layer:32s} {precision}")
