@@ -29,7 +29,8 @@ targets="$("${bazel_cmd[@]}" query //... --noshow_progress 2>/tmp/check_bazel.$$
 rm -f /tmp/check_bazel.$$.log
 echo "$targets"
 
-# Every test module has its py_test, and the package has its py_library.
+# Every test module has its py_test; the package its py_library (also at //:tf_bitpruning);
+# the test suites exist.
 missing=0
 for f in tests/test_*.py; do
   name="$(basename "$f" .py)"
@@ -38,6 +39,8 @@ for f in tests/test_*.py; do
     missing=1
   fi
 done
-grep -qx "//tf_bitpruning:tf_bitpruning" <<<"$targets" || { echo "check_bazel: no //tf_bitpruning:tf_bitpruning" >&2; missing=1; }
+for target in //tf_bitpruning:tf_bitpruning //:tf_bitpruning //:tests //tests:tests; do
+  grep -qx "$target" <<<"$targets" || { echo "check_bazel: no $target" >&2; missing=1; }
+done
 [[ $missing == 0 ]] || exit 1
 echo "check_bazel: OK, $(wc -l <<<"$targets") targets"
