@@ -60,11 +60,14 @@ def main(argv):
     bp.fit(xtr, ytr, epochs=FLAGS.learn_epochs, batch_size=FLAGS.batch_size,
            validation_data=(xte, yte), callbacks=[budget], verbose=2)
     learned_acc = bp.evaluate(xte, yte, verbose=0)[1]
-    print(f"learned bitlengths (average {tfbp.average_bits(bp, weighting=FLAGS.weighting):.2f}):")
+    learned_bits = tfbp.average_bits(bp, weighting=FLAGS.weighting)
+    print(f"learned bitlengths (average {learned_bits:.2f}; BitBudget anneals them to integers):")
     for name, bits in tfbp.bitlengths(bp).items():
         print(f"  {name:40s} {bits:5.2f}")
 
-    frozen = tfbp.freeze_bitlengths(bp)
+    # At or under the budget, whatever the learning phase ended at.
+    frozen = tfbp.freeze_bitlengths(bp, target_bits=FLAGS.target_bits, weighting=FLAGS.weighting,
+                                    calibration_data=xtr[:256])
     frozen.compile(keras.optimizers.Adam(1e-4), loss, metrics=["accuracy"])
     frozen_acc = frozen.evaluate(xte, yte, verbose=0)[1]
     # Fine-tuning is noisy at few bits: keep the best epoch on held-out training data,
@@ -88,8 +91,11 @@ def main(argv):
     print(f"wrote {path} ({os.path.getsize(path)} bytes); precision in its metadata:")
     for layer, precision in tfbp.read_precision(path).items():
         print(f"  {layer:32s} {precision}")
-    print(f"\naccuracy: float {float_acc:.4f} | learning phase {learned_acc:.4f} | frozen {frozen_acc:.4f} "
-          f"| fine-tuned {tuned_acc:.4f} at {tfbp.average_bits(frozen):.2f} average bits")
+    deployed_bits = tfbp.average_bits(frozen, weighting=FLAGS.weighting)
+    print(f"\nbits ({FLAGS.weighting}): budget {FLAGS.target_bits:.2f} | learned {learned_bits:.2f} | "
+          f"deployed {deployed_bits:.2f}")
+    print(f"accuracy: float {float_acc:.4f} | learning phase {learned_acc:.4f} | frozen {frozen_acc:.4f} "
+          f"| fine-tuned {tuned_acc:.4f}")
 
 
 if __name__ == "__main__":

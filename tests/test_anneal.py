@@ -61,3 +61,13 @@ def test_stop_when_met_anneals_then_stops(digits):
     bits = tfbp.bitlengths(bp)
     assert all(b == round(b) for b in bits.values()), bits
     assert tfbp.average_bits(bp) <= 6.0 + 1e-6
+
+
+def test_calibration_data_chooses_the_integers_on_outputs(digits):
+    xtr = digits[0]
+    budget = tfbp.BitBudget(target_bits=4.0, anneal=0.5, calibration_data=xtr[:128])
+    bp, _ = _bit_pruned(digits, 4, budget)
+    bits = tfbp.bitlengths(bp)
+    assert all(b == round(b) for b in bits.values()), bits
+    assert tfbp.average_bits(bp) <= 4.0 + 1e-6
+    assert float(costs.get_bit_loss(bp).anneal_weight.numpy()) == 1.0

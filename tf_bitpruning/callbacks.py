@@ -106,6 +106,9 @@ class BitBudget(keras.callbacks.Callback):
         which the bitlengths are pulled to integers; 0 keeps the blend to the end.
         With ``stop_when_met``, annealing starts once the budget is met and lasts
         ``anneal · epochs`` epochs (at least one), then training stops.
+      calibration_data: optional inputs (a few hundred samples) on which the
+        integers annealing slides to are chosen by the change of the model's
+        outputs, as in ``freeze_bitlengths``; default: by the learned bitlengths alone.
       verbose: 1 prints a line when training is stopped.
 
     >>> budget = BitBudget(target_bits=4.0, log_dir="logs")  # doctest: +SKIP
@@ -117,7 +120,7 @@ class BitBudget(keras.callbacks.Callback):
                  tolerance: float = 0.1, initial_regularization: Optional[float] = None,
                  regularization_range: Tuple[float, float] = (1e-5, 10.0),
                  speed: Optional[float] = None, settle_steps: float = 100.0, gain: float = 0.03,
-                 anneal: float = 0.25, verbose: int = 0):
+                 anneal: float = 0.25, calibration_data=None, verbose: int = 0):
         super().__init__()
         try:
             target_bits = float(target_bits)
@@ -163,6 +166,7 @@ class BitBudget(keras.callbacks.Callback):
         self.settle_steps = float(settle_steps)
         self.gain = float(gain)
         self.anneal = float(anneal)
+        self.calibration_data = calibration_data
         self.speed_floor = 0.25
         self.verbose = int(verbose)
         self.stopped_epoch: Optional[int] = None
@@ -300,15 +304,26 @@ class BitBudget(keras.callbacks.Callback):
         self._bit_loss.anneal_weight.assign(p)
 
     def _choose_integers(self) -> None:
-        """The integers annealing slides to: rounded up, then fitted to the budget."""
-        learned = {t: np.asarray(t.quantizer.bitlength(t.variables), np.float32) for t in self._tensors}
-        start = {t: np.vectorize(lambda n, q=t.quantizer: rounding.round_bits(float(n), "ceil", None, q.min_bits,
-                                                                               q.max_bits),
-                                 otypes=[np.float32])(n) for t, n in learned.items()}
-        bits = rounding.fit_budget(self._tensors, start, self.target_bits, self.weighting, self.kind,
-                                   rounding.distance_cost(learned))
-        for t, variable in zip(self._tensors, self._bit_loss.anneal_bits):
-            variable.assign(np.reshape(bits[t], variable.shape))
+        """The integers annealing slides to: rounded up, then fitted to the budget
+        (costs measured on ``calibration_data`` when given, see ``freeze_bitlengths``)."""
+        learned = rounding.learned_bits(self._tensors)
+        start = rounding.round_all(learned)
+        cost = rounding.distance_cost(learned)
+        slots = dict(zip(self._tensors, self._bit_loss.anneal_bits))
+
+        def set_bits(t, b):
+            slots[t].assign(np.reshape(start[t] if b is None else b, slots[t].shape))
+
+        if self.calibration_data is not None:
+            outputs = rounding.model_outputs(self.model, self.calibration_data)
+            reference = outputs()  # the learned blend (anneal weight 0)
+            for t in self._tensors:
+                set_bits(t, None)
+            self._bit_loss.anneal_weight.assign(1.0)  # the integer model
+            cost = rounding.output_change_cost(outputs, reference, set_bits)
+        bits = rounding.fit_budget(self._tensors, start, self.target_bits, self.weighting, self.kind, cost)
+        for t in self._tensors:
+            set_bits(t, bits[t])
 
     # -- control ---------------------------------------------------------------
     def _default_speed(self) -> float:

@@ -6,7 +6,6 @@ import warnings
 from typing import Dict, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
@@ -15,7 +14,8 @@ from tf_bitpruning import costs
 from tf_bitpruning.api import bitprune_scope
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.quantizers import ActivationBitQuantizer, BitlengthQuantizer
-from tf_bitpruning.rounding import ROUNDINGS, check_allowed_bits, distance_cost, fit_budget, round_bits
+from tf_bitpruning.rounding import (ROUNDINGS, check_allowed_bits, distance_cost, fit_budget, learned_bits,
+                                    model_outputs, output_change_cost, round_all, round_bits)
 
 __all__ = ["freeze_bitlengths", "round_bits", "ROUNDINGS"]
 
@@ -93,10 +93,8 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
     allowed_bits = check_allowed_bits(allowed_bits)
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}.")
-    learned = {t: np.asarray(t.quantizer.bitlength(t.variables), np.float32) for t in tensors}
-    start = {t: np.vectorize(lambda n, q=t.quantizer: round_bits(float(n), rounding, allowed_bits, q.min_bits, 16),
-                             otypes=[np.float32])(learned[t])
-             for t in tensors}
+    learned = learned_bits(tensors)
+    start = round_all(learned, rounding, allowed_bits)
     if target_bits is None and calibration_data is not None:
         raise ValueError("freeze_bitlengths: calibration_data is used to meet target_bits; give target_bits too.")
 
@@ -136,7 +134,9 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
         costs.check_weighting(weighting)
         target_bits = _check_target(target_bits)
         cost = (distance_cost(learned) if calibration_data is None
-                else _output_change_cost(model, frozen, twins, start, calibration_data))
+                else output_change_cost(model_outputs(frozen, calibration_data),
+                                        model_outputs(model, calibration_data)(),
+                                        lambda t, b: _assign_bits(twins, {t: start[t] if b is None else b})))
         _assign_bits(twins, fit_budget(tensors, start, target_bits, weighting, kind, cost, allowed_bits))
     old = costs.get_bit_loss(model)
     if old is not None:
@@ -161,33 +161,3 @@ def _check_target(target_bits) -> float:
         raise ValueError(f"freeze_bitlengths: target_bits must be a finite average bitlength in [1, 16], "
                          f"got {target_bits}.")
     return value
-
-
-def _output_change_cost(model, frozen, twins, start, data, batch_size: int = 256):
-    """cost(t, b): mean squared difference between ``frozen``'s outputs with ``t``
-    at ``b`` (others at ``start``) and the learned ``model``'s outputs on ``data``."""
-    inputs = data if isinstance(data, (tuple, list)) else (data,)
-    inputs = [np.asarray(x, np.float32) for x in inputs]
-    count = len(inputs[0])
-    if count == 0:
-        raise ValueError("freeze_bitlengths: calibration_data is empty.")
-    batches = [[x[i:i + batch_size] for x in inputs] for i in range(0, count, batch_size)]
-
-    def flat(m):
-        fn = tf.function(lambda xs: tf.concat(
-            [tf.reshape(tf.cast(y, tf.float32), [tf.shape(y)[0], -1])
-             for y in tf.nest.flatten(m(xs if len(xs) > 1 else xs[0], training=False))], axis=1))
-        return lambda: [fn(b) for b in batches]
-
-    reference = flat(model)()
-    run = flat(frozen)
-
-    def cost(t, b):
-        twin = twins[t]
-        _assign_bits(twins, {t: b})
-        try:
-            return float(sum(tf.reduce_sum(tf.square(y - r)) for y, r in zip(run(), reference)) / count)
-        finally:
-            _assign_bits(twins, {t: start[t]})
-
-    return cost

@@ -14,6 +14,7 @@ import math
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from tf_bitpruning import costs
 
@@ -41,6 +42,19 @@ def round_bits(n: float, rounding: str = "ceil", allowed_bits: Optional[Sequence
             raise ValueError(f"Bitlength {n:.2f} rounds to {b}, above every allowed bitlength {sorted(allowed_bits)}.")
         b = larger[0]
     return int(b)
+
+
+def learned_bits(tensors: Sequence[costs.QuantizedTensor]) -> Assignment:
+    """Every tensor's current (real) bitlength, per channel where it has channels."""
+    return {t: np.asarray(t.quantizer.bitlength(t.variables), np.float32) for t in tensors}
+
+
+def round_all(learned: Assignment, rounding: str = "ceil",
+              allowed_bits: Optional[Sequence[int]] = None) -> Assignment:
+    """:func:`round_bits` for every tensor and channel."""
+    return {t: np.vectorize(lambda n, q=t.quantizer: round_bits(float(n), rounding, allowed_bits, q.min_bits, 16),
+                            otypes=[np.float32])(n)
+            for t, n in learned.items()}
 
 
 def check_allowed_bits(allowed_bits: Optional[Sequence[int]]) -> Optional[List[int]]:
@@ -148,3 +162,38 @@ def distance_cost(learned: Dict[costs.QuantizedTensor, np.ndarray]) -> CostFn:
     ``mean(4^max(n - b, 0) - 1)``. Convex in ``b``: one tensor three bits down
     costs more than three tensors one bit down each."""
     return lambda t, b: float(np.mean(np.power(4.0, np.maximum(learned[t] - b, 0.0)) - 1.0))
+
+
+def model_outputs(model, data, batch_size: int = 256) -> Callable[[], List[tf.Tensor]]:
+    """A function returning ``model``'s outputs on ``data`` (inference mode), per
+    batch, flattened to ``[batch, values]``; traced once, rerun after each change
+    of bitlengths. ``data``: an array, or a tuple of arrays for several inputs."""
+    inputs = data if isinstance(data, (tuple, list)) else (data,)
+    inputs = [np.asarray(x, np.float32) for x in inputs]
+    if not len(inputs[0]):
+        raise ValueError("calibration_data is empty: give a few hundred samples.")
+    batches = [[x[i:i + batch_size] for x in inputs] for i in range(0, len(inputs[0]), batch_size)]
+
+    @tf.function
+    def run(xs):
+        outputs = tf.nest.flatten(model(xs if len(xs) > 1 else xs[0], training=False))
+        return tf.concat([tf.reshape(tf.cast(y, tf.float32), [tf.shape(y)[0], -1]) for y in outputs], axis=1)
+
+    return lambda: [run(b) for b in batches]
+
+
+def output_change_cost(outputs: Callable[[], List[tf.Tensor]], reference: List[tf.Tensor],
+                       set_bits: Callable[[costs.QuantizedTensor, Optional[np.ndarray]], None]) -> CostFn:
+    """cost(t, b): the mean squared difference, per sample, between ``outputs()``
+    with ``t`` at ``b`` and ``reference`` (the learned model's outputs).
+    ``set_bits(t, b)`` sets a tensor's candidate bits; ``set_bits(t, None)`` restores them."""
+    count = float(sum(int(r.shape[0]) for r in reference))
+
+    def cost(t, b):
+        set_bits(t, b)
+        try:
+            return float(tf.add_n([tf.reduce_sum(tf.square(y - r)) for y, r in zip(outputs(), reference)])) / count
+        finally:
+            set_bits(t, None)
+
+    return cost
