@@ -7,6 +7,10 @@ weights, data and global batch: once on one device (no strategy) and once under
 ``tf.distribute.MirroredStrategy`` over two logical CPUs. It prints one JSON
 line with the losses, the bitlengths and every variable of both runs.
 
+``multiworker_run.py`` imports :func:`data`, :func:`initial_weights` and
+:func:`train` to train the same model under ``MultiWorkerMirroredStrategy``
+(importing this module configures no devices).
+
 Usage: python distribute_run.py [steps] [global_batch]
 """
 
@@ -16,28 +20,22 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-tf.config.experimental.enable_op_determinism()
-
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 import tf_bitpruning as tfbp  # noqa: E402
 
-STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 6
-BATCH = int(sys.argv[2]) if len(sys.argv) > 2 else 32
+STEPS, BATCH = 6, 32  # the defaults of the command line
 
 
-def data():
+def data(steps=STEPS, batch=BATCH):
+    """The first ``steps`` global batches of digits: x (N, 8, 8, 1) in [0, 1], y."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    x = (x[: STEPS * BATCH] / 16.0).astype("float32").reshape(-1, 8, 8, 1)
-    return x, y[: STEPS * BATCH].astype("int32")
+    x = (x[: steps * batch] / 16.0).astype("float32").reshape(-1, 8, 8, 1)
+    return x, y[: steps * batch].astype("int32")
 
 
 def float_model():
@@ -50,7 +48,14 @@ def float_model():
     ])
 
 
-def train(initial_weights, x, y, strategy=None):
+def initial_weights():
+    keras.utils.set_random_seed(0)
+    return float_model().get_weights()
+
+
+def train(initial_weights, x, y, batch=BATCH, strategy=None):
+    """Bit-prunes the model (λ adapted by BitBudget) for one epoch of ``x`` in global
+    batches of ``batch``; returns loss, λ, bitlengths, variables and predictions."""
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     scope = strategy.scope() if strategy is not None else tf.name_scope("single")
@@ -62,8 +67,8 @@ def train(initial_weights, x, y, strategy=None):
         bp.compile(keras.optimizers.Adam(0.02), "sparse_categorical_crossentropy")
     # BitBudget adapts λ every batch; under the strategy it must do exactly the same.
     budget = tfbp.BitBudget(target_bits=4.0)
-    history = bp.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[budget])
-    probs = bp.predict(x[:BATCH], batch_size=BATCH, verbose=0)
+    history = bp.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[budget])
+    probs = bp.predict(x[:batch], batch_size=batch, verbose=0)
     return {
         "loss": float(history.history["loss"][-1]),
         "bit_lambda": float(history.history["bit_lambda"][-1]),
@@ -74,13 +79,18 @@ def train(initial_weights, x, y, strategy=None):
 
 
 def main():
+    steps = int(sys.argv[1]) if len(sys.argv) > 1 else STEPS
+    batch = int(sys.argv[2]) if len(sys.argv) > 2 else BATCH
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    tf.config.experimental.enable_op_determinism()
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    x, y = data()
-    keras.utils.set_random_seed(0)
-    initial = float_model().get_weights()
-    single = train(initial, x, y)
+    x, y = data(steps, batch)
+    initial = initial_weights()
+    single = train(initial, x, y, batch)
     strategy = tf.distribute.MirroredStrategy(devices)
-    mirrored = train(initial, x, y, strategy)
+    mirrored = train(initial, x, y, batch, strategy)
     print(json.dumps({"devices": devices, "replicas": strategy.num_replicas_in_sync,
                       "single": single, "mirrored": mirrored}))
 

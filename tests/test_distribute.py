@@ -1,4 +1,5 @@
-"""tf.distribute: MirroredStrategy over two devices trains like one device.
+"""tf.distribute: MirroredStrategy over two devices, and MultiWorkerMirroredStrategy
+over two worker processes on localhost, train like one device.
 
 Two logical CPUs must be configured before TensorFlow initializes its devices,
 which this pytest process has already done, so ``distribute_run.py`` runs in a
@@ -10,32 +11,45 @@ range variables (aggregation MEAN) used to average the two half-batch extremes,
 which differ from the global batch's min/max (measured before the fix: ranges
 off by 0.045, bitlengths by 2e-4, loss by 4e-3, predictions by 0.02 after six
 Adam steps). ``ActivationBitQuantizer`` now takes the min/max over all replicas.
-"""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+The multi-worker run starts ``multiworker_run.py`` twice with ``TF_CONFIG`` naming
+two free localhost ports (TensorFlow's collective ops over gRPC, as on a real
+cluster); each worker trains distribute_run.py's model on its half of every global
+batch, and the single-device run of ``distribute_run.py`` is the reference.
+"""
 
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # a subprocess that trains twice
+from subprocesses import finish, free_ports, start
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+pytestmark = pytest.mark.slow  # subprocesses that train
+
+STEPS, BATCH = 6, 32
 
 
 @pytest.fixture(scope="module")
-def runs():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    proc = subprocess.run([sys.executable, str(HERE / "distribute_run.py"), "6", "32"],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def all_runs():
+    """The MirroredStrategy script and the two multi-worker processes, run at the same time."""
+    procs = [start("distribute_run.py", STEPS, BATCH)]
+    ports = free_ports(2)
+    procs += [start("multiworker_run.py", index, *ports, "--steps", STEPS, "--batch", BATCH)
+              for index in range(2)]
+    return finish(procs)
+
+
+@pytest.fixture(scope="module")
+def runs(all_runs):
+    returncode, result, err = all_runs[0]
+    assert returncode == 0, err[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def workers(all_runs):
+    for index, (returncode, _, err) in enumerate(all_runs[1:]):
+        assert returncode == 0, f"worker {index} failed:\n{err[-4000:]}"
+    return [result for _, result, _ in all_runs[1:]]
 
 
 def test_two_replicas_really_ran(runs):
@@ -67,3 +81,32 @@ def test_same_variables_and_predictions_as_one_device(runs):
     for name, value in single["variables"].items():
         np.testing.assert_allclose(mirrored["variables"][name], value, rtol=0, atol=1e-4, err_msg=name)
     np.testing.assert_allclose(mirrored["predictions"], single["predictions"], rtol=0, atol=1e-5)
+
+
+def test_two_workers_really_ran(workers):
+    assert [w["worker"] for w in workers] == [0, 1]
+    for w in workers:
+        assert (w["workers"], w["replicas"]) == (2, 2)
+
+
+def test_two_workers_train_like_one_device(runs, workers):
+    """Same tolerances as MirroredStrategy, for the same reason: each worker sums the
+    gradient over its 16 examples and the all-reduce adds the two partial sums, a
+    different float32 summation order than one device's 32-example sum (~1e-7
+    relative per step); six Adam steps keep that far below the bounds below."""
+    single = runs["single"]
+    for w in workers:
+        assert w["loss"] == pytest.approx(single["loss"], rel=1e-5)
+        assert w["bit_lambda"] != 0.5  # BitBudget moved λ, identically on both workers
+        assert w["bit_lambda"] == pytest.approx(single["bit_lambda"], rel=1e-4)
+        assert sorted(w["bits"]) == sorted(single["bits"])
+        for name, n in single["bits"].items():
+            assert w["bits"][name] == pytest.approx(n, abs=1e-5), name
+        # Every variable, the raw bitlength parameters and activation ranges included.
+        assert list(w["variables"]) == list(single["variables"])
+        for name, value in single["variables"].items():
+            np.testing.assert_allclose(w["variables"][name], value, rtol=0, atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(w["predictions"], single["predictions"], rtol=0, atol=1e-5)
+    # Mirrored variables: both workers hold exactly the same values.
+    assert workers[0]["variables"] == workers[1]["variables"]
+    assert workers[0]["bit_lambda"] == workers[1]["bit_lambda"]

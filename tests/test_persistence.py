@@ -88,6 +88,47 @@ def test_learning_phase_round_trip_and_bit_loss(digits, tmp_path):
     assert tfbp.average_bits(again) != before
 
 
+@pytest.mark.parametrize("fmt", ["savedmodel", "h5"])
+def test_weighting_and_kind_are_saved_and_restored(fmt, digits, tmp_path):
+    bp = learning_model(digits, fn=small_cnn)  # trained under weighting="memory"
+    costs.get_bit_loss(bp).kind = "activations"
+    expected = float(costs.get_bit_loss(bp)())
+    # The two objectives differ here, so restoring "uniform" would show in the loss.
+    uniform = 0.05 * float(costs.average_bits_tensor(costs.quantized_tensors(bp), "uniform", "activations"))
+    assert abs(uniform - expected) > 1e-3
+    path = tmp_path / ("sm" if fmt == "savedmodel" else "m.h5")
+    save_model(bp, path)
+
+    loaded = load_model(path)
+    loss = costs.get_bit_loss(loaded)
+    assert (loss.weighting, loss.kind) == ("memory", "activations")
+    assert float(loss.regularization) == pytest.approx(0.05)
+    assert float(loss()) == pytest.approx(expected, rel=1e-6)
+    assert restore_bit_loss(loaded, weighting="memory", kind="activations") is loss
+    # An explicit argument that disagrees with the file is an error naming both values.
+    with pytest.raises(ValueError, match="weighting='memory', but weighting='uniform' was given"):
+        load_model(path, weighting="uniform")
+    with pytest.raises(ValueError, match="kind=.activations., but kind=None was given"):
+        load_model(path, kind=None)
+    if fmt == "savedmodel":  # what Keras loads by itself: the revived bit loss holds the objective
+        with tfbp.bitprune_scope():
+            plain = keras.models.load_model(path)
+        assert (restore_bit_loss(plain).weighting, costs.get_bit_loss(plain).kind) == ("memory", "activations")
+
+
+def test_file_without_bit_loss_settings_warns(digits, tmp_path):
+    """An h5 file written by model.save (or before the settings were saved) keeps no
+    λ or weighting: load_model says what it assumes instead of assuming silently."""
+    bp = learning_model(digits, fn=small_cnn, steps=1)
+    bp.save(tmp_path / "m.h5")
+    with pytest.warns(UserWarning, match="keeps no bit-loss settings"):
+        loaded = load_model(tmp_path / "m.h5")
+    loss = costs.get_bit_loss(loaded)
+    assert (loss.weighting, loss.kind, float(loss.regularization)) == ("uniform", None, 0.0)
+    again = load_model(tmp_path / "m.h5", regularization=0.05, weighting="memory")
+    assert costs.get_bit_loss(again).weighting == "memory"
+
+
 def test_checkpoint_resumes_learning(digits, tmp_path):
     x, y = digits[0][:256], digits[1][:256]
     a = learning_model(digits, fn=small_cnn)

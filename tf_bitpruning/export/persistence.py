@@ -10,9 +10,12 @@ What survives where (tf_keras 2.21, tfmot 0.8.1):
   ``model.bit_loss.regularization``) but ``costs.get_bit_loss(model)`` is None, so
   callbacks cannot find it; h5 drops it and λ altogether. :func:`load_model`
   re-attaches a real :class:`~tf_bitpruning.costs.BitLoss` (see
-  :func:`restore_bit_loss`). The weighting is not saved by either format.
+  :func:`restore_bit_loss`). The bit loss's weighting and kind are saved as the
+  codes of its ``objective`` variable (SavedModel, checkpoints); :func:`save_model`
+  writes λ, weighting and kind into an h5 file's attributes.
 - ``tf.train.Checkpoint(model=..., optimizer=...)`` restores bitlengths, ranges,
-  optimizer slots and λ (dependency ``"bit_loss"``) into a model built the same way.
+  optimizer slots, λ, the objective and ``BitBudget``'s state (dependency
+  ``"bit_loss"``) into a model built the same way; so does ``BackupAndRestore``.
 - The Keras v3 ``.keras`` format saves but cannot load tfmot quantize wrappers
   (their quantizer variables are tracked under two paths: "Layer 'quantize_layer'
   expected 7 variables, but received 4"); :func:`save_model` and
@@ -21,8 +24,10 @@ What survives where (tf_keras 2.21, tfmot 0.8.1):
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Optional
+import warnings
+from typing import Dict, Optional
 
 import tf_keras as keras
 
@@ -41,11 +46,35 @@ def _is_keras_v3(path) -> bool:
     return os.fspath(path).endswith(".keras")
 
 
+# The bit-loss settings tfbp.save_model writes into an h5 file (h5 keeps no λ of its own).
+H5_BIT_LOSS_ATTR = "tf_bitpruning_bit_loss"
+# restore_bit_loss / load_model: kind=SAVED takes the saved kind (kind=None means all tensors).
+SAVED = "saved"
+
+
+def _is_h5_file(path) -> bool:
+    import h5py
+
+    path = os.fspath(path)
+    return os.path.isfile(path) and h5py.is_hdf5(path)
+
+
 def save_model(model: keras.Model, path, **kwargs) -> None:
-    """``model.save(path)``, refusing the ``.keras`` format that cannot be loaded back."""
+    """``model.save(path)``, refusing the ``.keras`` format that cannot be loaded back.
+
+    An h5 file also gets the bit loss's λ, weighting and kind (a SavedModel keeps them
+    by itself), which :func:`load_model` restores."""
     if _is_keras_v3(path):
         raise ValueError(f"save_model('{os.fspath(path)}'): {_KERAS_V3_HELP}")
     model.save(path, **kwargs)
+    bit_loss = costs.get_bit_loss(model)
+    if bit_loss is not None and _is_h5_file(path):
+        import h5py
+
+        record = {"regularization": float(bit_loss.regularization.numpy()),
+                  "weighting": bit_loss.weighting, "kind": bit_loss.kind}
+        with h5py.File(os.fspath(path), "a") as f:
+            f.attrs[H5_BIT_LOSS_ATTR] = json.dumps(record)
 
 
 def _restored_bit_loss(model):
@@ -56,28 +85,82 @@ def _restored_bit_loss(model):
     return None
 
 
+def _saved_settings(model: keras.Model) -> Dict[str, object]:
+    """What a SavedModel kept of the bit loss: ``regularization``, and ``weighting`` and
+    ``kind`` when it was saved by a tf_bitpruning that saves them."""
+    restored = _restored_bit_loss(model)
+    if restored is None:
+        return {}
+    settings: Dict[str, object] = {"regularization": float(restored.regularization.numpy())}
+    codes = getattr(restored, "objective", None)
+    if codes is not None:
+        settings["weighting"], settings["kind"] = costs.objective_from_codes(codes.numpy())
+    return settings
+
+
+def _h5_settings(path) -> Dict[str, object]:
+    """The bit-loss settings :func:`save_model` wrote into an h5 file ({} if none)."""
+    import h5py
+
+    with h5py.File(os.fspath(path), "r") as f:
+        raw = f.attrs.get(H5_BIT_LOSS_ATTR)
+    if raw is None:
+        return {}
+    record = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    costs.objective_codes(record["weighting"], record["kind"])  # validates both
+    return {k: record[k] for k in ("regularization", "weighting", "kind")}
+
+
+def _resolve(model: keras.Model, name: str, given, unset, saved: Dict[str, object], default):
+    """The saved value when ``given`` is ``unset``; ``given`` when it agrees or nothing was saved."""
+    if given == unset:
+        return saved.get(name, default)
+    if name in saved and saved[name] != given:
+        raise ValueError(
+            f"Model '{model.name}' was saved with a bit loss of {name}={saved[name]!r}, but {name}={given!r} "
+            f"was given: training it on would silently optimize another objective. Omit {name}= to "
+            f"continue with the saved one; to change it on purpose, set it after loading "
+            f"(tf_bitpruning.costs.get_bit_loss(model).{name} = {given!r}) or train with "
+            f"tfbp.BitBudget({name}={given!r}).")
+    return given
+
+
 def restore_bit_loss(model: keras.Model, regularization: Optional[float] = None,
-                     weighting: str = "uniform") -> Optional[costs.BitLoss]:
+                     weighting: Optional[str] = None, kind: Optional[str] = SAVED) -> Optional[costs.BitLoss]:
     """Re-attaches the bit loss to a loaded bit-pruned model.
 
-    Does nothing (returns the loss) when one is attached, and returns None for a
-    model without learned bitlengths. λ is ``regularization`` if given, else the
-    value a SavedModel kept; an h5 file keeps no λ, so pass it. The weighting is
-    not saved by Keras: pass the one the model was trained with. The traced copy
-    of the old loss that a SavedModel revives is removed, so the loss counts once.
+    λ is ``regularization`` if given, else the value the model kept (a SavedModel;
+    an h5 file only through :func:`load_model` of a file written by :func:`save_model`).
+    ``weighting=None`` and ``kind=SAVED`` (the defaults) take what was saved, or
+    ``"uniform"`` and all tensors for a model saved without them (before tf_bitpruning
+    saved them); an explicit value that disagrees with the saved one is a
+    ``ValueError`` (``kind=None`` means all tensors, as everywhere else).
+    A model with a bit loss attached keeps it (the same check applies); a model
+    without learned bitlengths gets None. The traced copy of the old loss that a
+    SavedModel revives is removed, so the loss counts once.
     """
+    return _restore(model, regularization, weighting, kind, _saved_settings(model))
+
+
+def _restore(model, regularization, weighting, kind, saved: Dict[str, object]):
     existing = costs.get_bit_loss(model)
     if existing is not None:
+        current = {"weighting": existing.weighting, "kind": existing.kind}
+        _resolve(model, "weighting", weighting, None, current, "uniform")
+        _resolve(model, "kind", kind, SAVED, current, None)
         return existing
     if not costs.quantized_tensors(model):
         return None
     restored = _restored_bit_loss(model)
+    weighting = _resolve(model, "weighting", weighting, None, saved, "uniform")
+    kind = _resolve(model, "kind", kind, SAVED, saved, None)
     if regularization is None:
-        if restored is None:
+        if "regularization" not in saved:
             raise ValueError(
-                f"Model '{model.name}' was loaded without its bit loss and λ (h5 does not save them): "
-                f"pass regularization=λ (and weighting=...) to restore it.")
-        regularization = float(restored.regularization.numpy())
+                f"Model '{model.name}' was loaded without its bit loss and λ (h5 written by model.save "
+                f"does not keep them; tfbp.save_model does): pass regularization=λ (and weighting=...) "
+                f"to restore it.")
+        regularization = saved["regularization"]
     if restored is not None:
         from tensorflow.python.saved_model.function_deserialization import RestoredFunction
 
@@ -89,20 +172,35 @@ def restore_bit_loss(model: keras.Model, regularization: Optional[float] = None,
         model._self_unconditional_checkpoint_dependencies[:] = [
             ref for ref in model._self_unconditional_checkpoint_dependencies if ref.name != "bit_loss"]
         model._self_unconditional_dependency_names.pop("bit_loss", None)
-    return costs.attach_bit_loss(model, float(regularization), weighting)
+    loss = costs.attach_bit_loss(model, float(regularization), weighting)
+    loss.kind = kind
+    return loss
 
 
-def load_model(path, regularization: Optional[float] = None, weighting: str = "uniform",
-               compile: bool = True) -> keras.Model:
+def load_model(path, regularization: Optional[float] = None, weighting: Optional[str] = None,
+               kind: Optional[str] = SAVED, compile: bool = True) -> keras.Model:
     """Loads a SavedModel directory or h5 file of a bit-pruned model and re-attaches
-    its bit loss (see :func:`restore_bit_loss`; for h5, λ defaults to 0 when not
-    given, so the loaded model predicts and fine-tunes but does not prune further)."""
+    its bit loss with the saved λ, weighting and kind (see :func:`restore_bit_loss`).
+
+    An h5 file that :func:`save_model` did not write keeps none of them: λ defaults
+    to 0 (the model predicts and fine-tunes but does not prune further) and the
+    weighting to ``"uniform"``, with a warning unless ``regularization`` or
+    ``weighting`` is given."""
     if _is_keras_v3(path):
         raise ValueError(f"load_model('{os.fspath(path)}'): {_KERAS_V3_HELP}")
     with bitprune_scope():
         model = keras.models.load_model(path, compile=compile)
-    if regularization is None and _restored_bit_loss(model) is None:
+    if not (isinstance(model, keras.Model) and costs.quantized_tensors(model)):
+        return model
+    saved = _h5_settings(path) if _is_h5_file(path) else _saved_settings(model)
+    if "weighting" not in saved and regularization is None and weighting is None:
+        warnings.warn(
+            f"load_model('{os.fspath(path)}'): the file keeps no bit-loss settings (an h5 file written by "
+            f"model.save, or a model saved before tf_bitpruning kept them): continuing with "
+            f"λ={saved.get('regularization', 0.0)} and weighting='uniform'. Pass regularization= and "
+            f"weighting= if the model was trained otherwise; save with tfbp.save_model to keep them.",
+            stacklevel=2)
+    if regularization is None and "regularization" not in saved:
         regularization = 0.0
-    if isinstance(model, keras.Model) and costs.quantized_tensors(model):
-        restore_bit_loss(model, regularization, weighting)
+    _restore(model, regularization, weighting, kind, saved)
     return model
