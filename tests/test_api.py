@@ -69,6 +69,7 @@ def test_functional_bn_add_depthwise_quantizes_after_bn():
     np.testing.assert_allclose(bp(x).numpy().sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow  # trains two epochs
 def test_conv1d_and_separable_conv():
     inp = keras.Input((16, 3))
     x = L.Conv1D(8, 3, activation="relu")(inp)
