@@ -15,15 +15,50 @@ counters). Before BitBudget's state was saved, the resumed λ path restarted
 drifted apart.
 """
 
+import math
+
 import numpy as np
 import pytest
+import tensorflow as tf
+import tf_keras as keras
 
+import tf_bitpruning as tfbp
+from tf_bitpruning import costs
+
+from conftest import small_cnn
 from subprocesses import finish, start
-
-pytestmark = pytest.mark.slow  # five training subprocesses
 
 KILLED = 17  # resume_run.py's exit status when it died on purpose
 MODES = ("backup", "checkpoint")
+
+
+def test_budget_state_travels_with_a_checkpoint(tmp_path):
+    """In one process, without training: what one BitBudget stored comes back in a
+    fresh model's BitBudget from a checkpoint restored before the budget existed."""
+    def make():
+        bp = tfbp.bitprune_model(small_cnn(), regularization=0.05)
+        bp.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+        return bp
+
+    a = make()
+    budget = tfbp.BitBudget(target_bits=4.0)
+    budget.set_model(a)
+    state = {"_log_lambda": -2.5, "_last": (5.25, 12), "_velocity": -0.0031, "_met_epochs": 2,
+             "_anneal_begin": 3.0, "_anneal_epochs": 1.0, "_steps_per_epoch": 6}
+    for field, value in state.items():
+        setattr(budget, field, value)
+    budget._save_state()
+    budget._assign(-2.5)
+    path = tf.train.Checkpoint(model=a).save(tmp_path / "ckpt")
+
+    b = make()
+    tf.train.Checkpoint(model=b).restore(path)  # the state's variable does not exist yet: deferred
+    resumed = tfbp.BitBudget(target_bits=4.0)
+    resumed.set_model(b)  # creates and tracks it: restored now
+    assert resumed._resume_state()
+    assert {field: getattr(resumed, field) for field in state} == state
+    assert float(costs.get_bit_loss(b).regularization) == float(np.float32(math.exp(-2.5)))
+    assert not resumed._resume_state()  # what it holds now is its own: a later fit() starts afresh
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +76,7 @@ def runs(tmp_path_factory):
     return full, dict(zip(MODES, (result for _, result, _ in resumed)))
 
 
+@pytest.mark.slow  # five training subprocesses
 @pytest.mark.parametrize("mode", MODES)
 def test_resumed_run_ends_exactly_like_an_uninterrupted_one(runs, mode):
     full, resumed = runs[0], runs[1][mode]
