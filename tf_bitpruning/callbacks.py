@@ -71,6 +71,11 @@ class BitBudget(keras.callbacks.Callback):
     and ``bit_lambda`` (λ). The progress bar shows their running mean over the
     epoch; ``History`` records the value at each epoch end.
 
+    Its control state (the λ path, counters, annealing schedule) is a variable of
+    the bit loss, so checkpoints of the model carry it: a run resumed with
+    ``keras.callbacks.BackupAndRestore`` or from a ``tf.train.Checkpoint`` continues
+    the same path (exactly, with epoch-end saves and op determinism).
+
     The learning phase ends at integer bitlengths within the budget: when the
     last ``anneal`` share of the training steps begins, every bitlength gets an
     integer (rounded up, then the cheapest lowered until the average is at or
