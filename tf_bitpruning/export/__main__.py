@@ -1,7 +1,7 @@
 """Export a saved, frozen bit-pruned model to a full-integer TFLite file.
 
     python -m tf_bitpruning.export SAVED_MODEL OUT.tflite [--representative_data data.npy|.npz]
-                                   [--noint4] [--io_type float32|int8|uint8]
+                                   [--int4 auto|true|false] [--io_type float32|int8|uint8]
 
 SAVED_MODEL is a SavedModel directory (or .h5 file) of a model made with
 ``tfbp.freeze_bitlengths`` and saved with ``model.save(...)``. Prints the learned
@@ -26,7 +26,9 @@ flags.DEFINE_string("representative_data", None,
                     "tensors without a learned quantizer.")
 flags.DEFINE_string("npz_key", None, "Array to use from a .npz file (default: 'x' if present, else the first).")
 flags.DEFINE_integer("max_samples", 500, "Use at most this many representative samples.")
-flags.DEFINE_bool("int4", True, "Store ≤4-bit filters as INT4.")
+flags.DEFINE_enum("int4", "auto", ["auto", "true", "false"],
+                  "Store ≤4-bit filters as INT4: 'auto' where LiteRT runs them as fast as INT8, 'true' all "
+                  "(smallest file), 'false' none.")
 flags.DEFINE_enum("io_type", "float32", ["float32", "int8", "uint8"], "Input and output type of the file.")
 
 
@@ -66,11 +68,12 @@ def main(argv) -> int:
     if FLAGS.representative_data:
         samples = _load_samples(FLAGS.representative_data, FLAGS.npz_key)[:FLAGS.max_samples]
     io_type = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[FLAGS.io_type]
+    int4 = {"auto": "auto", "true": True, "false": False}[FLAGS.int4]
     try:
         # Quiet: the converter's C++ writes straight to stderr too.
         with _logs.native_stderr_muted(verbosity is None):
             model = load_model(source, regularization=0.0, compile=False)
-            info = export_tflite(model, out, samples, int4=FLAGS.int4,
+            info = export_tflite(model, out, samples, int4=int4,
                                  inference_input_type=io_type, inference_output_type=io_type)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -38,9 +38,11 @@ class ActivationExport:
         return self.lo + (2.0 ** self.bits - 1.0) * self.step
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        nonnegative = getattr(getattr(x, "op", None), "type", None) in ("Relu", "Relu6")
         x = tf.cast(x, tf.float32)
-        if self.bits < 8:
-            # The int8 range ends at the b-bit max (saturation clips there); clip below.
+        if self.bits < 8 and not (nonnegative and self.lo <= 0.0):
+            # The int8 range ends at the b-bit max (saturation clips there); clip below
+            # (not after a ReLU: a second activation would not fuse, leaving a float RELU).
             x = tf.nn.relu(x) if self.lo == 0.0 else tf.maximum(x, self.lo)
         top = self.hi
         return tf.quantization.fake_quant_with_min_max_vars(

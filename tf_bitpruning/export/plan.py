@@ -21,6 +21,7 @@ from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError
 from tf_bitpruning.export.grids import ActivationExport, WeightExport, activation_export, int_bits, weight_export
+from tf_bitpruning.export.int4 import packed_as
 from tf_bitpruning.quantizers import BitlengthQuantizer, WeightBitQuantizer
 
 L = keras.layers
@@ -119,7 +120,8 @@ class Plan:
             code_limit = None
             if self.fine_bias and has_bias:
                 op = self.tflite_op(layer, quantizer, fold is not None)
-                int4 = op in int4_ops and int_bits(quantizer, variables).max() <= 4
+                int4 = (packed_as(op, self.pointwise(layer, quantizer, fold is not None), int4_ops) is not None
+                        and int_bits(quantizer, variables).max() <= 4)
                 code_limit = 7 if int4 else 127
             self.weights[(layer.name, attr)] = weight_export(
                 quantizer, variables, weight, f"{layer.name}/{attr}",
@@ -139,6 +141,16 @@ class Plan:
         if op == "FULLY_CONNECTED" and (folded or quantizer.per_channel_scale or quantizer.per_channel_bits):
             op = "CONV_2D"  # see graph.dense_as_conv
         return op
+
+    @staticmethod
+    def pointwise(layer, quantizer: WeightBitQuantizer, folded: bool) -> bool:
+        """Whether the kernel becomes a 1x1, stride-1 CONV_2D (which INT4 packing may
+        store as a FULLY_CONNECTED, see :mod:`.layout`)."""
+        inner = _compat.inner(layer)
+        if type(inner) in (L.Conv1D, L.Conv2D):
+            return (all(k == 1 for k in inner.kernel_size) and all(s == 1 for s in inner.strides)
+                    and inner.groups == 1)
+        return isinstance(inner, L.Dense) and Plan.tflite_op(layer, quantizer, folded) == "CONV_2D"
 
     def _input_grid(self, layer) -> Optional[ActivationExport]:
         """The b-bit grid of ``layer``'s input, if its producer's output is on one."""

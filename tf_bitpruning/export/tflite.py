@@ -11,7 +11,8 @@ the int8 model computes the b-bit model on any TFLite/LiteRT runtime.
 5. flatbuffer passes (helpers in :mod:`.flatbuffer`):
    :mod:`.fine_bias`  finer inputs and int32 biases for low-bit layers,
    :mod:`.rename`     short tensor names,
-   :mod:`.int4`       ≤ 4-bit filters stored as INT4 (and LiteRT verification),
+   :mod:`.int4`       ≤ 4-bit filters stored as INT4 where fast (and LiteRT verification),
+   :mod:`.layout`     pointwise CONV_2D written as FULLY_CONNECTED for fast INT4,
    :mod:`.precision`  the learned precision of every tensor as metadata.
 
 Private tfmot/Keras/TFLite APIs are used only through :mod:`._compat`.
@@ -20,7 +21,7 @@ Private tfmot/Keras/TFLite APIs are used only through :mod:`._compat`.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -30,31 +31,33 @@ from tf_bitpruning.export import metadata as _metadata
 from tf_bitpruning.export.checks import ExportError, check_frozen, check_full_integer
 from tf_bitpruning.export.convert import convert
 from tf_bitpruning.export.fine_bias import refine_inputs
-from tf_bitpruning.export.flatbuffer import FILTER_INPUT, match_filters, read, to_bytes
+from tf_bitpruning.export.flatbuffer import match_filters, read, to_bytes
 from tf_bitpruning.export.graph import export_graph
 from tf_bitpruning.export.grids import int_bits
-from tf_bitpruning.export.int4 import (INT4_OPS, pack_filters, pack_int4_values, unpack_int4,
-                                       unpack_int4_values, verify_int4 as _verify_int4)
+from tf_bitpruning.export.int4 import (FAST_INT4_OPS, INT4_OPS, Int4Mode, int4_ops_for, pack_filters,
+                                       pack_int4_values, unpack_int4, unpack_int4_values)
+from tf_bitpruning.export.int4 import verify_int4 as _verify_int4
 from tf_bitpruning.export.plan import Plan
 from tf_bitpruning.export.precision import int_or_list, precision_info, write_precision
 from tf_bitpruning.export.rename import rename_tensors
 
-__all__ = ["ExportError", "INT4_OPS", "export_graph", "export_tflite", "pack_int4_values",
+__all__ = ["ExportError", "FAST_INT4_OPS", "INT4_OPS", "export_graph", "export_tflite", "pack_int4_values",
            "unpack_int4", "unpack_int4_values"]
 
 
 def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_dataset=None, *,
-                  int4: bool = True, int4_ops: Sequence[str] = INT4_OPS,
+                  int4: Int4Mode = "auto", int4_ops: Optional[Sequence[str]] = None,
                   inference_input_type: tf.DType = tf.float32,
                   inference_output_type: tf.DType = tf.float32,
-                  verify_int4: bool = True, fine_bias: bool = True) -> Dict[str, Any]:
+                  verify_int4: Optional[bool] = None, fine_bias: bool = True) -> Dict[str, Any]:
     """Writes a frozen bit-pruned model as a full-integer TFLite model.
 
     Every tensor is stored in an int8 container on its learned b-bit grid (at most
     ``2^b - 1`` weight codes, ``2^b`` activation codes), so the file computes the
     b-bit model on any TFLite/LiteRT runtime; filters at ≤ 4 bits are stored as
-    INT4 (``int4=True``), and the learned precision of every tensor is written to
-    the metadata entry ``"tf_bitpruning.precision"`` (:func:`read_precision`).
+    INT4 where that is fast (``int4="auto"``), and the learned precision of every
+    tensor is written to the metadata entry ``"tf_bitpruning.precision"``
+    (:func:`read_precision`).
 
     Args:
       model: a model from :func:`tfbp.freeze_bitlengths` (fine-tuned). A model
@@ -66,12 +69,22 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
         generator function as for ``TFLiteConverter``) to calibrate tensors
         that have no learned quantizer (layers left in float). The learned
         ranges are used wherever they exist.
-      int4: pack the filters of ``int4_ops`` whose bitlength is ≤ 4 as INT4.
-      int4_ops: the builtin ops whose filters may be INT4.
+      int4: which ≤ 4-bit filters are stored as INT4 (two values per byte).
+        ``"auto"`` (default): those of the ops LiteRT's default (XNNPACK) runs as
+        fast in INT4 as in INT8, :data:`FAST_INT4_OPS` (FULLY_CONNECTED; pointwise
+        convolutions are written as FULLY_CONNECTED to qualify), so the file is as
+        fast as the INT8 one. ``True``: every ≤ 4-bit filter of :data:`INT4_OPS`,
+        the smallest file (INT4 CONV_2D / DEPTHWISE_CONV_2D run on slower builtin
+        kernels). ``False``: none (INT8 containers only).
+      int4_ops: overrides the ops whose filters ``int4`` packs (any of
+        :data:`INT4_OPS`).
       inference_input_type, inference_output_type: ``tf.float32`` (default;
         the file quantizes/dequantizes at its ends), ``tf.int8`` or ``tf.uint8``.
-      verify_int4: run the INT8 and INT4 files once in LiteRT (when installed)
-        and require identical outputs.
+      verify_int4: run the INT8 and INT4 files once in LiteRT's builtin kernels
+        and require identical outputs. ``None`` (default): when LiteRT
+        (``ai_edge_litert``) is installed; without it a ``UserWarning`` says the
+        file is unverified. ``True``: LiteRT is required (``ExportError``
+        without it). ``False``: no check.
       fine_bias: TFLite stores a layer's bias in int32 at scale ``input scale ×
         weight scale``; at b-bit steps that grid is coarse enough to round a
         share of low-bit outputs differently than the Keras model (whose bias is
@@ -79,8 +92,9 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
         b-bit integers times ``2^j`` (the largest that fits the container: 127,
         or 7 for INT4; recorded as ``code_multiplier`` in the metadata), and
         their sub-8-bit inputs are requantized exactly onto a ``2^i`` times finer
-        int8 grid (one int8 -> int8 QUANTIZE op each). Values and code counts are
-        unchanged; ``False`` keeps every int8 scale equal to its b-bit step.
+        int8 grid (one int8 -> int8 QUANTIZE op each; none for 8-bit inputs).
+        Values and code counts are unchanged; ``False`` keeps every int8 scale
+        equal to its b-bit step.
 
     Returns:
       The precision metadata written to the file (see :mod:`.metadata`).
@@ -90,11 +104,9 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"export_tflite: the directory '{directory}' does not exist.")
-    bad = sorted(set(int4_ops) - set(FILTER_INPUT))
-    if bad:
-        raise ValueError(f"int4_ops: {bad} have no filter to pack; choose from {sorted(FILTER_INPUT)}.")
+    ops = int4_ops_for(int4, int4_ops)
 
-    plan = Plan(model, tuple(int4_ops) if int4 else (), fine_bias)
+    plan = Plan(model, ops, fine_bias)
     content = convert(model, export_graph(model, plan), representative_dataset,
                       inference_input_type, inference_output_type)
     model_obj = read(content)
@@ -108,16 +120,16 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
         refine_inputs(model_obj, plan, matched)
     rename_tensors(model_obj, matched, {key[0]: model.get_layer(key[0]).layer.name for key in matched})
     content = to_bytes(model_obj)  # the INT8 reference
-    packed = pack_filters(model_obj, matched, bits, tuple(int4_ops)) if int4 else []
+    packed = pack_filters(model_obj, matched, bits, ops) if ops else []
     storage = {names[key]: {"storage": "int4" if key in packed else "int8",
-                            "tflite_tensor": _metadata._text(tensor.name),
+                            "tflite_tensor": _metadata._text(tensor.name), "tflite_op": op_name,
                             "code_multiplier": int_or_list(plan.weights[key].multiplier)}
-               for key, (_, _, tensor) in matched.items()}
+               for key, (op_name, _, tensor) in matched.items()}
     info = precision_info(model, tensors, storage)
     write_precision(model_obj, info)
     final = to_bytes(model_obj)
-    if packed and verify_int4:
-        _verify_int4(content, final)
+    if packed and verify_int4 is not False:
+        _verify_int4(content, final, required=verify_int4 is True)
 
     write_atomic(path, final)
     return info

@@ -1,0 +1,196 @@
+"""Size and LiteRT latency of exported MobileNetV2 files against tfmot's int8 file.
+
+MobileNetV2 (alpha 1.0, 224x224, ``weights=None``: random weights, no download).
+tfmot's 8-bit QAT model (``quantize_model``) and ours (``bitprune_model``) are
+calibrated on a few batches of random inputs (forward passes in training mode,
+which is what sets the activation ranges; no training is needed to measure
+speed and size), then every kernel of ours is frozen at 2, 4 or 8 bits with
+activations at 8 (as tests/conftest.py::train_frozen sets bitlengths) and
+exported with ``int4="auto"`` (the default), ``True`` and ``False``, and
+``fine_bias`` on and off. A 4-bit-activation row shows what ``fine_bias``
+costs where it adds QUANTIZE ops (it adds none for 8-bit activations).
+
+Every file is timed with LiteRT's default resolver (XNNPACK) at 1 and 2 threads
+in the same run, interleaved (one invoke of each file per round, so load from
+other processes hits them alike), median of ``--invokes`` rounds.
+
+    python benchmarks/export_speed.py              # the README table (about 5 minutes on 2 cores)
+    python benchmarks/export_speed.py --per_op     # also: INT4 latency per op type (FAST_INT4_OPS)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from typing import Dict, List, Sequence, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+flags.DEFINE_list("bits", ["2", "4", "8"], "Kernel bitlengths to export (activations at 8).")
+flags.DEFINE_list("threads", ["1", "2"], "LiteRT thread counts.")
+flags.DEFINE_integer("invokes", 21, "Timed invokes per file and thread count (the median is reported).")
+flags.DEFINE_integer("size", 224, "Input height and width.")
+flags.DEFINE_integer("calibration_batches", 3, "Random batches (of 8) that set the activation ranges.")
+flags.DEFINE_bool("per_op", False, "Also time INT4 per op type (4-bit kernels, int4_ops=(op,)).")
+flags.DEFINE_bool("fine_bias_row", True, "Add 4-bit kernels and activations, fine_bias on and off.")
+flags.DEFINE_string("out_dir", None, "Where to keep the .tflite files (default: a temporary directory).")
+FLAGS = flags.FLAGS
+
+
+def mobilenet_v2(seed: int = 0):
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.applications.MobileNetV2(weights=None, input_shape=(FLAGS.size, FLAGS.size, 3),
+                                          classifier_activation=None)
+
+
+def calibration_batches() -> List:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [rng.uniform(-1.0, 1.0, (8, FLAGS.size, FLAGS.size, 3)).astype(np.float32)
+            for _ in range(FLAGS.calibration_batches)]
+
+
+def calibrate(model, batches) -> None:
+    """Forward passes in training mode: tfmot's and our activation ranges follow them."""
+    for x in batches:
+        model(x, training=True)
+
+
+def tfmot_int8(path: str, batches) -> None:
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+
+    q = tfmot.quantization.keras.quantize_model(mobilenet_v2())
+    calibrate(q, batches)
+    converter = tf.lite.TFLiteConverter.from_keras_model(q)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    with open(path, "wb") as f:
+        f.write(converter.convert())
+
+
+def frozen_at(bp, weight_bits: int, activation_bits: int):
+    """A frozen copy of the calibrated bit-pruned model at the given bitlengths."""
+    import tensorflow as tf
+
+    import tf_bitpruning as tfbp
+    from tf_bitpruning import costs
+
+    for t in costs.quantized_tensors(bp):
+        b = weight_bits if t.kind == "weights" else activation_bits
+        t.bits_variable.assign(tf.fill(t.bits_variable.shape, b / t.quantizer.bits_lr_multiplier))
+    return tfbp.freeze_bitlengths(bp)
+
+
+def variants() -> List[Tuple[str, int, int, Dict]]:
+    """(label, weight bits, activation bits, export_tflite options) of every file."""
+    rows = []
+    for b in (int(v) for v in FLAGS.bits):
+        modes = [("auto", {}), ("True", {"int4": True}), ("False", {"int4": False})] if b <= 4 else [("auto", {})]
+        for mode, kw in modes:
+            rows.append((f"W{b}A8 int4={mode}", b, 8, kw))
+        rows.append((f"W{b}A8 int4=auto fine_bias=False", b, 8, {"fine_bias": False}))
+    if FLAGS.fine_bias_row:
+        rows.append(("W4A4 int4=auto", 4, 4, {}))
+        rows.append(("W4A4 int4=auto fine_bias=False", 4, 4, {"fine_bias": False}))
+    if FLAGS.per_op:
+        for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            rows.append((f"W4A8 int4_ops=({op},)", 4, 8, {"int4": True, "int4_ops": (op,)}))
+    return rows
+
+
+def op_counts(path: str) -> Dict[str, int]:
+    """INT4 filters and QUANTIZE ops of a file (the first and last QUANTIZE/DEQUANTIZE are I/O)."""
+    from tf_bitpruning.export._compat import schema
+    from tf_bitpruning.export.flatbuffer import op_name, read
+
+    with open(path, "rb") as f:
+        m = read(f.read())
+    sg = m.subgraphs[0]
+    names = [op_name(m, op) for op in sg.operators]
+    return {"int4": sum(t.type == schema.TensorType.INT4 for t in sg.tensors),
+            "quantize": names.count("QUANTIZE")}
+
+
+def latencies(paths: Sequence[str], threads: Sequence[int], invokes: int) -> Dict[Tuple[str, int], float]:
+    """Median invoke time (ms) of every file at every thread count, interleaved."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    rng = np.random.default_rng(0)
+    runners = {}
+    for path in paths:
+        for n in threads:
+            it = Interpreter(model_path=path, num_threads=n)
+            it.allocate_tensors()
+            d = it.get_input_details()[0]
+            it.set_tensor(d["index"], rng.uniform(-1, 1, d["shape"]).astype(d["dtype"]))
+            for _ in range(3):
+                it.invoke()
+            runners[path, n] = it
+    times: Dict[Tuple[str, int], List[float]] = {key: [] for key in runners}
+    for _ in range(invokes):
+        for key, it in runners.items():
+            start = time.perf_counter()
+            it.invoke()
+            times[key].append(time.perf_counter() - start)
+    return {key: 1e3 * float(np.median(v)) for key, v in times.items()}
+
+
+def main(argv) -> None:
+    del argv
+    import tf_bitpruning as tfbp
+
+    out = FLAGS.out_dir or tempfile.mkdtemp(prefix="export_speed_")
+    os.makedirs(out, exist_ok=True)
+    threads = [int(t) for t in FLAGS.threads]
+    batches = calibration_batches()
+    start = time.time()
+    files = {"tfmot int8 (8-bit QAT)": os.path.join(out, "tfmot_int8.tflite")}
+    tfmot_int8(files["tfmot int8 (8-bit QAT)"], batches)
+    print(f"tfmot int8 file built ({time.time() - start:.0f} s)", flush=True)
+
+    bp = tfbp.bitprune_model(mobilenet_v2())
+    calibrate(bp, batches)
+    frozen = {}
+    for i, (label, wb, ab, kw) in enumerate(variants()):
+        if (wb, ab) not in frozen:
+            frozen.clear()  # one frozen copy at a time keeps memory low
+            frozen[wb, ab] = frozen_at(bp, wb, ab)
+        path = os.path.join(out, f"ours_{i:02d}.tflite")
+        tfbp.export_tflite(frozen[wb, ab], path, **kw)
+        files[label] = path
+        print(f"{label}: exported ({time.time() - start:.0f} s)", flush=True)
+
+    times = latencies(list(files.values()), threads, FLAGS.invokes)
+    ref = files["tfmot int8 (8-bit QAT)"]
+    ref_size = os.path.getsize(ref)
+    head = ["file", "MB", "size/tfmot", "INT4 filters", "QUANTIZE ops"]
+    for n in threads:
+        head += [f"ms @{n}T", f"latency/tfmot @{n}T"]
+    rows = [head]
+    for label, path in files.items():
+        counts = op_counts(path)
+        row = [label, f"{os.path.getsize(path) / 1e6:.2f}", f"{os.path.getsize(path) / ref_size:.2f}",
+               str(counts["int4"]), str(counts["quantize"])]
+        for n in threads:
+            row += [f"{times[path, n]:.2f}", f"{times[path, n] / times[ref, n]:.2f}"]
+        rows.append(row)
+    print(f"\nMobileNetV2 {FLAGS.size}x{FLAGS.size}, LiteRT default resolver, median of {FLAGS.invokes} "
+          f"interleaved invokes ({time.time() - start:.0f} s in all); files in {out}\n")
+    print("| " + " | ".join(rows[0]) + " |")
+    print("|" + "|".join("---" for _ in rows[0]) + "|")
+    for row in rows[1:]:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    app.run(main)
