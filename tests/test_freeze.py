@@ -63,12 +63,20 @@ def test_fine_tuning_keeps_bits_and_accuracy(digits):
     kernel_variable = frozen.get_layer("quant_dense")._weight_vars[0][0]
     kernel = kernel_variable.numpy().copy()
     before = frozen.evaluate(xte, yte, verbose=0)[1]
+    train_loss_before = frozen.evaluate(xtr, ytr, verbose=0)[0]
     frozen.fit(xtr, ytr, epochs=2, batch_size=32, verbose=0)
     assert tfbp.bitlengths(frozen) == bits
     assert [(float(t.variables["min"]), float(t.variables["max"]))
             for t in costs.quantized_tensors(frozen) if t.kind == "activations"] == ranges
     assert not np.allclose(kernel_variable.numpy(), kernel)  # it trains
-    assert frozen.evaluate(xte, yte, verbose=0)[1] >= before - 0.01
+    # What fine-tuning at fixed precision does on every machine: lower the training loss.
+    train_loss_after, after = frozen.evaluate(xtr, ytr, verbose=0)[0], frozen.evaluate(xte, yte, verbose=0)[1]
+    print(f"fine-tune: train loss {train_loss_before:.4f} -> {train_loss_after:.4f}, "
+          f"test accuracy {before:.4f} -> {after:.4f}")
+    assert train_loss_after < train_loss_before
+    # Test accuracy is 360 digits (one is 0.28 points); which few sit at the decision
+    # boundary depends on the CPU that trained: it may not fall by more than 2 points.
+    assert after >= before - 0.02
 
 
 def _quantized_kernels(model):
