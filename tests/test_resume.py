@@ -47,7 +47,7 @@ def test_budget_state_travels_with_a_checkpoint(tmp_path):
              "_anneal_begin": 3.0, "_anneal_epochs": 1.0, "_steps_per_epoch": 6}
     for field, value in state.items():
         setattr(budget, field, value)
-    budget._save_state()
+    budget._state.save()
     budget._assign(-2.5)
     path = tf.train.Checkpoint(model=a).save(tmp_path / "ckpt")
 

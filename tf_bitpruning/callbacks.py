@@ -34,10 +34,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_bitpruning import costs, rounding
-
-# Bytes per kB in the logged model size (as larq's summary: 1 kB = 1024 bytes).
-KB = 1024.0
+from tf_bitpruning import costs, rounding, tensorboard
+from tf_bitpruning.budget_state import CheckpointedState
 
 
 def bits_range(tensors: List[costs.QuantizedTensor], weighting: str = "uniform",
@@ -190,6 +188,7 @@ class BitBudget(keras.callbacks.Callback):
         self._steps_per_epoch: Optional[int] = None
         self._epoch = 0
         self._batches = 0
+        self._state = CheckpointedState(self)
 
     # -- setup ---------------------------------------------------------------
     def set_model(self, model: keras.Model) -> None:
@@ -230,7 +229,7 @@ class BitBudget(keras.callbacks.Callback):
             model.test_function = None
             model.predict_function = None
         self._measure_fn = None
-        self._track_state(bit_loss)
+        self._state.track(bit_loss)
 
     def _measure(self) -> Dict[str, float]:
         """``avg_bits`` (controlled), ``avg_weight_bits``, ``avg_activation_bits``."""
@@ -280,7 +279,7 @@ class BitBudget(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "bitpruning"))
         self._schedule_anneal()
         if not self._resume_state():
-            self._save_state()
+            self._state.save()
 
     # -- annealing -------------------------------------------------------------
     def _schedule_anneal(self) -> None:
@@ -373,7 +372,7 @@ class BitBudget(keras.callbacks.Callback):
             self._update(values["avg_bits"], self._step)
         if logs is not None:
             logs.update(values, bit_lambda=float(self._bit_loss.regularization.numpy()))
-        self._save_state()
+        self._state.save()
 
     def on_epoch_end(self, epoch, logs=None):
         self._steps_per_epoch = self._batches or self._steps_per_epoch
@@ -382,7 +381,7 @@ class BitBudget(keras.callbacks.Callback):
         if logs is not None:
             logs.update(values, bit_lambda=lam)
         if self._writer is not None:
-            self._write_summaries(epoch, values, lam)
+            tensorboard.write_bitlengths(self._writer, self._tensors, epoch, values, lam, self.target_bits)
         if abs(values["avg_bits"] - self.target_bits) <= self.tolerance:
             self._met_epochs += 1
         else:
@@ -401,7 +400,7 @@ class BitBudget(keras.callbacks.Callback):
                           f"{int(self._anneal_epochs)} epoch(s).")
             else:
                 self._stop(epoch, message)
-        self._save_state()
+        self._state.save()
 
     def _stop(self, epoch: int, why: str) -> None:
         self.model.stop_training = True
@@ -419,91 +418,9 @@ class BitBudget(keras.callbacks.Callback):
             self._writer.close()
             self._writer = None
 
-    # -- checkpointed state ------------------------------------------------------
-    # The control state lives in Python attributes (read every batch). A copy in one
-    # float64 variable tracked on the bit loss (``bit_loss.budget_state``) travels with
-    # the model in checkpoints (BackupAndRestore, tf.train.Checkpoint, save_weights), so
-    # a resumed ``fit`` continues the same λ path. float64 holds Python floats exactly;
-    # NaN stands for None. Layout: [1 (a stored state), *_STATE_FIELDS, last step].
-    _STATE_FIELDS = ("_log_lambda", "_last", "_velocity", "_met_epochs", "_anneal_begin",
-                     "_anneal_epochs", "_steps_per_epoch")
-    _state: Optional[tf.Variable] = None
-    _written: Optional[np.ndarray] = None  # what this callback last stored
-
-    def _track_state(self, bit_loss: costs.BitLoss) -> None:
-        if self._state is not None and getattr(bit_loss, "budget_state", None) is self._state:
-            return
-        self._state = tf.Variable(np.full(len(self._STATE_FIELDS) + 2, np.nan), dtype=tf.float64,
-                                  trainable=False, name="bit_budget_state")
-        self._written = None
-        # Tracked (a tf.Module attribute): checkpoints of the model save it, and a
-        # checkpoint restored before fit() restores it here (deferred restoration).
-        bit_loss.budget_state = self._state
-
-    def _state_vector(self) -> np.ndarray:
-        def number(v):
-            return np.nan if v is None else float(v)
-
-        last = self._last if self._last is not None else (None, None)
-        values = [number(getattr(self, f)) for f in self._STATE_FIELDS if f != "_last"]
-        values.insert(self._STATE_FIELDS.index("_last"), number(last[0]))
-        return np.array([1.0] + values + [number(last[1])], np.float64)
-
-    def _load_state_vector(self, vector: np.ndarray) -> None:
-        values = [None if math.isnan(v) else float(v) for v in vector[1:]]
-        last_step = values.pop()
-        for field, value in zip(self._STATE_FIELDS, values):
-            if field == "_last":
-                value = None if value is None or last_step is None else (value, int(last_step))
-            elif field in ("_met_epochs", "_steps_per_epoch") and value is not None:
-                value = int(value)
-            setattr(self, field, value)
-        if self._met_epochs is None:
-            self._met_epochs = 0
-
-    def _save_state(self) -> None:
-        if self._state is not None:
-            self._written = self._state_vector()
-            self._state.assign(self._written)
-
     def _resume_state(self) -> bool:
-        """Takes over a state that a checkpoint restored into the variable (it differs
-        from what this callback stored); returns whether it did."""
-        if self._state is None:
+        """Takes over a state restored from a checkpoint (and its λ)."""
+        if not self._state.resume():
             return False
-        saved = self._state.numpy()
-        if saved[0] != 1.0 or (self._written is not None and
-                               np.array_equal(saved, self._written, equal_nan=True)):
-            return False
-        self._load_state_vector(saved)
-        self._written = saved
         self._assign(self._log_lambda)
         return True
-
-    # -- TensorBoard -------------------------------------------------------------
-    @staticmethod
-    def _tag(t: costs.QuantizedTensor) -> str:
-        suffix = t.layer if t.name == f"{t.layer}/{t.kind}" else t.name
-        return f"bits/{t.kind}/{suffix}"
-
-    def _write_summaries(self, epoch: int, values: Dict[str, float], lam: float) -> None:
-        per_kind: Dict[str, list] = {"weights": [], "activations": []}
-        size_bits = 0.0
-        with self._writer.as_default(step=epoch):
-            for t in self._tensors:
-                n = np.asarray(t.quantizer.bitlength(t.variables), np.float32).ravel()
-                tf.summary.scalar(self._tag(t), float(n.mean()))
-                per_kind[t.kind].append(n)
-                if t.kind == "weights":
-                    size_bits += t.elements * float(n.mean())
-            for kind, arrays in per_kind.items():
-                if arrays:
-                    tf.summary.histogram(f"bits_histogram/{kind}", np.concatenate(arrays))
-            tf.summary.scalar("avg_bits", values["avg_bits"])
-            for key, kind in (("avg_weight_bits", "weights"), ("avg_activation_bits", "activations")):
-                if math.isfinite(values[key]):
-                    tf.summary.scalar(f"avg_bits/{kind}", values[key])
-            tf.summary.scalar("bit_lambda", lam)
-            tf.summary.scalar("target_bits", self.target_bits)
-            tf.summary.scalar("model_size_kb", size_bits / 8.0 / KB)
-        self._writer.flush()
