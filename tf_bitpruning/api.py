@@ -9,7 +9,7 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_annotate as tfmot_annotate
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper as tfmot_wrapper
 
-from tf_bitpruning import costs
+from tf_bitpruning import costs, op_lambdas, scheme
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer, _ClipParam
 from tf_bitpruning.scheme import BitPruneQuantizeRegistry, BitPruneQuantizeScheme
@@ -105,8 +105,11 @@ def bitprune_annotate_model(to_annotate: keras.Model, skip_layers: Sequence[str]
               "before calling this, or leave them in float with skip_layers=[...names...].")
 
     def annotate(layer):
-        if layer.name in skip or isinstance(layer, (tfmot_annotate.QuantizeAnnotate, keras.layers.InputLayer)):
+        if (layer.name in skip or scheme.is_pass_through(layer)
+                or isinstance(layer, (tfmot_annotate.QuantizeAnnotate, keras.layers.InputLayer))):
             return layer
+        if scheme.op_lambda_function(layer) is not None:
+            return op_lambdas.annotate(layer)
         return tfmot_annotate.QuantizeAnnotate(layer)
 
     with bitprune_scope():
@@ -215,6 +218,7 @@ def bitprune_scope(*args):
         "WeightBitQuantizer": WeightBitQuantizer,
         "ActivationBitQuantizer": ActivationBitQuantizer,
         "_ClipParam": _ClipParam,
+        **op_lambdas.CUSTOM_OBJECTS,
     }
     for extra in args:
         objects.update(extra)

@@ -6,14 +6,22 @@ Placement of quantizers (what TFLite executes, as in tfmot's 8-bit scheme):
   SeparableConv1D/2D get a :class:`WeightBitQuantizer` each (per-channel scale for
   convolutions, per-tensor for Dense);
 - a layer's output activation gets an :class:`ActivationBitQuantizer`, except where
-  its only consumer re-quantizes the same values right away (BatchNormalization,
-  ReLU, LeakyReLU, Activation, Concatenate): there the consumer's quantizer is the
-  one that counts. So ``Conv2D -> BatchNormalization -> ReLU`` quantizes the conv
+  its only consumer re-quantizes the same values right away in a way the exported
+  file reproduces (ReLU, LeakyReLU, Concatenate; an Activation that TFLite fuses
+  or tfmot quantizes first; a BatchNormalization after a conv/dense kernel, which
+  the exporter folds): there the consumer's quantizer is the one that counts. So ``Conv2D -> BatchNormalization -> ReLU`` quantizes the conv
   kernel and the ReLU output: **BatchNormalization is quantized after, not
   folded**. The float BN scale is folded into the per-channel conv scale at
   export, which keeps the b-bit grid exact;
 - pass-through layers (Flatten, Reshape, Dropout, MaxPooling, padding, ...) are
-  not quantized; the model inputs get an activation quantizer of their own.
+  not quantized; the model inputs get an activation quantizer of their own;
+- preprocessing (``Rescaling``, ``Normalization``) right after a model input runs
+  in float: the input quantizer moves to the end of that chain (TFLite runs the
+  few float ops on the input, then QUANTIZE); elsewhere its output is quantized;
+- ``TFOpLambda`` elementwise math (``x + 3``, ``x * (1/6)``, ``tf.nn.relu6``, ...)
+  quantizes its output; reshaping ops and slicing pass through. Activations that
+  tfmot's quantize-aware activation does not know (``relu6``, ``hard_sigmoid``,
+  ``elu``, ...) are supported in ``Activation`` layers, with the output quantized.
 """
 
 from __future__ import annotations
@@ -60,12 +68,56 @@ _PASS_THROUGH_LAYERS = (
     L.Cropping1D, L.Cropping2D, L.Softmax,
 )
 
-# A producer whose only consumer is one of these skips its own output quantizer.
-_REQUANTIZING_CONSUMERS = (L.BatchNormalization, L.ReLU, L.LeakyReLU, L.Activation, L.Concatenate)
+# Run in float when they follow a model input (the input quantizer moves after them).
+PREPROCESSING_LAYERS = (L.Rescaling, L.Normalization)
+
+# TFOpLambda / SlicingOpLambda functions (their config's "function"), as data:
+# elementwise math whose output is quantized, and ops that only move values.
+_TF_OP_OUTPUT = frozenset({
+    "__operators__.add", "math.add", "math.add_n", "math.subtract", "math.multiply",
+    "math.truediv", "math.divide", "math.negative", "math.maximum", "math.minimum",
+    "clip_by_value", "nn.relu", "nn.relu6", "nn.leaky_relu", "nn.silu", "nn.swish",
+    "math.sigmoid", "nn.sigmoid", "math.tanh", "nn.tanh", "nn.gelu", "concat",
+    "math.reduce_mean", "nn.avg_pool2d",
+})
+_TF_OP_PASS_THROUGH = frozenset({
+    "__operators__.getitem", "reshape", "identity", "expand_dims", "squeeze",
+    "compat.v1.squeeze", "transpose", "compat.v1.transpose", "nn.max_pool2d",
+    "math.reduce_max", "image.resize", "nn.depth_to_space", "nn.space_to_depth",
+})
+_OP_LAMBDAS = ("TFOpLambda", "SlicingOpLambda", "ElementwiseOpLambda")
+
+# Activations tfmot's quantize-aware activation does not know, supported in an
+# ``Activation`` layer by quantizing the layer's output.
+_OUTPUT_ACTIVATIONS = frozenset({
+    "relu6", "hard_sigmoid", "hard_swish", "elu", "selu", "softplus", "softsign", "mish",
+    "exponential", "silu", "leaky_relu",
+})
+
+# A producer whose only consumer is one of these skips its own output quantizer
+# (the consumer's quantizer is the one TFLite keeps: a fused activation, a common
+# concatenation scale); BatchNormalization and Activation only where noted below.
+_REQUANTIZING_CONSUMERS = (L.ReLU, L.LeakyReLU, L.Concatenate)
+# ... a BatchNormalization, when the exporter folds it into the producer's kernel;
+_FOLDABLE_PRODUCERS = (L.Conv1D, L.Conv2D, L.DepthwiseConv2D, L.Dense)
+# ... an Activation that TFLite fuses into the producer, or that tfmot quantizes before.
+_FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax", "sigmoid", "tanh", "gelu"})
 
 
 def _activation_name(activation) -> str:
     return getattr(activation, "__name__", type(activation).__name__)
+
+
+def op_lambda_function(layer) -> Optional[str]:
+    """The TF function of a ``TFOpLambda``/``SlicingOpLambda`` (``"math.multiply"``), else None."""
+    if type(layer).__name__ not in _OP_LAMBDAS:
+        return None
+    return layer.get_config().get("function")
+
+
+def is_pass_through(layer) -> bool:
+    """Whether ``layer`` only moves values (no quantizer, not even a wrapper is needed)."""
+    return op_lambda_function(layer) in _TF_OP_PASS_THROUGH
 
 
 def _supported_activation(activation) -> bool:
@@ -92,13 +144,24 @@ class BitPruneQuantizeRegistry(quantize_registry.QuantizeRegistry):
     def unsupported_reason(self, layer) -> Optional[str]:
         """Why ``layer`` has no built-in config, or None when it has one."""
         cls = type(layer)
-        known = cls in _KERNEL_LAYERS or cls in _OUTPUT_LAYERS or cls in _PASS_THROUGH_LAYERS
+        function = op_lambda_function(layer)
+        if cls.__name__ in _OP_LAMBDAS:
+            if function in _TF_OP_OUTPUT or function in _TF_OP_PASS_THROUGH:
+                return None
+            return (f"{cls.__name__} 'tf.{function}' is not elementwise math or a reshape the "
+                    f"registry knows (supported: {sorted(_TF_OP_OUTPUT | _TF_OP_PASS_THROUGH)})")
+        known = (cls in _KERNEL_LAYERS or cls in _OUTPUT_LAYERS or cls in _PASS_THROUGH_LAYERS
+                 or cls in PREPROCESSING_LAYERS)
         if not known and cls is not L.Activation:
             return f"no built-in bit-pruning config for {cls.__name__}"
         activation = getattr(layer, "activation", None)
+        if cls is L.Activation and _activation_name(activation) in _OUTPUT_ACTIVATIONS:
+            return None
         if activation is not None and not _supported_activation(activation):
             return (f"activation '{_activation_name(activation)}' is not supported by tfmot's "
-                    f"quantize-aware activation (use relu, linear, softmax, sigmoid, tanh, swish, gelu)")
+                    f"quantize-aware activation (use relu, linear, softmax, sigmoid, tanh, swish, "
+                    f"gelu; or move it into its own Activation layer, which also supports "
+                    f"{', '.join(sorted(_OUTPUT_ACTIVATIONS))})")
         return None
 
     def supports(self, layer) -> bool:
@@ -122,8 +185,12 @@ class BitPruneQuantizeRegistry(quantize_registry.QuantizeRegistry):
                     dict(base, per_channel_scale=per_channel_scale, channel_axes=list(axes)))
             activation_attrs = ["activation"]
         elif cls is L.Activation:
-            activation_attrs = ["activation"]
-        elif cls in _OUTPUT_LAYERS:
+            if _activation_name(layer.activation) in _OUTPUT_ACTIVATIONS:
+                quantize_output = True
+            else:
+                activation_attrs = ["activation"]
+        elif (cls in _OUTPUT_LAYERS or cls in PREPROCESSING_LAYERS
+              or op_lambda_function(layer) in _TF_OP_OUTPUT):
             quantize_output = True
         if not quantize_outputs:
             activation_attrs, quantize_output = [], False
@@ -135,11 +202,14 @@ class BitPruneQuantizeRegistry(quantize_registry.QuantizeRegistry):
 class _InputLayerQuantize(default_8bit_transforms.InputLayerQuantize):
     """InputLayer => InputLayer -> QuantizeLayer(ActivationBitQuantizer)."""
 
-    def __init__(self, quantizer: ActivationBitQuantizer):
+    def __init__(self, quantizer: ActivationBitQuantizer, skip: frozenset = frozenset()):
         super().__init__()
         self._quantizer = quantizer
+        self._skip = skip  # inputs whose preprocessing chain quantizes at its end
 
     def replacement(self, match_layer):
+        if match_layer.layer["config"]["name"] in self._skip:
+            return match_layer
         quant_layer = tfmot_quantize_layer.QuantizeLayer(self._quantizer)
         layer_config = quantize_utils.serialize_layer(quant_layer, use_legacy_format=True)
         layer_config["name"] = quant_layer.name
@@ -159,18 +229,54 @@ class BitPruneLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform)
         self._quantize_inputs = quantize_inputs
 
     def apply(self, model, layer_quantize_map):
-        steps = [_InputLayerQuantize(self._registry.activation_quantizer)] if self._quantize_inputs else []
+        chains = {name: chain for name, chain in
+                  ((layer.name, _preprocessing_chain(layer, layer_quantize_map)) for layer in model.layers
+                   if isinstance(layer, L.InputLayer)) if chain}
+        steps = []
+        if self._quantize_inputs:
+            steps = [_InputLayerQuantize(self._registry.activation_quantizer, frozenset(chains))]
         model, layer_quantize_map = model_transformer.ModelTransformer(
             model, steps, set(layer_quantize_map), layer_quantize_map).transform()
+        for chain in chains.values():
+            # Float preprocessing; the chain's last layer quantizes, as the input would.
+            for i, layer in enumerate(chain):
+                config = self._registry.get_quantize_config(layer)
+                entry = layer_quantize_map[layer.name]
+                if entry.get("quantize_config") is None:
+                    entry["quantize_config"] = config if (i == len(chain) - 1 and self._quantize_inputs) \
+                        else config.replace(quantize_output=False)
         for layer in model.layers:
             entry = layer_quantize_map.get(layer.name)
             if entry is None or entry.get("quantize_config") is not None:
                 continue  # not annotated, or the user chose the config
             consumers = [node.outbound_layer for node in layer._outbound_nodes]
-            if (len(consumers) == 1 and isinstance(consumers[0], _REQUANTIZING_CONSUMERS)
+            if (len(consumers) == 1 and _requantizes(consumers[0], layer)
                     and consumers[0].name in layer_quantize_map and self._registry.supports(layer)):
                 entry["quantize_config"] = self._registry.get_quantize_config(layer, quantize_outputs=False)
         return model, layer_quantize_map
+
+
+def _requantizes(consumer, producer) -> bool:
+    """Whether ``consumer`` re-quantizes ``producer``'s output right away, in a way the
+    exported file reproduces (see ``_REQUANTIZING_CONSUMERS``)."""
+    if isinstance(consumer, L.BatchNormalization):
+        return (isinstance(producer, _FOLDABLE_PRODUCERS)
+                and _activation_name(getattr(producer, "activation", None)) in ("linear", "NoneType"))
+    if isinstance(consumer, L.Activation):
+        return _activation_name(consumer.activation) in _FUSED_ACTIVATIONS
+    return isinstance(consumer, _REQUANTIZING_CONSUMERS)
+
+
+def _preprocessing_chain(input_layer, layer_quantize_map) -> list:
+    """The annotated preprocessing layers that follow ``input_layer`` one after another."""
+    chain, layer = [], input_layer
+    while True:
+        consumers = [node.outbound_layer for node in layer._outbound_nodes]
+        if (len(consumers) != 1 or not isinstance(consumers[0], PREPROCESSING_LAYERS)
+                or consumers[0].name not in layer_quantize_map):
+            return chain
+        layer = consumers[0]
+        chain.append(layer)
 
 
 class BitPruneQuantizeScheme(tfmot.quantization.keras.QuantizeScheme):

@@ -31,17 +31,34 @@ def check_frozen(model: keras.Model) -> List[costs.QuantizedTensor]:
     return tensors
 
 
-def check_full_integer(model_obj) -> None:
-    """Every op of the converted model runs on integer tensors (I/O conversion aside)."""
+# Float elementwise ops allowed on the float model inputs before they are quantized:
+# Rescaling / Normalization (which run in float before the input quantizer) and the
+# clip of the input grid at its learned min.
+_PREPROCESSING_OPS = ("MUL", "ADD", "SUB", "DIV", "SQRT", "RSQRT", "MAXIMUM", "MINIMUM", "RELU",
+                      "RELU6", "RELU_0_TO_1", "RELU_N1_TO_1")
+
+
+def check_full_integer(model_obj, float_preprocessing: bool = True) -> None:
+    """Every op of the converted model runs on integer tensors (I/O conversion aside).
+
+    With ``float_preprocessing``, float elementwise ops computed from the model
+    inputs and constants alone (before the input is quantized) are allowed.
+    """
     float_ops = []
     for sg in model_obj.subgraphs:
+        prefix = set(int(i) for i in sg.inputs) if float_preprocessing else set()
         for op in sg.operators:
             name = flatbuffer_utils.opcode_to_name(model_obj, op.opcodeIndex)
             if name in ("QUANTIZE", "DEQUANTIZE"):
                 continue
             types = [sg.tensors[i].type for i in list(op.inputs) + list(op.outputs) if i >= 0]
-            if schema.TensorType.FLOAT32 in types:
-                float_ops.append(name)
+            if schema.TensorType.FLOAT32 not in types:
+                continue
+            variable = [int(i) for i in op.inputs if i >= 0 and not _is_constant(model_obj, sg.tensors[i])]
+            if name in _PREPROCESSING_OPS and variable and all(i in prefix for i in variable):
+                prefix.update(int(i) for i in op.outputs)
+                continue
+            float_ops.append(name)
     if float_ops:
         raise ExportError(
             f"the converted model still runs {sorted(set(float_ops))} in float: some tensor has no "
@@ -50,3 +67,6 @@ def check_full_integer(model_obj) -> None:
             f"representative_dataset=... so the converter calibrates those tensors at 8 bits.")
 
 
+def _is_constant(model_obj, tensor) -> bool:
+    buffer = model_obj.buffers[tensor.buffer] if tensor.buffer else None
+    return buffer is not None and buffer.data is not None and len(buffer.data) > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -16,7 +17,7 @@ from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError, check_frozen
 from tf_bitpruning.export.grids import WeightExport
-from tf_bitpruning.export.plan import Plan
+from tf_bitpruning.export.plan import Plan, as_depthwise
 
 L = keras.layers
 
@@ -81,8 +82,16 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
                 out = dense_as_conv(inner, inputs, kernel)
             elif type(inner) is L.Conv1D and kernel is not None:
                 out = conv1d_as_conv2d(inner, inputs, kernel)
+            elif as_depthwise(inner):
+                out = avg_pool_as_depthwise(inner, inputs)
+            elif layer.name in plan.unfolded_bn:
+                out = bn_as_depthwise(inner.name, *plan.unfolded_bn[layer.name], inputs)
             else:
+                if isinstance(inner, L.Concatenate):
+                    inputs = _on_output_grid(layer, plan, inputs)
                 out = inner.call(inputs, **_inference_kwargs(inner, kwargs))
+            if layer.name in plan.same_scale:
+                out = plan.same_scale[layer.name](out)
         quantizer, variables = _compat.output_quantizer(layer)
         if quantizer is not None:
             spec = plan.act(variables)
@@ -91,6 +100,16 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
     finally:
         for attr, value in saved.items():
             _compat.set_attribute(inner, attr, value)
+
+
+def _on_output_grid(layer, plan: Plan, inputs):
+    """Each input of a concatenation quantized onto its output grid: the same values
+    (quantizing the concatenation is quantizing each part), and TFLite's
+    CONCATENATION, which keeps one scale, gets it on every input instead of taking
+    one input's (a max pooling's, say) for all."""
+    _, variables = _compat.output_quantizer(layer)
+    spec = plan.act(variables) if variables is not None else None
+    return inputs if spec is None else [spec(x) for x in inputs]
 
 
 def dense_as_conv(inner: L.Dense, x: tf.Tensor, spec: WeightExport) -> tf.Tensor:
@@ -125,6 +144,42 @@ def conv1d_as_conv2d(inner: L.Conv1D, x: tf.Tensor, spec: WeightExport) -> tf.Te
     if inner.use_bias:
         y = tf.nn.bias_add(y, inner.bias)
     return inner.activation(y) if inner.activation is not None else y
+
+
+def bn_as_depthwise(name: str, m: np.ndarray, c: np.ndarray, x: tf.Tensor) -> tf.Tensor:
+    """A BatchNormalization that no kernel absorbs (after an Add, a Concatenate, a
+    SeparableConv) as the 1x1 DEPTHWISE_CONV_2D TFLite runs in int8: the factor
+    ``m = γ/σ`` of each channel is one int8 code (±127) at step ``|m|/127``, exact,
+    and the offset is the int32 bias; one rounding, onto the consumer's grid."""
+    rank = x.shape.rank
+    if rank is None or not 2 <= rank <= 4 or x.shape[-1] is None:
+        raise ExportError(f"BatchNormalization '{name}' on a rank-{rank} input cannot be exported "
+                          f"(only 2-D to 4-D inputs with a known channel count).")
+    channels = int(x.shape[-1])
+    limit = np.where(np.abs(m) > 0, np.abs(m), 1.0).astype(np.float32)
+    kernel = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        tf.constant(m.reshape(1, 1, channels), tf.float32), -limit, limit, num_bits=8, narrow_range=True)
+    kernel = tf.reshape(kernel, (1, 1, channels, 1))
+    shape = tf.shape(x)
+    x4 = x if rank == 4 else tf.reshape(x, [-1, 1, 1 if rank == 2 else shape[1], channels])
+    y = tf.nn.bias_add(tf.nn.depthwise_conv2d(x4, kernel, strides=[1, 1, 1, 1], padding="VALID"),
+                       tf.constant(c, tf.float32))
+    return y if rank == 4 else tf.reshape(y, shape)
+
+
+def avg_pool_as_depthwise(pool: L.AveragePooling2D, x: tf.Tensor) -> tf.Tensor:
+    """A 'valid' average pooling as a DEPTHWISE_CONV_2D with every tap ``1/k`` (one
+    int8 code, 127, at step ``1/(127 k)``): the sum is exact in int32 and rounds once,
+    onto the pooling's own grid, as in Keras. TFLite's AVERAGE_POOL_2D would round
+    onto its input's grid first (its output keeps the input scale)."""
+    channels = int(x.shape[-1])
+    taps = float(np.prod(pool.pool_size))
+    value = np.full((pool.pool_size[0], pool.pool_size[1], channels), 1.0 / taps, np.float32)
+    limit = np.full((channels,), 1.0 / taps, np.float32)
+    kernel = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        tf.constant(value), -limit, limit, num_bits=8, narrow_range=True)
+    kernel = tf.reshape(kernel, (pool.pool_size[0], pool.pool_size[1], channels, 1))
+    return tf.nn.depthwise_conv2d(x, kernel, strides=[1, pool.strides[0], pool.strides[1], 1], padding="VALID")
 
 
 def run_layer(layer, plan: Plan, args, kwargs):

@@ -57,6 +57,15 @@ def is_linear(activation) -> bool:
     return activation is None or getattr(activation, "__name__", "") == "linear"
 
 
+# Layers TFLite runs with the output scale of their input (AVERAGE_POOL_2D).
+SAME_SCALE = (L.AveragePooling1D, L.AveragePooling2D)
+
+
+def as_depthwise(pool) -> bool:
+    """A 'valid' 2-D average pooling, exported as a depthwise conv (graph.avg_pool_as_depthwise)."""
+    return isinstance(pool, L.AveragePooling2D) and pool.padding == "valid" and pool.data_format == "channels_last"
+
+
 def _bitpruned(layer) -> bool:
     return isinstance(layer, _compat.QuantizeWrapper) and isinstance(layer.quantize_config,
                                                                     BitPruneQuantizeConfig)
@@ -93,6 +102,22 @@ class Plan:
                 self.bias[layer.name] = (self.fold_into[layer.name] if layer.name in self.fold_into
                                          else inner.bias.numpy().astype(np.float32))
                 self._limit_bias_codes(layer.name)
+        # TFLite's AVERAGE_POOL_2D keeps its input's scale: for a 'same' pooling the export
+        # graph rounds the average onto the input grid first, then requantizes it onto the
+        # learned one (a 'valid' one runs as a depthwise conv, exact).
+        self.same_scale: Dict[str, ActivationExport] = {}
+        # BatchNormalization that no kernel absorbs: (multiplier, offset), run as a 1x1
+        # depthwise conv (graph.bn_as_depthwise).
+        self.unfolded_bn: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+        for layer in model.layers:
+            inner = _compat.inner(layer)
+            if _bitpruned(layer) and isinstance(inner, SAME_SCALE) and not as_depthwise(inner):
+                grid = self._input_grid(layer)
+                if grid is not None:
+                    self.same_scale[layer.name] = grid
+            if (_bitpruned(layer) and isinstance(inner, L.BatchNormalization)
+                    and layer.name not in self.folded_bn):
+                self.unfolded_bn[layer.name] = bn_factors(inner, len(layer.get_input_shape_at(0)))
 
     def _find_folds(self, model: keras.Model) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """Kernel layer name -> BN (multiplier, offset) for every foldable pair."""

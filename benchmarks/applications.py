@@ -1,0 +1,288 @@
+"""Coverage of the ``keras.applications`` families: tfmot 8-bit QAT vs BitPruning.
+
+Per family (random weights, ``classes=10``, ``classifier_activation=None``, the
+smallest input each accepts): does tfmot's ``quantize_model`` -> TFLiteConverter ->
+LiteRT work, and does ``bitprune_model -> fit(BitBudget) -> freeze_bitlengths ->
+fit -> export_tflite -> LiteRT``; quantized tensors; top-1 agreement of our
+``.tflite`` with the Keras model on 256 digits images, counted over inputs whose
+Keras top-2 margin exceeds 5 % of the logit range (near-ties reported apart);
+the largest logit difference relative to that range; file sizes against tfmot
+int8 and float32. Models train a few hundred steps on scikit-learn's digits
+(offline) resized to the input size and tiled to 3 channels.
+
+    python benchmarks/applications.py                          # every family
+    python benchmarks/applications.py --families=MobileNetV3Small,DenseNet121
+    nohup python benchmarks/applications.py > /tmp/applications.log 2>&1 &
+
+Each family runs in its own process; results go to ``--out``.json (merged with
+earlier runs) and the table to ``--out``.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags
+
+# name -> (input size, extra constructor arguments, whether the model rescales [0, 255] itself)
+FAMILIES = {
+    "MobileNet": (32, {}, False),
+    "MobileNetV2": (32, {}, False),
+    "MobileNetV3Small": (32, {}, True),
+    "MobileNetV3Large": (32, {}, True),
+    "ResNet50": (32, {}, False),
+    "ResNet50V2": (32, {}, False),
+    "EfficientNetB0": (32, {}, True),
+    "EfficientNetV2B0": (32, {}, True),
+    "DenseNet121": (32, {}, False),
+    "VGG16": (32, {}, False),
+    "Xception": (71, {}, False),
+    "InceptionV3": (75, {}, False),
+    "NASNetMobile": (32, {}, False),
+}
+
+flags.DEFINE_list("families", list(FAMILIES), "Families to run.")
+flags.DEFINE_integer("steps", 180, "Learning-phase steps (BitBudget).")
+flags.DEFINE_integer("finetune_steps", 90, "Fine-tuning steps at frozen bitlengths.")
+flags.DEFINE_integer("batch_size", 16, "Batch size.")
+flags.DEFINE_float("target_bits", 6.0, "BitBudget target (uniform average bits).")
+flags.DEFINE_integer("eval_inputs", 256, "Inputs compared between Keras and LiteRT.")
+flags.DEFINE_float("tie_margin", 0.05, "Near-tie: Keras top-2 margin below this share of the logit range.")
+flags.DEFINE_bool("tfmot", True, "Also try tfmot's 8-bit QAT.")
+flags.DEFINE_string("out", os.path.join(ROOT, "docs", "applications"), "Output prefix (.json, .md).")
+flags.DEFINE_string("one", None, "Internal: run one family in this process, print its JSON.")
+FLAGS = flags.FLAGS
+
+
+def build(name: str):
+    import tf_keras as keras
+
+    size, extra, _ = FAMILIES[name]
+    return getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10,
+                                             classifier_activation=None, **extra)
+
+
+def digits(size: int, raw_255: bool):
+    """Digits resized to ``size`` and tiled to 3 channels; [0, 1] or [0, 255]."""
+    import numpy as np
+    import tensorflow as tf
+
+    from examples import data
+
+    xtr, ytr, xte, yte = data.load("digits")
+
+    def prep(x):
+        x = tf.image.resize(x, (size, size)).numpy()
+        x = np.repeat(np.clip(x, 0.0, 1.0), 3, axis=-1).astype("float32")
+        return x * 255.0 if raw_255 else x
+
+    return prep(xtr), ytr, prep(xte), yte
+
+
+def _litert(path: str, x):
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=path)
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], x.shape)
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x.astype(np.float32))
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def _log(*args) -> None:
+    print(time.strftime("%H:%M:%S"), *args, file=sys.stderr, flush=True)
+
+
+def _error(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return text[:400]
+
+
+def agreement(keras_logits, tflite_logits, tie_margin: float) -> dict:
+    """Top-1 agreement over inputs whose Keras top-2 margin exceeds ``tie_margin``
+    of the logit range; near-ties apart; the largest difference / range."""
+    import numpy as np
+
+    logit_range = float(keras_logits.max() - keras_logits.min())
+    top2 = np.sort(keras_logits, axis=1)[:, -2:]
+    confident = (top2[:, 1] - top2[:, 0]) > tie_margin * logit_range
+    same = keras_logits.argmax(1) == tflite_logits.argmax(1)
+    return {
+        "confident": int(confident.sum()),
+        "agreement": float(same[confident].mean()) if confident.any() else float("nan"),
+        "near_ties": int((~confident).sum()),
+        "near_tie_agreement": float(same[~confident].mean()) if (~confident).any() else float("nan"),
+        "max_diff_over_range": float(np.abs(tflite_logits - keras_logits).max() / max(logit_range, 1e-12)),
+    }
+
+
+def run_tfmot(name: str, xtr, ytr, workdir: str) -> dict:
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    result = {}
+    try:
+        float_model = build(name)
+        converter = tf.lite.TFLiteConverter.from_keras_model(float_model)
+        result["float32_bytes"] = len(converter.convert())
+    except Exception as e:  # noqa: BLE001 (reported)
+        result["float32_error"] = _error(e)
+    if not FLAGS.tfmot:
+        return result
+    try:
+        _log(name, "tfmot")
+        q = tfmot.quantization.keras.quantize_model(build(name))
+        q(xtr[:2], training=True)  # one calibration batch: the converter needs ranges, not accuracy
+        converter = tf.lite.TFLiteConverter.from_keras_model(q)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        content = converter.convert()
+        path = os.path.join(workdir, "tfmot.tflite")
+        with open(path, "wb") as f:
+            f.write(content)
+        _litert(path, xtr[:2])
+        result.update(tfmot="yes", tfmot_bytes=len(content))
+    except Exception as e:  # noqa: BLE001 (reported)
+        result.update(tfmot="no", tfmot_error=_error(e))
+    return result
+
+
+def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
+    import numpy as np
+    import tf_keras as keras
+
+    import tf_bitpruning as tfbp
+    from tf_bitpruning import costs
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    stage = "bitprune_model"
+    result = {}
+    try:
+        bp = tfbp.bitprune_model(build(name), regularization=0.01)
+        result["quantized_tensors"] = len(costs.quantized_tensors(bp))
+        stage = "fit(BitBudget)"
+        _log(name, stage)
+        bp.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
+        per_epoch = len(xtr) // FLAGS.batch_size
+        t0 = time.time()
+        bp.fit(xtr, ytr, batch_size=FLAGS.batch_size, epochs=max(1, round(FLAGS.steps / per_epoch)),
+               callbacks=[tfbp.BitBudget(FLAGS.target_bits)], verbose=0)
+        result["learn_s"] = round(time.time() - t0, 1)
+        result["avg_bits"] = round(tfbp.average_bits(bp), 2)
+        stage = "freeze_bitlengths"
+        _log(name, stage)
+        frozen = tfbp.freeze_bitlengths(bp)
+        stage = "fit (fine-tune)"
+        frozen.compile(keras.optimizers.Adam(2e-4), loss, metrics=["accuracy"])
+        frozen.fit(xtr, ytr, batch_size=FLAGS.batch_size,
+                   epochs=max(1, round(FLAGS.finetune_steps / per_epoch)), verbose=0)
+        x = xte[:FLAGS.eval_inputs]
+        result["accuracy"] = round(float(frozen.evaluate(xte, yte, verbose=0)[1]), 4)
+        stage = "export_tflite"
+        _log(name, stage)
+        path = os.path.join(workdir, "ours.tflite")
+        tfbp.export_tflite(frozen, path, representative_dataset=xtr[:64])
+        result["ours_bytes"] = os.path.getsize(path)
+        stage = "LiteRT"
+        _log(name, stage)
+        ref = frozen.predict(x, verbose=0, batch_size=64)
+        got = _litert(path, x)
+        result.update(agreement(ref, got, FLAGS.tie_margin))
+        result["ours"] = "yes" if result["agreement"] >= 0.995 else "disagrees"
+    except Exception as e:  # noqa: BLE001 (reported)
+        result.update(ours="no", ours_stage=stage, ours_error=_error(e))
+        traceback.print_exc()
+    return result
+
+
+def run_one(name: str) -> dict:
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    size, _, raw = FAMILIES[name]
+    xtr, ytr, xte, yte = digits(size, raw)
+    result = {"family": name, "input": size}
+    with tempfile.TemporaryDirectory() as workdir:
+        result.update(run_tfmot(name, xtr, ytr, workdir))
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(0)
+        result.update(run_ours(name, xtr, ytr, xte, yte, workdir))
+    return result
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}" if a and b else "–"
+
+
+def table(results: dict) -> str:
+    head = ("| family | input | tfmot int8 | ours | quantized tensors | avg bits | agreement % (confident) "
+            "| near-ties | max logit diff / range | size / tfmot int8 | size / float32 |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for name in FAMILIES:
+        r = results.get(name)
+        if r is None:
+            continue
+        ours = r.get("ours", "–")
+        if ours == "no":
+            ours = f"no ({r.get('ours_stage')})"
+        agree = f"{100 * r['agreement']:.1f} ({r['confident']})" if "agreement" in r else "–"
+        diff = f"{r['max_diff_over_range']:.3f}" if "max_diff_over_range" in r else "–"
+        rows.append(f"| {name} | {r['input']} | {r.get('tfmot', '–')} | {ours} | {r.get('quantized_tensors', '–')} "
+                    f"| {r.get('avg_bits', '–')} | {agree} | {r.get('near_ties', '–')} | {diff} "
+                    f"| {_ratio(r.get('ours_bytes'), r.get('tfmot_bytes'))} "
+                    f"| {_ratio(r.get('ours_bytes'), r.get('float32_bytes'))} |")
+    errors = [f"- {n}: tfmot: {r['tfmot_error']}" for n, r in results.items() if r.get("tfmot_error")]
+    errors += [f"- {n}: ours ({r['ours_stage']}): {r['ours_error']}" for n, r in results.items()
+               if r.get("ours_error")]
+    return head + "\n".join(rows) + ("\n\nErrors:\n\n" + "\n".join(errors) if errors else "") + "\n"
+
+
+def main(argv):
+    del argv
+    if FLAGS.one:
+        print("RESULT " + json.dumps(run_one(FLAGS.one)), flush=True)
+        return
+    unknown = sorted(set(FLAGS.families) - set(FAMILIES))
+    if unknown:
+        raise SystemExit(f"--families: unknown {unknown}; choose from {sorted(FAMILIES)}.")
+    path = FLAGS.out + ".json"
+    results = json.load(open(path)) if os.path.exists(path) else {}
+    passed = [a for a in sys.argv[1:] if not a.startswith(("--families", "--out", "--one"))]
+    for name in FLAGS.families:
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--one={name}"] + passed,
+                              capture_output=True, text=True)
+        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if lines:
+            results[name] = json.loads(lines[-1][len("RESULT "):])
+        else:
+            results[name] = {"family": name, "input": FAMILIES[name][0], "ours": "no", "ours_stage": "crash",
+                             "ours_error": proc.stderr[-400:].replace("\n", " ")}
+        results[name]["seconds"] = round(time.time() - t0)
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+        if proc.returncode and not lines:
+            print(proc.stderr[-3000:], flush=True)
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+        with open(FLAGS.out + ".md", "w") as f:
+            f.write(table(results))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    app.run(main)

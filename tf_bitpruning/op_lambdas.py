@@ -1,0 +1,47 @@
+"""``TFOpLambda`` layers (``x + 3``, ``tf.math.multiply(x, 1/6)``) under tfmot.
+
+Keras records TF functions called on Keras tensors as ``TFOpLambda`` layers,
+with the constant operands as call keywords. Two things keep tfmot from
+wrapping them, fixed here (the only module that imports Keras' private
+``tf_op_layer``):
+
+- tfmot's ``QuantizeAnnotate`` serializes its call with the first argument in a
+  list, which the ``TFOpLambda`` then receives as a list: :class:`OpLambdaAnnotate`
+  serializes it the way the ``TFOpLambda`` does;
+- tfmot's ``QuantizeWrapper`` asks the layer for its output shape to build the
+  output quantizer, which a ``TFOpLambda`` cannot compute without its
+  constants: :class:`ElementwiseOpLambda` answers with the input shape (the
+  activation quantizer's variables are scalars, so only the call matters).
+"""
+
+from __future__ import annotations
+
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_annotate as tfmot_annotate
+from tf_keras.src.layers.core import tf_op_layer
+
+TFOpLambda = tf_op_layer.TFOpLambda
+SlicingOpLambda = tf_op_layer.SlicingOpLambda
+
+
+class ElementwiseOpLambda(TFOpLambda):
+    """A ``TFOpLambda`` of elementwise math whose output tfmot quantizes."""
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class OpLambdaAnnotate(tfmot_annotate.QuantizeAnnotate):
+    """tfmot's annotation of a ``TFOpLambda``, serialized like the ``TFOpLambda``
+    itself (first argument as given, constants by keyword)."""
+
+    def __init__(self, layer, quantize_config=None, **kwargs):
+        super().__init__(layer, quantize_config, **kwargs)
+        self._preserve_input_structure_in_config = True
+
+
+def annotate(layer: TFOpLambda, quantize_config=None) -> OpLambdaAnnotate:
+    """The annotation of an elementwise ``TFOpLambda`` (a fresh layer, same function)."""
+    return OpLambdaAnnotate(ElementwiseOpLambda.from_config(layer.get_config()), quantize_config)
+
+
+CUSTOM_OBJECTS = {"ElementwiseOpLambda": ElementwiseOpLambda, "OpLambdaAnnotate": OpLambdaAnnotate}
