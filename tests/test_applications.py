@@ -10,7 +10,7 @@ import tf_keras as keras
 
 import tf_bitpruning as tfbp
 from tf_bitpruning.export import export_tflite
-from test_layers import output_step, run_tflite
+from litert_run import output_step, run_tflite
 from tflite_checks import top1_agreement
 
 pytest.importorskip("ai_edge_litert.interpreter")

@@ -15,10 +15,11 @@ import tf_keras as keras
 
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
-from tf_bitpruning.export import ExportError, export_tflite
+from tf_bitpruning.export import export_tflite
+from litert_run import output_step, run_tflite
 from tflite_checks import top1_agreement
 
-Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+pytest.importorskip("ai_edge_litert.interpreter")
 L = keras.layers
 
 
@@ -93,24 +94,6 @@ MODELS = {
     "pooling_concat": pooling_concat,
     "bn_after_add": bn_after_add,
 }
-
-
-def output_step(path) -> float:
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    sg = flatbuffer_utils.read_model(str(path)).subgraphs[0]
-    last = next(op for op in sg.operators if sg.outputs[0] in list(op.outputs))
-    return float(sg.tensors[last.inputs[0]].quantization.scale[0])
-
-
-def run_tflite(path, x):
-    it = Interpreter(model_path=str(path))
-    inp = it.get_input_details()[0]
-    it.resize_tensor_input(inp["index"], x.shape)
-    it.allocate_tensors()
-    it.set_tensor(inp["index"], x.astype(np.float32))
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
 
 
 def train_and_freeze(model, digits):

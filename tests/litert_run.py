@@ -1,0 +1,26 @@
+"""Running a .tflite file in LiteRT on a batch, and the grid step of its output
+(shared by tests/test_layers.py and tests/test_applications.py)."""
+
+import numpy as np
+from tensorflow.lite.tools import flatbuffer_utils
+
+
+def run_tflite(path, x: np.ndarray) -> np.ndarray:
+    """The file's float output for a float batch ``x`` (LiteRT's default kernels)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], x.shape)
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x.astype(np.float32))
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def output_step(path) -> float:
+    """The grid step of a full-integer file's output: the scale of the int8 tensor
+    its final DEQUANTIZE reads."""
+    sg = flatbuffer_utils.read_model(str(path)).subgraphs[0]
+    last = next(op for op in sg.operators if sg.outputs[0] in list(op.outputs))
+    return float(sg.tensors[last.inputs[0]].quantization.scale[0])
