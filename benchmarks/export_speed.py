@@ -11,8 +11,9 @@ exported with ``int4="auto"`` (the default), ``True`` and ``False``, and
 costs where it adds QUANTIZE ops (it adds none for 8-bit activations).
 
 Every file is timed with LiteRT's default resolver (XNNPACK) at 1 and 2 threads
-in the same run, interleaved (one invoke of each file per round, so load from
-other processes hits them alike), median of ``--invokes`` rounds.
+in the same run, interleaved (one invoke of each file per round, in a shuffled
+order, so load from other processes hits them alike): the median invoke time and
+the median of the per-round ratios to tfmot's file over ``--invokes`` rounds.
 
     python benchmarks/export_speed.py              # the README table (about 5 minutes on 2 cores)
     python benchmarks/export_speed.py --per_op     # also: INT4 latency per op type (FAST_INT4_OPS)
@@ -20,6 +21,7 @@ other processes hits them alike), median of ``--invokes`` rounds.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -34,12 +36,13 @@ from absl import app, flags
 
 flags.DEFINE_list("bits", ["2", "4", "8"], "Kernel bitlengths to export (activations at 8).")
 flags.DEFINE_list("threads", ["1", "2"], "LiteRT thread counts.")
-flags.DEFINE_integer("invokes", 21, "Timed invokes per file and thread count (the median is reported).")
+flags.DEFINE_integer("invokes", 101, "Timed invokes per file and thread count (medians are reported).")
 flags.DEFINE_integer("size", 224, "Input height and width.")
 flags.DEFINE_integer("calibration_batches", 3, "Random batches (of 8) that set the activation ranges.")
 flags.DEFINE_bool("per_op", False, "Also time INT4 per op type (4-bit kernels, int4_ops=(op,)).")
 flags.DEFINE_bool("fine_bias_row", True, "Add 4-bit kernels and activations, fine_bias on and off.")
 flags.DEFINE_string("out_dir", None, "Where to keep the .tflite files (default: a temporary directory).")
+flags.DEFINE_bool("time_only", False, "Only time the files an earlier run left in --out_dir (files.json).")
 FLAGS = flags.FLAGS
 
 
@@ -71,7 +74,10 @@ def tfmot_int8(path: str, batches) -> None:
 
     q = tfmot.quantization.keras.quantize_model(mobilenet_v2())
     calibrate(q, batches)
-    converter = tf.lite.TFLiteConverter.from_keras_model(q)
+    # As from_keras_model, without its SavedModel round trip (minutes for MobileNetV2).
+    fn = tf.function(lambda x: q(x, training=False),
+                     input_signature=[tf.TensorSpec([1] + list(q.input_shape[1:]), tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], q)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     with open(path, "wb") as f:
         f.write(converter.convert())
@@ -120,8 +126,14 @@ def op_counts(path: str) -> Dict[str, int]:
             "quantize": names.count("QUANTIZE")}
 
 
-def latencies(paths: Sequence[str], threads: Sequence[int], invokes: int) -> Dict[Tuple[str, int], float]:
-    """Median invoke time (ms) of every file at every thread count, interleaved."""
+def latencies(paths: Sequence[str], threads: Sequence[int], invokes: int, ref: str
+              ) -> Dict[Tuple[str, int], Tuple[float, float]]:
+    """(median invoke ms, median ratio to ``ref``) of every file at every thread count.
+
+    Interleaved: each round invokes every file once, in a shuffled order, so load from
+    other processes hits all alike; the ratio is taken within each round (against the
+    reference's invoke of the same round), which cancels slow changes in that load.
+    """
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
@@ -136,24 +148,25 @@ def latencies(paths: Sequence[str], threads: Sequence[int], invokes: int) -> Dic
             for _ in range(3):
                 it.invoke()
             runners[path, n] = it
-    times: Dict[Tuple[str, int], List[float]] = {key: [] for key in runners}
+    keys = list(runners)
+    times: Dict[Tuple[str, int], List[float]] = {key: [] for key in keys}
     for _ in range(invokes):
-        for key, it in runners.items():
+        for i in rng.permutation(len(keys)):
             start = time.perf_counter()
-            it.invoke()
-            times[key].append(time.perf_counter() - start)
-    return {key: 1e3 * float(np.median(v)) for key, v in times.items()}
+            runners[keys[i]].invoke()
+            times[keys[i]].append(time.perf_counter() - start)
+    result = {}
+    for (path, n), t in times.items():
+        ratio = np.asarray(t) / np.asarray(times[ref, n])
+        result[path, n] = (1e3 * float(np.median(t)), float(np.median(ratio)))
+    return result
 
 
-def main(argv) -> None:
-    del argv
+def build_files(out: str, start: float) -> Dict[str, str]:
+    """Exports tfmot's int8 file and every variant of ours; label -> path."""
     import tf_bitpruning as tfbp
 
-    out = FLAGS.out_dir or tempfile.mkdtemp(prefix="export_speed_")
-    os.makedirs(out, exist_ok=True)
-    threads = [int(t) for t in FLAGS.threads]
     batches = calibration_batches()
-    start = time.time()
     files = {"tfmot int8 (8-bit QAT)": os.path.join(out, "tfmot_int8.tflite")}
     tfmot_int8(files["tfmot int8 (8-bit QAT)"], batches)
     print(f"tfmot int8 file built ({time.time() - start:.0f} s)", flush=True)
@@ -169,9 +182,25 @@ def main(argv) -> None:
         tfbp.export_tflite(frozen[wb, ab], path, **kw)
         files[label] = path
         print(f"{label}: exported ({time.time() - start:.0f} s)", flush=True)
+    return files
 
-    times = latencies(list(files.values()), threads, FLAGS.invokes)
+
+def main(argv) -> None:
+    del argv
+    out = FLAGS.out_dir or tempfile.mkdtemp(prefix="export_speed_")
+    os.makedirs(out, exist_ok=True)
+    threads = [int(t) for t in FLAGS.threads]
+    start = time.time()
+    if FLAGS.time_only:
+        with open(os.path.join(out, "files.json")) as f:
+            files = json.load(f)
+    else:
+        files = build_files(out, start)
+        with open(os.path.join(out, "files.json"), "w") as f:
+            json.dump(files, f, indent=1)
+
     ref = files["tfmot int8 (8-bit QAT)"]
+    times = latencies(list(files.values()), threads, FLAGS.invokes, ref)
     ref_size = os.path.getsize(ref)
     head = ["file", "MB", "size/tfmot", "INT4 filters", "QUANTIZE ops"]
     for n in threads:
@@ -182,10 +211,11 @@ def main(argv) -> None:
         row = [label, f"{os.path.getsize(path) / 1e6:.2f}", f"{os.path.getsize(path) / ref_size:.2f}",
                str(counts["int4"]), str(counts["quantize"])]
         for n in threads:
-            row += [f"{times[path, n]:.2f}", f"{times[path, n] / times[ref, n]:.2f}"]
+            row += [f"{times[path, n][0]:.2f}", f"{times[path, n][1]:.2f}"]
         rows.append(row)
-    print(f"\nMobileNetV2 {FLAGS.size}x{FLAGS.size}, LiteRT default resolver, median of {FLAGS.invokes} "
-          f"interleaved invokes ({time.time() - start:.0f} s in all); files in {out}\n")
+    print(f"\nMobileNetV2 {FLAGS.size}x{FLAGS.size}, LiteRT default resolver, {FLAGS.invokes} interleaved "
+          f"invokes per file: median ms, median of the per-round ratios to tfmot "
+          f"({time.time() - start:.0f} s in all); files in {out}\n")
     print("| " + " | ".join(rows[0]) + " |")
     print("|" + "|".join("---" for _ in rows[0]) + "|")
     for row in rows[1:]:

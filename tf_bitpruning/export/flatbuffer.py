@@ -72,6 +72,15 @@ def opcode_index(model_obj, builtin: int, version: int) -> int:
     return len(model_obj.operatorCodes) - 1
 
 
+def buffer_users(model_obj) -> Dict[int, int]:
+    """Buffer index -> how many tensors (of all subgraphs) read it."""
+    users: Dict[int, int] = {}
+    for sg in model_obj.subgraphs:
+        for t in sg.tensors:
+            users[t.buffer] = users.get(t.buffer, 0) + 1
+    return users
+
+
 def new_buffer(model_obj, data: Optional[np.ndarray] = None) -> int:
     """Appends a buffer holding ``data`` (uint8) and returns its index."""
     buffer = schema.BufferT()

@@ -12,7 +12,7 @@ import numpy as np
 from tf_bitpruning.export import metadata as _metadata
 from tf_bitpruning.export._compat import flatbuffer_utils, schema
 from tf_bitpruning.export.checks import ExportError
-from tf_bitpruning.export.flatbuffer import FILTER_INPUT, Matched
+from tf_bitpruning.export.flatbuffer import FILTER_INPUT, Matched, buffer_users
 from tf_bitpruning.export.layout import is_pointwise_conv, pointwise_conv_as_fc
 
 # Builtin ops whose filter (input 1) LiteRT 2.3 runs as INT4 with outputs identical
@@ -78,14 +78,11 @@ def pack_filters(model_obj, matched: Matched, bits: Dict[Tuple[str, str], int],
     """Stores the ≤ 4-bit filters of ``ops`` as INT4 (pointwise CONV_2D ones as
     FULLY_CONNECTED, see :func:`packed_as`); updates ``matched`` with the ops'
     new names and returns the packed kernels' keys."""
-    buffer_users: Dict[int, int] = {}
-    for sg in model_obj.subgraphs:
-        for t in sg.tensors:
-            buffer_users[t.buffer] = buffer_users.get(t.buffer, 0) + 1
+    users = buffer_users(model_obj)
     packed = []
     for key, (op_name, op, tensor) in list(matched.items()):
         target = packed_as(op_name, op_name == "CONV_2D" and is_pointwise_conv(model_obj, op), ops)
-        if target is None or bits[key] > 4 or buffer_users.get(tensor.buffer, 0) != 1:
+        if target is None or bits[key] > 4 or users.get(tensor.buffer, 0) != 1:
             continue
         buffer = model_obj.buffers[tensor.buffer]
         values = np.frombuffer(np.asarray(buffer.data, np.uint8).tobytes(), np.int8)
