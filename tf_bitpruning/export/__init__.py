@@ -1,8 +1,9 @@
 """Export and persistence of frozen bit-pruned models.
 
 - :func:`export_tflite`: a full-integer ``.tflite`` file that computes the learned
-  b-bit grids (int8 containers, ≤ 4-bit filters packed as INT4), with the
-  learned precision of every tensor in its metadata;
+  b-bit grids (int8 containers, ≤ 4-bit filters packed as INT4 where LiteRT
+  runs them as fast: ``int4="auto"``), with the learned precision of every
+  tensor in its metadata (the pipeline: :mod:`.tflite`);
 - :func:`read_precision` / :func:`read_metadata`: read that metadata back;
 - :func:`save_model` / :func:`load_model` / :func:`restore_bit_loss`: SavedModel
   and h5 round trips that bring the bit loss back (see :mod:`.persistence`);
