@@ -60,6 +60,7 @@ flags.DEFINE_integer("eval_inputs", 256, "Inputs compared between Keras and Lite
 flags.DEFINE_float("tie_margin", 0.05, "Near-tie: Keras top-2 margin below this share of the logit range.")
 flags.DEFINE_bool("tfmot", True, "Also try tfmot's 8-bit QAT.")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "applications"), "Output prefix (.json, .md).")
+flags.DEFINE_bool("trace", False, "Per quantized layer: share of elements LiteRT puts on another grid point than Keras.")
 flags.DEFINE_string("one", None, "Internal: run one family in this process, print its JSON.")
 FLAGS = flags.FLAGS
 
@@ -68,8 +69,21 @@ def build(name: str):
     import tf_keras as keras
 
     size, extra, _ = FAMILIES[name]
-    return getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10,
-                                             classifier_activation=None, **extra)
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10,
+                                              classifier_activation=None, **extra)
+    return fast_bn_statistics(model)
+
+
+def fast_bn_statistics(model, momentum: float = 0.9):
+    """BatchNormalization moving statistics that follow the batches within a few hundred
+    steps (MobileNetV3 uses momentum 0.999, so inference after 200 steps would see
+    statistics still near their initial values: constant logits)."""
+    import tf_keras as keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+    return model
 
 
 def digits(size: int, raw_255: bool):
@@ -129,6 +143,50 @@ def agreement(keras_logits, tflite_logits, tie_margin: float) -> dict:
     }
 
 
+def trace(frozen, path: str, x) -> list:
+    """Where LiteRT and Keras part: for every layer with an output quantizer, in model
+    order, the share of its elements one or more grid steps apart and the largest
+    difference in steps (LiteRT tensors found by the layer's name scope)."""
+    import numpy as np
+    import tf_keras as keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tf_bitpruning import costs
+
+    names = [t.wrapper for t in costs.quantized_tensors(frozen) if t.kind == "activations"
+             and frozen.get_layer(t.wrapper) not in [l for l in frozen.layers if not l._inbound_nodes]]
+    sub = keras.Model(frozen.inputs, [frozen.get_layer(n).output for n in names])
+    refs = sub.predict(x, verbose=0)
+    it = Interpreter(model_path=path, experimental_preserve_all_tensors=True)
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], x.shape)
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x.astype(np.float32))
+    it.invoke()
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    last = {}
+    sg_ops = []
+    for d in it._get_ops_details():
+        for o in d["outputs"]:
+            sg_ops.append(o)
+    for o in sg_ops:
+        name = details[o]["name"]
+        last[name.split("/")[0]] = o
+    rows = []
+    for name, ref in zip(names, refs):
+        index = last.get(name)
+        if index is None or tuple(details[index]["shape"]) != ref.shape:
+            continue
+        scale, zero = details[index]["quantization"]
+        if not scale:
+            continue
+        got = (it.get_tensor(index).astype(np.float64) - zero) * scale
+        steps = np.abs(got - ref) / scale
+        rows.append({"layer": name, "off_share": round(float(np.mean(steps > 0.5)), 5),
+                     "max_steps": round(float(steps.max()), 2)})
+    return rows
+
+
 def run_tfmot(name: str, xtr, ytr, workdir: str) -> dict:
     import numpy as np
     import tensorflow as tf
@@ -179,8 +237,9 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         bp.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
         per_epoch = len(xtr) // FLAGS.batch_size
         t0 = time.time()
-        bp.fit(xtr, ytr, batch_size=FLAGS.batch_size, epochs=max(1, round(FLAGS.steps / per_epoch)),
-               callbacks=[tfbp.BitBudget(FLAGS.target_bits)], verbose=0)
+        bp.fit(xtr, ytr, batch_size=FLAGS.batch_size, epochs=-(-FLAGS.steps // per_epoch),
+               steps_per_epoch=min(FLAGS.steps, per_epoch), callbacks=[tfbp.BitBudget(FLAGS.target_bits)],
+               verbose=0)
         result["learn_s"] = round(time.time() - t0, 1)
         result["avg_bits"] = round(tfbp.average_bits(bp), 2)
         stage = "freeze_bitlengths"
@@ -188,8 +247,8 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         frozen = tfbp.freeze_bitlengths(bp)
         stage = "fit (fine-tune)"
         frozen.compile(keras.optimizers.Adam(2e-4), loss, metrics=["accuracy"])
-        frozen.fit(xtr, ytr, batch_size=FLAGS.batch_size,
-                   epochs=max(1, round(FLAGS.finetune_steps / per_epoch)), verbose=0)
+        frozen.fit(xtr, ytr, batch_size=FLAGS.batch_size, epochs=-(-FLAGS.finetune_steps // per_epoch),
+                   steps_per_epoch=min(FLAGS.finetune_steps, per_epoch), verbose=0)
         x = xte[:FLAGS.eval_inputs]
         result["accuracy"] = round(float(frozen.evaluate(xte, yte, verbose=0)[1]), 4)
         stage = "export_tflite"
@@ -202,7 +261,10 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         ref = frozen.predict(x, verbose=0, batch_size=64)
         got = _litert(path, x)
         result.update(agreement(ref, got, FLAGS.tie_margin))
-        result["ours"] = "yes" if result["agreement"] >= 0.995 else "disagrees"
+        result["ours"] = ("untrained (all near-ties)" if not result["confident"]
+                          else "yes" if result["agreement"] >= 0.995 else "disagrees")
+        if FLAGS.trace:
+            result["trace"] = trace(frozen, path, x[:16])
     except Exception as e:  # noqa: BLE001 (reported)
         result.update(ours="no", ours_stage=stage, ours_error=_error(e))
         traceback.print_exc()
