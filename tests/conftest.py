@@ -80,8 +80,12 @@ def frozen_models(digits):
     """Trained, frozen bit-pruned models shared by the export and persistence tests:
     ``{"sequential": small_cnn at 2/6/4-bit weights, "functional": bn_add_cnn at
     5/4/3/6-bit weights}`` (≤ 4-bit kernels of every kind: conv, depthwise, dense)."""
+    # Session fixtures are built before a test's own clear_session (_seed): clear here
+    # too, so that layer names ("conv2d", ...) do not depend on which tests ran first.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     seq = train_frozen(small_cnn(), digits, [2, 6, 4], [8, 4, 3, 8])
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     func = train_frozen(bn_add_cnn(), digits, [5, 4, 3, 6], [8, 4, 3, 5, 6, 8])
     return {"sequential": seq, "functional": func}

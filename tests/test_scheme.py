@@ -19,13 +19,15 @@ def _config(layer, **registry_options):
     return BitPruneQuantizeRegistry(**registry_options).get_quantize_config(layer)
 
 
-@pytest.mark.parametrize("layer, attr, per_channel_scale, axes", [
-    (L.Dense(4), "kernel", False, (-1,)),                    # one scale per tensor
-    (L.Conv2D(4, 3), "kernel", True, (-1,)),                 # one per output channel
-    (L.DepthwiseConv2D(3), "depthwise_kernel", True, (2, 3)),  # channel x multiplier
+# Layers are made inside the test: made at collection they would take Keras' names
+# ("conv2d", "dense") from the models of later tests.
+@pytest.mark.parametrize("make, attr, per_channel_scale, axes", [
+    (lambda: L.Dense(4), "kernel", False, (-1,)),                      # one scale per tensor
+    (lambda: L.Conv2D(4, 3), "kernel", True, (-1,)),                   # one per output channel
+    (lambda: L.DepthwiseConv2D(3), "depthwise_kernel", True, (2, 3)),  # channel x multiplier
 ])
-def test_kernel_layers(layer, attr, per_channel_scale, axes):
-    config = _config(layer)
+def test_kernel_layers(make, attr, per_channel_scale, axes):
+    config = _config(make())
     assert list(config.weight_quantizers) == [attr]
     q = config.weight_quantizers[attr]
     assert (q.per_channel_scale, q.channel_axes) == (per_channel_scale, axes)
