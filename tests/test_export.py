@@ -16,6 +16,7 @@ from tf_bitpruning import costs, quant_ops
 from tf_bitpruning.export import (METADATA_NAME, ExportError, PrecisionMetadataError, export_tflite,
                                   precision_table, read_metadata, read_precision)
 from tf_bitpruning.export import tflite as tflite_export
+from litert_run import output_step
 from tflite_checks import fuzz_reader, top1_agreement
 
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
@@ -49,15 +50,6 @@ def run_tflite(path, x, builtin=False, preserve=False):
 
 def flatbuffer(path):
     return flatbuffer_utils.read_model(str(path))
-
-
-def output_step(path) -> float:
-    """The grid step of a full-integer file's output: the scale of the int8 tensor
-    its final DEQUANTIZE reads (an int8 softmax's is 1/256 by TFLite's op spec;
-    a linear output keeps the learned activation grid)."""
-    sg = flatbuffer(path).subgraphs[0]
-    last = next(op for op in sg.operators if sg.outputs[0] in list(op.outputs))
-    return float(sg.tensors[last.inputs[0]].quantization.scale[0])
 
 
 @pytest.fixture(scope="module")
