@@ -30,7 +30,7 @@ from tf_bitpruning import costs  # noqa: E402
 
 tf.config.experimental.enable_op_determinism()
 
-EPOCHS, BATCH, STEPS = 4, 64, 6  # the last epoch anneals (BitBudget's default anneal=0.25)
+EPOCHS, BATCH, STEPS = 4, 64, 6  # the last two epochs anneal (anneal=0.5 below)
 KILLED = 17  # the exit status of a run that died on purpose
 
 
@@ -89,7 +89,7 @@ def main():
     keras.utils.set_random_seed(0)
     bp = tfbp.bitprune_model(small_cnn(), regularization=0.05, bits_lr_multiplier=20.0)
     bp.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
-    budget = tfbp.BitBudget(target_bits=4.0)
+    budget = tfbp.BitBudget(target_bits=4.0, anneal=0.5)
     epochs = Epochs()
     callbacks = [budget]
     initial_epoch = 0

@@ -4,9 +4,10 @@ uninterrupted run ends (bitlengths, λ, every variable), with
 optimizer.
 
 ``resume_run.py`` trains the digits CNN with ``BitBudget`` for 4 epochs (the last
-one annealing), saving at every epoch end. The killed runs end themselves with
-``os._exit`` after batch 2 of epoch 2 (those batches are lost, as in a real crash)
-and a fresh process resumes from the epoch-1 save. Op determinism is on and every
+two annealing the bitlengths to integers), saving at every epoch end. The killed
+runs end themselves with ``os._exit`` after batch 2 of epoch 3 (those batches are
+lost, as in a real crash) and a fresh process resumes from the epoch-2 save, in the
+middle of annealing (the integers and the anneal weight come back too). Op determinism is on and every
 process runs the same kernels on the same data in the same order, so the runs
 agree exactly: the checkpoints hold the model, Adam's slots, λ and BitBudget's own
 state (``bit_loss.budget_state``: log λ, the last measurement, the smoothed speed,
@@ -65,7 +66,7 @@ def test_budget_state_travels_with_a_checkpoint(tmp_path):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     first = finish([start("resume_run.py", "backup", root / "full")] +
-                   [start("resume_run.py", mode, root / mode, "--die-at", "2:2") for mode in MODES])
+                   [start("resume_run.py", mode, root / mode, "--die-at", "3:2") for mode in MODES])
     returncode, full, err = first[0]
     assert returncode == 0, err[-4000:]
     for (returncode, result, err), mode in zip(first[1:], MODES):
@@ -81,7 +82,7 @@ def runs(tmp_path_factory):
 def test_resumed_run_ends_exactly_like_an_uninterrupted_one(runs, mode):
     full, resumed = runs[0], runs[1][mode]
     assert full["epochs"] == [0, 1, 2, 3]
-    assert resumed["epochs"] == [2, 3]  # restarted from the end of epoch 1, not from scratch
+    assert resumed["epochs"] == [3]  # restarted from the end of epoch 2 (half annealed), not from scratch
     assert resumed["iterations"] == full["iterations"]
     assert full["bit_lambda"] != 0.05  # BitBudget moved λ, so λ's equality below says something
     assert resumed["bit_lambda"] == full["bit_lambda"]
