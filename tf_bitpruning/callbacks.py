@@ -125,13 +125,7 @@ class BitBudget(keras.callbacks.Callback):
                  speed: Optional[float] = None, settle_steps: float = 100.0, gain: float = 0.03,
                  anneal: float = 0.25, calibration_data=None, verbose: int = 0):
         super().__init__()
-        try:
-            target_bits = float(target_bits)
-        except (TypeError, ValueError):
-            raise ValueError(f"BitBudget: target_bits must be a number, got {target_bits!r}.") from None
-        if not (math.isfinite(target_bits) and 1.0 <= target_bits <= 16.0):
-            raise ValueError(f"BitBudget: target_bits must be a finite average bitlength in [1, 16], "
-                             f"got {target_bits}.")
+        target_bits = rounding.check_target(target_bits, "BitBudget")
         costs.check_weighting(weighting)
         if kind not in costs.KINDS:
             raise ValueError(f"BitBudget: kind must be one of {costs.KINDS}, got {kind!r}.")

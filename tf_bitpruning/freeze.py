@@ -14,7 +14,7 @@ from tf_bitpruning import costs
 from tf_bitpruning.api import bitprune_scope
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.quantizers import ActivationBitQuantizer, BitlengthQuantizer
-from tf_bitpruning.rounding import (ROUNDINGS, check_allowed_bits, distance_cost, fit_budget, learned_bits,
+from tf_bitpruning.rounding import (ROUNDINGS, check_allowed_bits, check_target, distance_cost, fit_budget, learned_bits,
                                     model_outputs, output_change_cost, round_all, round_bits)
 
 __all__ = ["freeze_bitlengths", "round_bits", "ROUNDINGS"]
@@ -132,7 +132,7 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
         if kind is None and weighting != "bops" and bit_loss is not None:
             kind = getattr(bit_loss, "kind", None)
         costs.check_weighting(weighting)
-        target_bits = _check_target(target_bits)
+        target_bits = check_target(target_bits, "freeze_bitlengths")
         cost = (distance_cost(learned) if calibration_data is None
                 else output_change_cost(model_outputs(frozen, calibration_data),
                                         model_outputs(model, calibration_data)(),
@@ -150,14 +150,3 @@ def _assign_bits(twins: Dict[costs.QuantizedTensor, costs.QuantizedTensor], bits
     for t, b in bits.items():
         twin = twins[t]
         twin.bits_variable.assign(np.reshape(b, twin.bits_variable.shape) / twin.quantizer.bits_lr_multiplier)
-
-
-def _check_target(target_bits) -> float:
-    try:
-        value = float(target_bits)
-    except (TypeError, ValueError):
-        raise ValueError(f"freeze_bitlengths: target_bits must be a number, got {target_bits!r}.") from None
-    if not (np.isfinite(value) and 1.0 <= value <= 16.0):
-        raise ValueError(f"freeze_bitlengths: target_bits must be a finite average bitlength in [1, 16], "
-                         f"got {target_bits}.")
-    return value

@@ -57,6 +57,17 @@ def round_all(learned: Assignment, rounding: str = "ceil",
             for t, n in learned.items()}
 
 
+def check_target(target_bits, who: str) -> float:
+    """A budget as a float in [1, 16], or a ``ValueError`` that names ``who`` asked."""
+    try:
+        value = float(target_bits)
+    except (TypeError, ValueError):
+        raise ValueError(f"{who}: target_bits must be a number, got {target_bits!r}.") from None
+    if not (math.isfinite(value) and 1.0 <= value <= 16.0):
+        raise ValueError(f"{who}: target_bits must be a finite average bitlength in [1, 16], got {target_bits}.")
+    return value
+
+
 def check_allowed_bits(allowed_bits: Optional[Sequence[int]]) -> Optional[List[int]]:
     if allowed_bits is None:
         return None
