@@ -14,8 +14,8 @@ from tf_bitpruning import costs
 from tf_bitpruning.api import bitprune_scope
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.quantizers import ActivationBitQuantizer, BitlengthQuantizer
-from tf_bitpruning.rounding import (ROUNDINGS, check_allowed_bits, check_target, distance_cost, fit_budget, learned_bits,
-                                    model_outputs, output_change_cost, round_all, round_bits)
+from tf_bitpruning.rounding import (ROUNDINGS, check_allowed_bits, check_target, distance_cost, fit_budget,
+                                    learned_bits, model_outputs, output_change_cost, round_all, round_bits)
 
 __all__ = ["freeze_bitlengths", "round_bits", "ROUNDINGS"]
 
