@@ -62,6 +62,7 @@ flags.DEFINE_float("target_bits", 6.0, "BitBudget target (uniform average bits).
 flags.DEFINE_integer("eval_inputs", 256, "Inputs compared between Keras and LiteRT.")
 flags.DEFINE_float("tie_margin", 0.05, "Near-tie: Keras top-2 margin below this share of the logit range.")
 flags.DEFINE_bool("tfmot", True, "Also try tfmot's 8-bit QAT.")
+flags.DEFINE_enum("int4", "auto", ["auto", "true", "false"], "export_tflite(int4=...).")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "applications"), "Output prefix (.json, .md).")
 flags.DEFINE_bool("trace", False, "Per quantized layer: share of elements LiteRT puts on another grid point than Keras.")
 flags.DEFINE_string("one", None, "Internal: run one family in this process, print its JSON.")
@@ -272,7 +273,8 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         stage = "export_tflite"
         _log(name, stage)
         path = os.path.join(workdir, "ours.tflite")
-        tfbp.export_tflite(frozen, path, representative_dataset=xtr[:64])
+        int4 = {"auto": "auto", "true": True, "false": False}[FLAGS.int4]
+        tfbp.export_tflite(frozen, path, representative_dataset=xtr[:64], int4=int4)
         result["ours_bytes"] = os.path.getsize(path)
         stage = "LiteRT"
         _log(name, stage)
