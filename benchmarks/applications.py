@@ -244,6 +244,7 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
 
     import tf_bitpruning as tfbp
     from tf_bitpruning import costs
+    from tf_bitpruning.export import ExportError
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     stage = "bitprune_model"
@@ -274,7 +275,11 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         _log(name, stage)
         path = os.path.join(workdir, "ours.tflite")
         int4 = {"auto": "auto", "true": True, "false": False}[FLAGS.int4]
-        tfbp.export_tflite(frozen, path, representative_dataset=xtr[:64], int4=int4)
+        try:  # learned grids only; calibration data only where a tensor has none
+            tfbp.export_tflite(frozen, path, int4=int4)
+        except ExportError:
+            result["representative_dataset"] = True
+            tfbp.export_tflite(frozen, path, representative_dataset=xtr[:64], int4=int4)
         result["ours_bytes"] = os.path.getsize(path)
         stage = "LiteRT"
         _log(name, stage)
@@ -322,7 +327,8 @@ def table(results: dict) -> str:
         ours = r.get("ours", "–")
         if ours == "no":
             ours = f"no ({r.get('ours_stage')})"
-        agree = f"{100 * r['agreement']:.1f} ({r['confident']})" if "agreement" in r else "–"
+        agree = (f"{100 * r['agreement']:.1f} ({r['confident']})"
+                 if r.get("agreement") is not None and r["agreement"] == r["agreement"] else "–")
         diff = f"{r['max_diff_over_range']:.3f}" if "max_diff_over_range" in r else "–"
         rows.append(f"| {name} | {r['input']} | {r.get('tfmot', '–')} | {ours} | {r.get('quantized_tensors', '–')} "
                     f"| {r.get('avg_bits', '–')} | {agree} | {r.get('near_ties', '–')} | {diff} "
