@@ -107,9 +107,11 @@ def test_multi_kernel_and_batchnorm_layers():
     _check_totals(report)
     sep = next(r for r in report["rows"] if r["layer"] == "separable_conv2d")
     assert sep["parameters"] == 3 * 3 * 3 + 3 * 4 and sep["weight_bits"] == pytest.approx(6.0)
-    assert sep["activation_bits"] is None  # the ReLU after BN quantizes instead
+    # BatchNormalization folds only into Conv/Depthwise/Dense kernels at export, so a
+    # SeparableConv2D quantizes its own output before the BN (the ReLU after it too).
+    assert sep["activation_bits"] == pytest.approx(6.0)
     precision = report["hls4ml"]["LayerName"]["separable_conv2d"]["Precision"]
-    assert set(precision) == {"depthwise", "pointwise"}
+    assert set(precision) == {"depthwise", "pointwise", "result"}
     # bias (4) + BN gamma, beta, mean, variance (4 x 4) + dense bias (10)
     assert report["totals"]["float_parameters"] == 4 + 16 + 10
     assert report["totals"]["compression_vs_float32"] == pytest.approx(32 / 6)
