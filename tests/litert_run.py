@@ -1,5 +1,5 @@
 """Running a .tflite file in LiteRT on a batch, and the grid step of its output
-(shared by tests/test_layers.py and tests/test_applications.py)."""
+(shared by tests/test_layers.py and tests/test_export.py)."""
 
 import numpy as np
 from tensorflow.lite.tools import flatbuffer_utils
