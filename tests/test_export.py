@@ -312,6 +312,25 @@ def test_failed_export_leaves_no_file(frozen_models, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_exported_file_has_a_plain_files_mode(frozen_models, tmp_path):
+    """Issue 12: the atomic write used to leave the file 0600 (mkstemp's mode)."""
+    import stat
+
+    model = frozen_models["sequential"]
+    old = os.umask(0o027)
+    try:
+        export_tflite(model, tmp_path / "new.tflite")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "new.tflite").st_mode) == 0o640  # 0o666 & ~umask
+    kept = tmp_path / "kept.tflite"
+    kept.write_bytes(b"previous export")
+    os.chmod(kept, 0o604)
+    export_tflite(model, kept)
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o604  # a replaced file keeps its mode
+
+
+@pytest.mark.slow
 def test_damaged_exports_raise_only_precision_metadata_error(exported, tmp_path):
     """1,500 truncations and byte flips of a real export (a third in the metadata
     name and JSON); tests/test_metadata.py does the same on a tiny file, fast."""
