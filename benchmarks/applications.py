@@ -123,16 +123,11 @@ def digits(size: int, raw_255: bool):
 
 
 def _litert(path: str, x):
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
+    """The file's float output on ``x`` in LiteRT (the tests' runner, one copy)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from litert_run import run_tflite
 
-    it = Interpreter(model_path=path)
-    inp = it.get_input_details()[0]
-    it.resize_tensor_input(inp["index"], x.shape)
-    it.allocate_tensors()
-    it.set_tensor(inp["index"], x.astype(np.float32))
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
+    return run_tflite(path, x)
 
 
 def _log(*args) -> None:
