@@ -20,7 +20,7 @@ def _bit_pruned(digits, epochs, budget):
     return bp, history
 
 
-def test_annealed_model_freezes_without_a_cliff(digits):
+def test_annealed_model_freezes_without_a_cliff(digits, tmp_path):
     _, _, xte, yte = digits
     budget = tfbp.BitBudget(target_bits=3.0, anneal=0.25)
     bp, history = _bit_pruned(digits, 8, budget)
@@ -32,6 +32,12 @@ def test_annealed_model_freezes_without_a_cliff(digits):
 
     frozen = tfbp.freeze_bitlengths(bp)
     assert tfbp.bitlengths(frozen) == bits
+    # The integers are in the bitlength variables: a saved and reloaded model has them
+    # (to float32 rounding of n = k · n / k) and freezes at them.
+    tfbp.save_model(bp, tmp_path / "learned")
+    reloaded = tfbp.load_model(tmp_path / "learned")
+    assert tfbp.bitlengths(reloaded) == pytest.approx(bits, abs=1e-5)
+    assert tfbp.bitlengths(tfbp.freeze_bitlengths(reloaded)) == bits
     learned_out = bp.predict(xte, verbose=0)
     frozen_out = frozen.predict(xte, verbose=0)
     # The same integer quantizers on the same weights: equal up to float rounding

@@ -408,6 +408,11 @@ class BitBudget(keras.callbacks.Callback):
                           f"({100 * self.anneal_progress(self._epoch, self._batches - 1):.0f} % done); "
                           f"freezing may cost accuracy. Train the planned epochs, or fine-tune after "
                           f"freeze_bitlengths.", stacklevel=2)
+        if float(self._bit_loss.anneal_weight.numpy()) >= 1.0:
+            # Annealed: write the integers into the bitlengths themselves, so that the
+            # model saved, reloaded (without this callback) or frozen has exactly them.
+            for t, integer in zip(self._tensors, self._bit_loss.anneal_bits):
+                t.bits_variable.assign(integer / t.quantizer.bits_lr_multiplier)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
