@@ -202,10 +202,8 @@ def trace(frozen, path: str, x) -> list:
 
 
 def run_tfmot(name: str, xtr, ytr, workdir: str) -> dict:
-    import numpy as np
     import tensorflow as tf
     import tensorflow_model_optimization as tfmot
-    import tf_keras as keras
 
     result = {}
     try:
@@ -234,7 +232,6 @@ def run_tfmot(name: str, xtr, ytr, workdir: str) -> dict:
 
 
 def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
-    import numpy as np
     import tf_keras as keras
 
     import tf_bitpruning as tfbp

@@ -45,7 +45,6 @@ FLAGS = flags.FLAGS
 
 
 def _tasks():
-    import numpy as np
     import tf_keras as keras
 
     from examples import data
@@ -153,7 +152,6 @@ def _row(method, acc, w_bits, a_bits, inventory, step, size, latency, macs_bits=
 
 
 def run_task(name, load, build, seed, tmp):
-    import numpy as np
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 

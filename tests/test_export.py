@@ -1,7 +1,6 @@
 """TFLite export of frozen bit-pruned models: b-bit grids in int8, INT4 packing,
 precision metadata, CLI and error cases (digits; models shared per session)."""
 
-import json
 import os
 
 import numpy as np
