@@ -182,6 +182,7 @@ class BitBudget(keras.callbacks.Callback):
         self._steps_per_epoch: Optional[int] = None
         self._epoch = 0
         self._batches = 0
+        self._annealing = False  # this batch trains with an anneal weight > 0
         self._state = CheckpointedState(self)
 
     # -- setup ---------------------------------------------------------------
@@ -294,9 +295,11 @@ class BitBudget(keras.callbacks.Callback):
         return float(np.clip((position - self._anneal_begin) / self._anneal_epochs, 0.0, 1.0))
 
     def on_train_batch_begin(self, batch, logs=None):
+        self._annealing = False
         if self._anneal_epochs <= 0:
             return
         p = self.anneal_progress(self._epoch, batch)
+        self._annealing = p > 0
         if p > 0 and float(self._bit_loss.anneal_weight.numpy()) == 0.0:
             self._choose_integers()
         self._bit_loss.anneal_weight.assign(p)
@@ -362,7 +365,7 @@ class BitBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self._batches = batch + 1
         values = self._measure()
-        if float(self._bit_loss.anneal_weight.numpy()) == 0.0:  # λ is held while annealing
+        if not self._annealing:  # λ is held while annealing
             self._update(values["avg_bits"], self._step)
         if logs is not None:
             logs.update(values, bit_lambda=float(self._bit_loss.regularization.numpy()))

@@ -84,12 +84,13 @@ def _levels(t: costs.QuantizedTensor, allowed: Optional[List[int]]) -> List[int]
 
 
 def _step(bits: np.ndarray, levels: List[int], direction: int, limit: Optional[np.ndarray] = None):
-    """Every channel one allowed level down (-1) or up (+1); None if none can move."""
+    """Every channel one allowed level down (-1) or up (+1, at most to ``limit``);
+    None if none can move."""
     index = np.searchsorted(levels, bits)
     moved = np.clip(index + direction, 0, len(levels) - 1)
     out = np.asarray(levels, np.float32)[moved]
     if limit is not None:
-        out = np.minimum(out, limit) if direction > 0 else out
+        out = np.minimum(out, limit)
     return None if np.array_equal(out, bits) else out.astype(np.float32)
 
 
