@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation
@@ -39,37 +38,38 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import model_transformer
 from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import transforms
 
+from tf_bitpruning import _compat
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 
-L = keras.layers
-
+# The registry is data keyed by class name, so that one table serves tf_keras and
+# Keras 3 layers alike (see :func:`builtin_kind`).
 # class -> (kernel attrs with their output-channel axes, per-channel scale)
-_KERNEL_LAYERS: Dict[type, Tuple[Dict[str, Tuple[int, ...]], bool]] = {
-    L.Dense: ({"kernel": (-1,)}, False),
-    L.Conv1D: ({"kernel": (-1,)}, True),
-    L.Conv2D: ({"kernel": (-1,)}, True),
-    L.Conv2DTranspose: ({"kernel": (2,)}, True),
-    L.DepthwiseConv2D: ({"depthwise_kernel": (2, 3)}, True),
-    L.SeparableConv1D: ({"depthwise_kernel": (1, 2), "pointwise_kernel": (-1,)}, True),
-    L.SeparableConv2D: ({"depthwise_kernel": (2, 3), "pointwise_kernel": (-1,)}, True),
+_KERNEL_LAYERS: Dict[str, Tuple[Dict[str, Tuple[int, ...]], bool]] = {
+    "Dense": ({"kernel": (-1,)}, False),
+    "Conv1D": ({"kernel": (-1,)}, True),
+    "Conv2D": ({"kernel": (-1,)}, True),
+    "Conv2DTranspose": ({"kernel": (2,)}, True),
+    "DepthwiseConv2D": ({"depthwise_kernel": (2, 3)}, True),
+    "SeparableConv1D": ({"depthwise_kernel": (1, 2), "pointwise_kernel": (-1,)}, True),
+    "SeparableConv2D": ({"depthwise_kernel": (2, 3), "pointwise_kernel": (-1,)}, True),
 }
 
-_OUTPUT_LAYERS = (
-    L.ReLU, L.LeakyReLU, L.BatchNormalization, L.Add, L.Subtract, L.Multiply, L.Average,
-    L.Maximum, L.Minimum, L.Concatenate, L.AveragePooling1D, L.AveragePooling2D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.UpSampling1D, L.UpSampling2D,
-)
+_OUTPUT_LAYERS = frozenset({
+    "ReLU", "LeakyReLU", "BatchNormalization", "Add", "Subtract", "Multiply", "Average",
+    "Maximum", "Minimum", "Concatenate", "AveragePooling1D", "AveragePooling2D",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "UpSampling1D", "UpSampling2D",
+})
 
-_PASS_THROUGH_LAYERS = (
-    L.InputLayer, L.Flatten, L.Reshape, L.Permute, L.Dropout, L.SpatialDropout1D,
-    L.SpatialDropout2D, L.ActivityRegularization, L.MaxPooling1D, L.MaxPooling2D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.ZeroPadding1D, L.ZeroPadding2D,
-    L.Cropping1D, L.Cropping2D, L.Softmax,
-)
+_PASS_THROUGH_LAYERS = frozenset({
+    "InputLayer", "Flatten", "Reshape", "Permute", "Dropout", "SpatialDropout1D",
+    "SpatialDropout2D", "ActivityRegularization", "MaxPooling1D", "MaxPooling2D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "ZeroPadding1D", "ZeroPadding2D",
+    "Cropping1D", "Cropping2D", "Softmax", "Identity",
+})
 
 # Run in float when they follow a model input (the input quantizer moves after them).
-PREPROCESSING_LAYERS = (L.Rescaling, L.Normalization)
+PREPROCESSING_LAYERS = frozenset({"Rescaling", "Normalization"})
 
 # TFOpLambda / SlicingOpLambda functions (their config's "function"), as data:
 # elementwise math whose output is quantized, and ops that only move values.
@@ -97,15 +97,27 @@ _OUTPUT_ACTIVATIONS = frozenset({
 # A producer whose only consumer is one of these skips its own output quantizer
 # (the consumer's quantizer is the one TFLite keeps: a fused activation, a common
 # concatenation scale); BatchNormalization and Activation only where noted below.
-_REQUANTIZING_CONSUMERS = (L.ReLU, L.LeakyReLU, L.Concatenate)
+_REQUANTIZING_CONSUMERS = frozenset({"ReLU", "LeakyReLU", "Concatenate"})
 # ... a BatchNormalization, when the exporter folds it into the producer's kernel;
-_FOLDABLE_PRODUCERS = (L.Conv1D, L.Conv2D, L.DepthwiseConv2D, L.Dense)
+_FOLDABLE_PRODUCERS = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D", "Dense"})
 # ... an Activation that TFLite fuses into the producer, or that tfmot quantizes before.
 _FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax", "sigmoid", "tanh", "gelu"})
 
 
+def builtin_kind(layer, exact: bool = True) -> Optional[str]:
+    """The class name of a built-in Keras layer (tf_keras or Keras 3), e.g. ``"Conv2D"``; None
+    for other classes. ``exact=False``: the nearest built-in base class (``isinstance``)."""
+    for cls in type(layer).__mro__[:1] if exact else type(layer).__mro__:
+        if cls.__module__.split(".")[0] in ("tf_keras", "keras"):
+            return cls.__name__
+    return None
+
+
 def _activation_name(activation) -> str:
-    return getattr(activation, "__name__", type(activation).__name__)
+    name = getattr(activation, "__name__", type(activation).__name__)
+    if name == "silu" and getattr(activation, "__module__", "").startswith("keras."):
+        return "swish"  # Keras 3 calls swish silu; tfmot's quantize-aware activation knows "swish"
+    return name
 
 
 def op_lambda_function(layer) -> Optional[str]:
@@ -143,19 +155,19 @@ class BitPruneQuantizeRegistry(quantize_registry.QuantizeRegistry):
 
     def unsupported_reason(self, layer) -> Optional[str]:
         """Why ``layer`` has no built-in config, or None when it has one."""
-        cls = type(layer)
+        cls, kind = type(layer), builtin_kind(layer)
         function = op_lambda_function(layer)
         if cls.__name__ in _OP_LAMBDAS:
             if function in _TF_OP_OUTPUT or function in _TF_OP_PASS_THROUGH:
                 return None
             return (f"{cls.__name__} 'tf.{function}' is not elementwise math or a reshape the "
                     f"registry knows (supported: {sorted(_TF_OP_OUTPUT | _TF_OP_PASS_THROUGH)})")
-        known = (cls in _KERNEL_LAYERS or cls in _OUTPUT_LAYERS or cls in _PASS_THROUGH_LAYERS
-                 or cls in PREPROCESSING_LAYERS)
-        if not known and cls is not L.Activation:
+        known = (kind in _KERNEL_LAYERS or kind in _OUTPUT_LAYERS or kind in _PASS_THROUGH_LAYERS
+                 or kind in PREPROCESSING_LAYERS)
+        if not known and kind != "Activation":
             return f"no built-in bit-pruning config for {cls.__name__}"
         activation = getattr(layer, "activation", None)
-        if cls is L.Activation and _activation_name(activation) in _OUTPUT_ACTIVATIONS:
+        if kind == "Activation" and _activation_name(activation) in _OUTPUT_ACTIVATIONS:
             return None
         if activation is not None and not _supported_activation(activation):
             return (f"activation '{_activation_name(activation)}' is not supported by tfmot's "
@@ -173,23 +185,23 @@ class BitPruneQuantizeRegistry(quantize_registry.QuantizeRegistry):
         reason = self.unsupported_reason(layer)
         if reason:
             raise ValueError(f"Layer '{layer.name}': {reason}.")
-        cls = type(layer)
+        kind = builtin_kind(layer)
         weights = {}
         activation_attrs = []
         quantize_output = False
-        if cls in _KERNEL_LAYERS:
-            kernels, per_channel_scale = _KERNEL_LAYERS[cls]
+        if kind in _KERNEL_LAYERS:
+            kernels, per_channel_scale = _KERNEL_LAYERS[kind]
             base = self.weight_quantizer.get_config()
             for attr, axes in kernels.items():
                 weights[attr] = WeightBitQuantizer.from_config(
                     dict(base, per_channel_scale=per_channel_scale, channel_axes=list(axes)))
             activation_attrs = ["activation"]
-        elif cls is L.Activation:
+        elif kind == "Activation":
             if _activation_name(layer.activation) in _OUTPUT_ACTIVATIONS:
                 quantize_output = True
             else:
                 activation_attrs = ["activation"]
-        elif (cls in _OUTPUT_LAYERS or cls in PREPROCESSING_LAYERS
+        elif (kind in _OUTPUT_LAYERS or kind in PREPROCESSING_LAYERS
               or op_lambda_function(layer) in _TF_OP_OUTPUT):
             quantize_output = True
         if not quantize_outputs:
@@ -231,7 +243,7 @@ class BitPruneLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform)
     def apply(self, model, layer_quantize_map):
         chains = {name: chain for name, chain in
                   ((layer.name, _preprocessing_chain(layer, layer_quantize_map)) for layer in model.layers
-                   if isinstance(layer, L.InputLayer)) if chain}
+                   if builtin_kind(layer) == "InputLayer") if chain}
         steps = []
         if self._quantize_inputs:
             steps = [_InputLayerQuantize(self._registry.activation_quantizer, frozenset(chains))]
@@ -249,7 +261,7 @@ class BitPruneLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform)
             entry = layer_quantize_map.get(layer.name)
             if entry is None or entry.get("quantize_config") is not None:
                 continue  # not annotated, or the user chose the config
-            consumers = [node.outbound_layer for node in layer._outbound_nodes]
+            consumers = _compat.consumers(layer)
             if (len(consumers) == 1 and _requantizes(consumers[0], layer)
                     and consumers[0].name in layer_quantize_map and self._registry.supports(layer)):
                 entry["quantize_config"] = self._registry.get_quantize_config(layer, quantize_outputs=False)
@@ -259,20 +271,21 @@ class BitPruneLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform)
 def _requantizes(consumer, producer) -> bool:
     """Whether ``consumer`` re-quantizes ``producer``'s output right away, in a way the
     exported file reproduces (see ``_REQUANTIZING_CONSUMERS``)."""
-    if isinstance(consumer, L.BatchNormalization):
-        return (isinstance(producer, _FOLDABLE_PRODUCERS)
+    consumer_kind = builtin_kind(consumer, exact=False)
+    if consumer_kind == "BatchNormalization":
+        return (builtin_kind(producer, exact=False) in _FOLDABLE_PRODUCERS
                 and _activation_name(getattr(producer, "activation", None)) in ("linear", "NoneType"))
-    if isinstance(consumer, L.Activation):
+    if consumer_kind == "Activation":
         return _activation_name(consumer.activation) in _FUSED_ACTIVATIONS
-    return isinstance(consumer, _REQUANTIZING_CONSUMERS)
+    return consumer_kind in _REQUANTIZING_CONSUMERS
 
 
 def _preprocessing_chain(input_layer, layer_quantize_map) -> list:
     """The annotated preprocessing layers that follow ``input_layer`` one after another."""
     chain, layer = [], input_layer
     while True:
-        consumers = [node.outbound_layer for node in layer._outbound_nodes]
-        if (len(consumers) != 1 or not isinstance(consumers[0], PREPROCESSING_LAYERS)
+        consumers = _compat.consumers(layer)
+        if (len(consumers) != 1 or builtin_kind(consumers[0], exact=False) not in PREPROCESSING_LAYERS
                 or consumers[0].name not in layer_quantize_map):
             return chain
         layer = consumers[0]

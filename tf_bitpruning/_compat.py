@@ -1,0 +1,45 @@
+"""The private Keras graph access that the package needs outside the exporter, in one
+place, for both Kerases: tf_keras (Keras 2, through tfmot) and Keras 3.
+
+When tf_keras or Keras 3 is upgraded, this module (with ``export/_compat.py`` and
+``keras3/_compat.py``) is where to look.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+
+def is_keras3(obj: Any) -> bool:
+    """Whether ``obj`` (a model, layer or tensor) belongs to Keras 3 (``import keras``)."""
+    for cls in type(obj).__mro__:
+        top = cls.__module__.split(".")[0]
+        if top == "keras":
+            return True
+        if top == "tf_keras":
+            return False
+    return False
+
+
+def consumers(layer) -> List[Any]:
+    """The layers that take ``layer``'s output, one per call."""
+    if is_keras3(layer):
+        return [node.operation for node in layer._outbound_nodes]
+    return [node.outbound_layer for node in layer._outbound_nodes]
+
+
+def producers(layer, node_index: int = 0) -> List[Any]:
+    """The layers feeding ``layer``'s call ``node_index`` (empty at a model input)."""
+    nodes = layer._inbound_nodes
+    if len(nodes) <= node_index:
+        return []
+    if is_keras3(layer):
+        return [t._keras_history.operation for t in nodes[node_index].input_tensors]
+    import tensorflow as tf
+    return list(tf.nest.flatten(nodes[node_index].inbound_layers))
+
+
+def producer(layer) -> Optional[Any]:
+    """The layer feeding ``layer``'s (first) input, or None at a model input."""
+    found = producers(layer)
+    return found[0] if found else None
