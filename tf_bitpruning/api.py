@@ -9,7 +9,7 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_annotate as tfmot_annotate
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper as tfmot_wrapper
 
-from tf_bitpruning import costs, op_lambdas, scheme
+from tf_bitpruning import _compat, costs, op_lambdas, scheme
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer, _ClipParam
 from tf_bitpruning.scheme import BitPruneQuantizeRegistry, BitPruneQuantizeScheme
@@ -17,14 +17,10 @@ from tf_bitpruning.scheme import BitPruneQuantizeRegistry, BitPruneQuantizeSchem
 _tfq = tfmot.quantization.keras
 
 _KERAS3_HELP = (
-    "tf_bitpruning (like tfmot) works with tf_keras (Keras 2) models only, and this is a "
-    "Keras 3 object. Build the model with `import tf_keras as keras` (pip install tf-keras), "
-    "or set TF_USE_LEGACY_KERAS=1 before importing TensorFlow so that tf.keras is Keras 2.")
-
-
-def _is_keras3(obj) -> bool:
-    module = type(obj).__module__
-    return (module == "keras" or module.startswith("keras.")) and not isinstance(obj, keras.layers.Layer)
+    "this is a Keras 3 object, and the tfmot-style annotate/apply API is tf_keras only (tfmot "
+    "does not support Keras 3). Under Keras 3 call tfbp.bitprune_model(model, skip_layers=[...]) "
+    "directly, or build the model with `import tf_keras as keras`.")
+_is_keras3 = _compat.is_keras3
 
 
 def _check_model(model, what: str) -> None:
@@ -49,6 +45,11 @@ def _check_model(model, what: str) -> None:
             f"{what}: model '{model.name}' contains nested model(s) {nested}. Quantizing a model "
             f"inside a model is not supported (tfmot); flatten it first, for example by calling "
             f"the inner model's layers directly in one functional model.")
+
+
+# bitprune_apply's keyword options and their defaults (also what bitprune_model takes under Keras 3).
+_APPLY_DEFAULTS = dict(weight_bits=(2, 8), activation_bits=(1, 8), init_bits=None, bits_lr_multiplier=10.0,
+                       per_channel_bits=False, quantize_inputs=True)
 
 
 def bitprune_annotate_layer(to_annotate: keras.layers.Layer,
@@ -152,17 +153,12 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
     _check_model(model, "bitprune_apply")
     costs.check_regularization(regularization)
     costs.check_weighting(weighting)
-    w_lo, w_hi = _check_bits("weight_bits", weight_bits, 2)
-    a_lo, a_hi = _check_bits("activation_bits", activation_bits, 1)
-    for what, lo, hi in (("weight_bits", w_lo, w_hi), ("activation_bits", a_lo, a_hi)):
-        if init_bits is not None and not lo <= float(init_bits) <= hi:
-            raise ValueError(f"init_bits={init_bits} is outside {what}=({lo}, {hi}).")
+    _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits)
     if not any(isinstance(layer, tfmot_annotate.QuantizeAnnotate) for layer in model.layers):
         raise ValueError("bitprune_apply: no layer is annotated. Call tfbp.bitprune_annotate_model(model) "
                          "first, or use tfbp.bitprune_model(model) which does both.")
     scheme = BitPruneQuantizeScheme(
-        WeightBitQuantizer(w_lo, w_hi, init_bits, bits_lr_multiplier, per_channel_bits=per_channel_bits),
-        ActivationBitQuantizer(a_lo, a_hi, init_bits, bits_lr_multiplier),
+        *_quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits),
         quantize_inputs=quantize_inputs)
     with bitprune_scope():
         quantized = _tfq.quantize_apply(model, scheme)
@@ -170,9 +166,20 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
     return quantized
 
 
+def _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits):
+    """The weight and activation quantizer templates of ``bitprune_apply``'s options (checked)."""
+    w_lo, w_hi = _check_bits("weight_bits", weight_bits, 2)
+    a_lo, a_hi = _check_bits("activation_bits", activation_bits, 1)
+    for what, lo, hi in (("weight_bits", w_lo, w_hi), ("activation_bits", a_lo, a_hi)):
+        if init_bits is not None and not lo <= float(init_bits) <= hi:
+            raise ValueError(f"init_bits={init_bits} is outside {what}=({lo}, {hi}).")
+    return (WeightBitQuantizer(w_lo, w_hi, init_bits, bits_lr_multiplier, per_channel_bits=per_channel_bits),
+            ActivationBitQuantizer(a_lo, a_hi, init_bits, bits_lr_multiplier))
+
+
 def bitprune_model(to_prune: keras.Model, regularization: float = 0.05, weighting: str = "uniform", *,
                    skip_layers: Sequence[str] = (), **options) -> keras.Model:
-    """Bit-prunes a tf_keras model: every kernel and activation gets a learned bitlength.
+    """Bit-prunes a tf_keras or Keras 3 model: every kernel and activation gets a learned bitlength.
 
     ``bitprune_apply(bitprune_annotate_model(model))`` in one call; the options
     are those of :func:`bitprune_apply`.
@@ -184,8 +191,22 @@ def bitprune_model(to_prune: keras.Model, regularization: float = 0.05, weightin
     >>> sorted(tfbp.bitlengths(bp))
     ['dense/activations', 'dense/weights', 'quantize_layer/activations']
     """
-    if isinstance(to_prune, keras.Model) and costs.get_bit_loss(to_prune) is not None:
+    if costs.get_bit_loss(to_prune) is not None:
         raise ValueError(f"Model '{to_prune.name}' is already bit-pruned.")
+    if _is_keras3(to_prune):
+        from tf_bitpruning.keras3 import api as keras3_api
+        costs.check_regularization(regularization)
+        costs.check_weighting(weighting)
+        options = dict(_APPLY_DEFAULTS, **options)
+        unknown = set(options) - set(_APPLY_DEFAULTS)
+        if unknown:
+            raise TypeError(f"bitprune_model: unexpected options {sorted(unknown)}.")
+        weights, activations = _quantizers(options["weight_bits"], options["activation_bits"],
+                                           options["init_bits"], options["bits_lr_multiplier"],
+                                           options["per_channel_bits"])
+        return keras3_api.bitprune_model(to_prune, regularization, weighting, skip_layers=skip_layers,
+                                         weight_quantizer=weights, activation_quantizer=activations,
+                                         quantize_inputs=options["quantize_inputs"])
     annotated = bitprune_annotate_model(to_prune, skip_layers=skip_layers)
     return bitprune_apply(annotated, regularization, weighting, **options)
 

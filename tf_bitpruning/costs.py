@@ -23,7 +23,8 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
 
-from tf_bitpruning.quantizers import BitlengthQuantizer
+from tf_bitpruning import _compat
+from tf_bitpruning.quantizers import BitlengthQuantizer, variable_key
 
 WEIGHTINGS = ("uniform", "memory", "bops")
 KINDS = (None, "weights", "activations")
@@ -59,23 +60,23 @@ class QuantizedTensor:
         return self.input.bits() if self.input is not None else tf.constant(FLOAT_BITS)
 
 
+def _output_shape(layer):
+    shape = tuple(layer.output.shape) if _compat.is_keras3(layer) else layer.get_output_shape_at(0)
+    return shape[0] if isinstance(shape, list) else shape
+
+
 def _output_elements(layer) -> int:
-    shape = layer.get_output_shape_at(0)
-    if isinstance(shape, list):
-        shape = shape[0]
-    return int(np.prod([d for d in shape[1:]]))
+    return int(np.prod([d for d in _output_shape(layer)[1:]]))
 
 
-def _producer(layer):
-    """The layer feeding ``layer``'s (first) input, or None at a model input."""
-    if not layer._inbound_nodes:
-        return None
-    inbound = tf.nest.flatten(layer._inbound_nodes[0].inbound_layers)
-    return inbound[0] if inbound else None
+_producer = _compat.producer
 
 
 def _activation_tensors(layer) -> List[tuple]:
     """(quantizer, variables) of the activation quantizers a layer owns."""
+    if _compat.is_keras3(layer):
+        from tf_bitpruning.keras3 import layers as k3
+        return k3.activation_quantizers(layer)
     if isinstance(layer, tfmot_quantize_layer.QuantizeLayer):
         return [(layer.quantizer, layer.quantizer_vars)] if layer.quantizer else []
     if not isinstance(layer, quantize_wrapper.QuantizeWrapper):
@@ -90,6 +91,26 @@ def _activation_tensors(layer) -> List[tuple]:
     return found
 
 
+def _weight_tensors(layer) -> List[tuple]:
+    """(weight, quantizer, variables, attribute) of the kernels a layer quantizes."""
+    if _compat.is_keras3(layer):
+        from tf_bitpruning.keras3 import layers as k3
+        return k3.weight_quantizers(layer)
+    if isinstance(layer, quantize_wrapper.QuantizeWrapper):
+        return [(w, q, v, layer._weight_name(w.name)) for w, q, v in layer._weight_vars]
+    return []
+
+
+def _user_layer(layer):
+    """The user's layer inside a wrapper (tfmot's or ours), or the layer itself."""
+    if isinstance(layer, quantize_wrapper.QuantizeWrapper):
+        return layer.layer
+    if _compat.is_keras3(layer):
+        from tf_bitpruning.keras3 import layers as k3
+        return k3.user_layer(layer)
+    return layer
+
+
 def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
     """Every tensor of ``model`` quantized with a learned bitlength, in layer order."""
     if not getattr(model, "built", False):
@@ -97,7 +118,7 @@ def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
     activations: Dict[str, QuantizedTensor] = {}
     result: List[QuantizedTensor] = []
     for layer in model.layers:
-        user_name = layer.layer.name if isinstance(layer, quantize_wrapper.QuantizeWrapper) else layer.name
+        user_name = _user_layer(layer).name
         owned = [(q, v) for q, v in _activation_tensors(layer) if isinstance(q, BitlengthQuantizer)]
         if owned:
             quantizer, variables = owned[-1]
@@ -105,20 +126,18 @@ def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
                 f"{user_name}/activations", user_name, "activations", quantizer, variables,
                 _output_elements(layer), wrapper=layer.name)
 
-        weights = []
-        if isinstance(layer, quantize_wrapper.QuantizeWrapper):
-            weights = [(w, q, v) for w, q, v in layer._weight_vars if isinstance(q, BitlengthQuantizer)]
+        weights = [(w, q, v, attr) for w, q, v, attr in _weight_tensors(layer)
+                   if isinstance(q, BitlengthQuantizer)]
         if weights:
             producer = _producer(layer)
             while producer is not None and producer.name not in activations:
                 producer = _producer(producer)
             source = activations.get(producer.name) if producer is not None else None
-            out = layer.get_output_shape_at(0)
+            out = _output_shape(layer)
             positions = _output_elements(layer) // max(int(out[-1]), 1)
-            for w, q, v in weights:
-                attr = layer._weight_name(w.name)
+            for w, q, v, attr in weights:
                 name = f"{user_name}/weights" if len(weights) == 1 else f"{user_name}/{attr}"
-                elements = int(w.shape.num_elements())
+                elements = int(np.prod(w.shape))
                 result.append(QuantizedTensor(name, user_name, "weights", q, v, elements,
                                               elements * positions, source, layer.name, attr, w))
         if layer.name in activations:
@@ -228,7 +247,7 @@ class BitLoss(tf.Module):
         Returns whether anything changed: the model's functions must then be traced again."""
         changed = False
         for t, bits in zip(self.tensors, self.anneal_bits):
-            q, key = t.quantizer, t.bits_variable.ref()
+            q, key = t.quantizer, variable_key(t.bits_variable)
             current = (q.anneal or {}).get(key)
             if enabled and not q.frozen:
                 if current is None or current[1] is not bits:
@@ -322,6 +341,8 @@ def attach_bit_loss(model: keras.Model, regularization: float, weighting: str = 
     loss = BitLoss(tensors, regularization, weighting)
     # Not a Keras attribute: λ must not show up in model.weights / get_weights().
     object.__setattr__(model, "_bitprune_loss", loss)
+    if _compat.is_keras3(model):
+        return loss  # a BitPrunedModel: its `losses` property adds it, its save keeps the variables
     model._track_trackable(loss, name="bit_loss")
     model.add_loss(loss)
     return loss

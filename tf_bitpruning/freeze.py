@@ -10,7 +10,7 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
 
-from tf_bitpruning import costs
+from tf_bitpruning import _compat, costs
 from tf_bitpruning.api import bitprune_scope
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.quantizers import ActivationBitQuantizer, BitlengthQuantizer
@@ -121,9 +121,15 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
                                                       name=layer.name)
         return layer.__class__.from_config(layer.get_config())
 
-    with bitprune_scope():
-        frozen = keras.models.clone_model(model, clone_function=clone)
-    _copy_weights(model, frozen)
+    if _compat.is_keras3(model):
+        from tf_bitpruning.keras3 import api as keras3_api
+        frozen = keras3_api.clone_frozen(
+            model, lambda config, name: _freeze_config(config, freeze_ranges and name not in uncalibrated),
+            lambda quantizer, name: _frozen(quantizer, freeze_ranges and name not in uncalibrated))
+    else:
+        with bitprune_scope():
+            frozen = keras.models.clone_model(model, clone_function=clone)
+        _copy_weights(model, frozen)
     twins = dict(zip(tensors, costs.quantized_tensors(frozen)))
     _assign_bits(twins, start)
     if target_bits is not None:

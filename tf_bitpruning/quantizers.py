@@ -18,7 +18,27 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow_model_optimization.quantization.keras import quantizers as tfmot_quantizers
 
-from tf_bitpruning import quant_ops
+from tf_bitpruning import _compat, quant_ops
+
+
+def variable_key(variable) -> Any:
+    """A hashable key of a tf/tf_keras variable or a Keras 3 variable (its TF variable)."""
+    return variable.ref() if hasattr(variable, "ref") else variable.value.ref()
+
+
+def _add_variable(layer, name: str, shape, value: float, trainable: bool, constraint=None):
+    """A float32 variable of ``layer`` (tf_keras or Keras 3) that mixed precision never
+    casts (like BatchNormalization's statistics: autocast to float16 the bitlength would
+    clash with the float32 quantizer math and move in steps of ~0.005 bits), averaged
+    across replicas."""
+    if _compat.is_keras3(layer):
+        import keras as keras3
+        return layer.add_weight(name=name, shape=shape, initializer=keras3.initializers.Constant(value),
+                                trainable=trainable, constraint=constraint, aggregation="mean",
+                                autocast=False)
+    return layer.add_weight(name, shape=shape, initializer=keras.initializers.Constant(value),
+                            constraint=constraint, trainable=trainable,
+                            aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
 
 
 class _ClipParam(keras.constraints.Constraint):
@@ -70,18 +90,9 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
 
     def _build_bits(self, tensor_shape, name: str, layer) -> tf.Variable:
         k = self.bits_lr_multiplier
-        return layer.add_weight(
-            f"{name}_bits",
-            shape=self.bits_shape(tensor_shape),
-            initializer=keras.initializers.Constant(self.init_bits / k),
-            constraint=_ClipParam(self.min_bits / k, self.max_bits / k),
-            trainable=not self.frozen,
-            aggregation=tf.VariableAggregation.MEAN,
-            # Stay float32 under a mixed_float16 policy, like BatchNormalization's
-            # statistics: autocast to float16 they would clash with the float32
-            # quantizer math and round n to steps of ~0.005 bits.
-            experimental_autocast=False,
-        )
+        return _add_variable(layer, f"{name}_bits", self.bits_shape(tensor_shape), self.init_bits / k,
+                             trainable=not self.frozen,
+                             constraint=_ClipParam(self.min_bits / k, self.max_bits / k))
 
     def bitlength(self, weights: Dict[str, tf.Variable]) -> tf.Tensor:
         """The real-valued bitlength ``n`` (integer once frozen)."""
@@ -91,7 +102,7 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
             return tf.round(param * k)
         n = param + tf.stop_gradient((k - 1.0) * param)
         n = tf.clip_by_value(n, float(self.min_bits), float(self.max_bits))
-        pair = self.anneal.get(weights["bits"].ref()) if self.anneal else None
+        pair = self.anneal.get(variable_key(weights["bits"])) if self.anneal else None
         if pair is not None:
             # n slides to its integer as the weight goes 0 -> 1; so does the blend.
             weight, integer = pair
@@ -216,10 +227,7 @@ class ActivationBitQuantizer(BitlengthQuantizer):
 
     def build(self, tensor_shape, name, layer):
         def range_var(suffix):
-            return layer.add_weight(
-                f"{name}_{suffix}", shape=(), initializer=keras.initializers.Zeros(),
-                trainable=False, aggregation=tf.VariableAggregation.MEAN,
-                experimental_autocast=False)
+            return _add_variable(layer, f"{name}_{suffix}", (), 0.0, trainable=False)
 
         return {"bits": self._build_bits(tensor_shape, name, layer),
                 "min": range_var("min"), "max": range_var("max")}

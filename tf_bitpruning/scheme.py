@@ -55,6 +55,9 @@ _KERNEL_LAYERS: Dict[str, Tuple[Dict[str, Tuple[int, ...]], bool]] = {
     "SeparableConv2D": ({"depthwise_kernel": (2, 3), "pointwise_kernel": (-1,)}, True),
 }
 
+# Keras 3 names some kernels differently: class -> {tf_keras attribute: Keras 3 attribute}.
+_KERAS3_KERNEL_ATTRS: Dict[str, Dict[str, str]] = {"DepthwiseConv2D": {"depthwise_kernel": "kernel"}}
+
 _OUTPUT_LAYERS = frozenset({
     "ReLU", "LeakyReLU", "BatchNormalization", "Add", "Subtract", "Multiply", "Average",
     "Maximum", "Minimum", "Concatenate", "AveragePooling1D", "AveragePooling2D",
@@ -192,8 +195,9 @@ class BitPruneQuantizeRegistry(quantize_registry.QuantizeRegistry):
         if kind in _KERNEL_LAYERS:
             kernels, per_channel_scale = _KERNEL_LAYERS[kind]
             base = self.weight_quantizer.get_config()
+            renames = _KERAS3_KERNEL_ATTRS.get(kind, {}) if _compat.is_keras3(layer) else {}
             for attr, axes in kernels.items():
-                weights[attr] = WeightBitQuantizer.from_config(
+                weights[renames.get(attr, attr)] = WeightBitQuantizer.from_config(
                     dict(base, per_channel_scale=per_channel_scale, channel_axes=list(axes)))
             activation_attrs = ["activation"]
         elif kind == "Activation":

@@ -1,0 +1,190 @@
+"""``bitprune_model`` and ``freeze_bitlengths``' clone for Keras 3 models.
+
+The same decisions as tfmot's ``quantize_apply`` with ``BitPruneQuantizeScheme``:
+the registry gives each layer its config, an output quantizer is dropped where
+the only consumer re-quantizes right away, preprocessing after an input runs in
+float with the input quantizer at its end. Only the graph surgery differs: the
+model is re-run layer by layer (``keras.models.clone_model``'s mechanism) with
+wrapped copies of its layers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence
+
+import keras
+
+from tf_bitpruning import _compat as _graph
+from tf_bitpruning import costs, scheme
+from tf_bitpruning.configs import BitPruneQuantizeConfig
+from tf_bitpruning.keras3 import _compat
+from tf_bitpruning.keras3.layers import BitPrunedModel, BitPruneInputQuantizer, BitPruneWrapper
+from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
+
+
+def check_model(model, what: str) -> None:
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{what}: expected a Keras model, got {type(model).__name__}.")
+    if not _compat.is_functional(model):
+        raise ValueError(
+            f"{what}: '{model.name}' is a subclassed model ({type(model).__name__}); only Sequential and "
+            f"functional models can be bit-pruned. Rebuild it with the functional API "
+            f"(keras.Input -> layers -> keras.Model).")
+    if not model.built:
+        raise ValueError(f"{what}: model '{model.name}' is not built. Give it an input shape "
+                         f"(keras.Input(shape)) or call model.build(input_shape).")
+    graph = _compat.functional_graph(model)
+    for op in _compat.graph_operations(graph):
+        if isinstance(op, keras.Model):
+            raise ValueError(
+                f"{what}: model '{model.name}' contains nested model '{op.name}'. Quantizing a model "
+                f"inside a model is not supported; flatten it first, for example by calling the inner "
+                f"model's layers directly in one functional model.")
+        if not isinstance(op, keras.layers.Layer):
+            raise ValueError(
+                f"{what}: model '{model.name}' calls the op '{op.name}' ({type(op).__name__}) on a "
+                f"symbolic tensor; under Keras 3 only layers can be bit-pruned. Use the layer "
+                f"(keras.layers.Add, Multiply, Activation, ...) instead.")
+
+
+def _clone(layer) -> keras.layers.Layer:
+    return layer.__class__.from_config(layer.get_config())
+
+
+def _configs(graph, registry, skip: set, quantize_inputs: bool):
+    """``{layer name: config}`` for the layers to wrap, and the inputs whose own
+    quantizer moves to the end of their preprocessing chain."""
+    layers = [op for op in _compat.graph_operations(graph)]
+    annotated = {layer.name: {} for layer in layers
+                 if layer.name not in skip and not scheme.is_pass_through(layer)
+                 and scheme.builtin_kind(layer) not in scheme._PASS_THROUGH_LAYERS}
+    configs: Dict[str, BitPruneQuantizeConfig] = {}
+    chained_inputs = set()
+    for layer in layers:
+        if scheme.builtin_kind(layer) != "InputLayer":
+            continue
+        chain = scheme._preprocessing_chain(layer, annotated)
+        if chain:
+            chained_inputs.add(layer.name)
+            for i, link in enumerate(chain):
+                config = registry.get_quantize_config(link)
+                last = i == len(chain) - 1 and quantize_inputs
+                configs[link.name] = config if last else config.replace(quantize_output=False)
+    for layer in layers:
+        if layer.name not in annotated or layer.name in configs:
+            continue
+        consumers = _graph.consumers(layer)
+        quantize_outputs = not (len(consumers) == 1 and scheme._requantizes(consumers[0], layer)
+                                and consumers[0].name in annotated)
+        configs[layer.name] = registry.get_quantize_config(layer, quantize_outputs=quantize_outputs)
+    return configs, chained_inputs
+
+
+def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
+                   skip_layers: Sequence[str], weight_quantizer: WeightBitQuantizer,
+                   activation_quantizer: ActivationBitQuantizer, quantize_inputs: bool) -> BitPrunedModel:
+    """A bit-pruned copy of a Keras 3 Sequential or functional model (see module doc)."""
+    check_model(model, "bitprune_model")
+    graph = _compat.functional_graph(model)
+    layers = _compat.graph_operations(graph)
+    skip = set(skip_layers)
+    unknown = skip - {layer.name for layer in layers}
+    if unknown:
+        raise ValueError(f"bitprune_model: skip_layers names no layer of the model: {sorted(unknown)}.")
+    registry = scheme.BitPruneQuantizeRegistry(weight_quantizer, activation_quantizer)
+    problems = [f"  - '{layer.name}' ({type(layer).__name__}): {registry.unsupported_reason(layer)}"
+                for layer in layers if layer.name not in skip and registry.unsupported_reason(layer)]
+    if problems:
+        raise ValueError(
+            "bitprune_model: these layers cannot be bit-pruned automatically:\n" + "\n".join(problems)
+            + "\nLeave them in float with skip_layers=[...names...].")
+    configs, chained = _configs(graph, registry, skip, quantize_inputs)
+    return _rebuild(model, graph, lambda layer: configs.get(layer.name), chained if quantize_inputs else None,
+                    lambda: activation_quantizer, regularization, weighting)
+
+
+def _rebuild(model, graph, config_of: Callable[[keras.layers.Layer], Optional[BitPruneQuantizeConfig]],
+             skip_input_quantizer: Optional[set], input_quantizer: Callable[[], ActivationBitQuantizer],
+             regularization: float, weighting: str) -> BitPrunedModel:
+    """Re-runs ``graph`` with every layer cloned, wrapped where ``config_of`` gives a
+    config, and an input quantizer after each input (none if ``skip_input_quantizer``
+    is None; not after the inputs it names); copies the weights and attaches the bit loss."""
+    new_inputs, entry = [], []
+    for x in graph.inputs:
+        name = x._keras_history.operation.name
+        inp = keras.Input(batch_shape=x.shape, dtype=x.dtype, name=name)
+        new_inputs.append(inp)
+        quantize = skip_input_quantizer is not None and name not in skip_input_quantizer
+        entry.append(BitPruneInputQuantizer(input_quantizer())(inp) if quantize else inp)
+    clones: Dict[str, keras.layers.Layer] = {}
+
+    def operation_fn(layer):
+        if layer.name not in clones:
+            config = config_of(layer)
+            clones[layer.name] = BitPruneWrapper(_clone(layer), config) if config is not None else _clone(layer)
+        return clones[layer.name]
+
+    outputs = _compat.run_through_graph(graph, entry, operation_fn)
+    result = BitPrunedModel(new_inputs, outputs, name=model.name)
+    for layer in _compat.graph_operations(graph):
+        target = clones.get(layer.name)
+        if target is not None:
+            inner = target.layer if isinstance(target, BitPruneWrapper) else target
+            inner.set_weights(layer.get_weights())
+    costs.attach_bit_loss(result, regularization, weighting)
+    return result
+
+
+def clone_frozen(model: BitPrunedModel, freeze: Callable[[BitPruneQuantizeConfig, str], BitPruneQuantizeConfig],
+                 freeze_quantizer: Callable[[ActivationBitQuantizer, str], ActivationBitQuantizer]) -> BitPrunedModel:
+    """A copy of a bit-pruned Keras 3 model with each wrapper's config passed through
+    ``freeze(config, layer name)`` and each input quantizer's through
+    ``freeze_quantizer``; every variable (weights, bitlengths, ranges) copied by name.
+    The caller attaches the bit loss."""
+    graph = _compat.functional_graph(model)
+    input_quantizers = {}
+    ops = _compat.graph_operations(graph)
+    for i, x in enumerate(graph.inputs):
+        consumers = [op for op in ops if isinstance(op, BitPruneInputQuantizer)
+                     and any(t is x for t in op._inbound_nodes[0].input_tensors)]
+        input_quantizers[i] = (BitPruneInputQuantizer(freeze_quantizer(consumers[0].quantizer, consumers[0].name),
+                                                      name=consumers[0].name) if consumers else None)
+    # Input quantizers are layers of the graph too: re-run them as their frozen twins.
+    frozen_inputs = {q.name: q for q in input_quantizers.values() if q is not None}
+
+    def config_of(layer):
+        return freeze(layer.quantize_config, layer.name) if isinstance(layer, BitPruneWrapper) else None
+
+    clones: Dict[str, keras.layers.Layer] = {}
+
+    def operation_fn(layer):
+        if layer.name in frozen_inputs:
+            return frozen_inputs[layer.name]
+        if layer.name not in clones:
+            if isinstance(layer, BitPruneWrapper):
+                inner = layer.layer.__class__.from_config(layer.inner_config())
+                clones[layer.name] = BitPruneWrapper(inner, config_of(layer), name=layer.name)
+            else:
+                clones[layer.name] = _clone(layer)
+        return clones[layer.name]
+
+    new_inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x._keras_history.operation.name)
+                  for x in graph.inputs]
+    outputs = _compat.run_through_graph(graph, new_inputs, operation_fn)
+    result = BitPrunedModel(new_inputs, outputs, name=model.name)
+    for layer in ops:
+        target = clones.get(layer.name) or frozen_inputs.get(layer.name)
+        if target is not None:
+            _copy_variables(layer, target)
+    return result
+
+
+def _copy_variables(source: keras.layers.Layer, target: keras.layers.Layer) -> None:
+    """Copies every variable by its path within the layer (a bitlength that turns
+    non-trainable moves in the layer's variable order)."""
+    by_path = {v.path.split("/", 1)[-1]: v for v in source.variables}
+    for v in target.variables:
+        key = v.path.split("/", 1)[-1]
+        if key not in by_path:
+            raise ValueError(f"Layer '{target.name}': no variable '{key}' in the source layer to copy.")
+        v.assign(by_path[key])
