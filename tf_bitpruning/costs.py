@@ -101,6 +101,14 @@ def _weight_tensors(layer) -> List[tuple]:
     return []
 
 
+def is_input_quantizer(layer) -> bool:
+    """Whether ``layer`` quantizes a model input (tfmot's ``QuantizeLayer`` or ours)."""
+    if _compat.is_keras3(layer):
+        from tf_bitpruning.keras3 import layers as k3
+        return isinstance(layer, k3.BitPruneInputQuantizer)
+    return isinstance(layer, tfmot_quantize_layer.QuantizeLayer)
+
+
 def _user_layer(layer):
     """The user's layer inside a wrapper (tfmot's or ours), or the layer itself."""
     if isinstance(layer, quantize_wrapper.QuantizeWrapper):

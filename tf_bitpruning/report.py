@@ -19,10 +19,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import tf_keras as keras
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
 
-from tf_bitpruning import costs
+from tf_bitpruning import _compat, costs
+from tf_bitpruning.scheme import builtin_kind
 
 KB_BITS = 8.0 * 1024.0
 # hls4ml's names for the kernels of layers with several (SeparableConv*).
@@ -38,13 +37,12 @@ def _max_abs(variable) -> float:
 
 
 def _input_layer_names(model: keras.Model) -> Dict[str, str]:
-    """QuantizeLayer name -> the name of the model input it quantizes (for hls4ml)."""
+    """Input quantizer name -> the name of the model input it quantizes (for hls4ml)."""
     names = {}
     for layer in model.layers:
-        if isinstance(layer, tfmot_quantize_layer.QuantizeLayer) and layer._inbound_nodes:
-            inbound = layer._inbound_nodes[0].inbound_layers
-            inbound = inbound[0] if isinstance(inbound, (list, tuple)) and inbound else inbound
-            if isinstance(inbound, keras.layers.InputLayer):
+        if costs.is_input_quantizer(layer):
+            inbound = _compat.producer(layer)
+            if inbound is not None and builtin_kind(inbound) == "InputLayer":
                 names[layer.name] = inbound.name
     return names
 
@@ -53,11 +51,10 @@ def _float_parameters(model: keras.Model) -> int:
     """Parameters of the model that are not quantized kernels (biases, BN, float layers)."""
     total = 0
     for layer in model.layers:
-        if isinstance(layer, quantize_wrapper.QuantizeWrapper):
-            kernels = {id(weight) for weight, _, _ in layer._weight_vars}
-            total += sum(int(w.shape.num_elements()) for w in layer.layer.weights if id(w) not in kernels)
-        elif not isinstance(layer, tfmot_quantize_layer.QuantizeLayer):
-            total += sum(int(w.shape.num_elements()) for w in layer.weights)
+        if costs.is_input_quantizer(layer):
+            continue
+        kernels = {id(weight) for weight, *_ in costs._weight_tensors(layer)}
+        total += sum(int(np.prod(w.shape)) for w in costs._user_layer(layer).weights if id(w) not in kernels)
     return total
 
 

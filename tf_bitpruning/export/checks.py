@@ -16,8 +16,12 @@ class ExportError(RuntimeError):
 
 def check_frozen(model: keras.Model) -> List[costs.QuantizedTensor]:
     """The model's quantized tensors; raises unless every bitlength is frozen."""
-    from tf_bitpruning import api
-    api._check_model(model, "export_tflite")
+    from tf_bitpruning import _compat, api
+    if _compat.is_keras3(model):
+        from tf_bitpruning.keras3.api import check_model
+        check_model(model, "export_tflite")
+    else:
+        api._check_model(model, "export_tflite")
     tensors = costs.quantized_tensors(model)
     if not tensors:
         raise ValueError(f"export_tflite: model '{model.name}' has no learned bitlengths. Make it with "

@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_bitpruning._compat import is_keras3
 from tf_bitpruning._files import write_atomic
 from tf_bitpruning.export import metadata as _metadata
 from tf_bitpruning.export.checks import ExportError, check_frozen, check_full_integer
@@ -99,6 +100,10 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     Returns:
       The precision metadata written to the file (see :mod:`.metadata`).
     """
+    if is_keras3(model):
+        from tf_bitpruning.keras3.bridge import to_tf_keras
+        check_frozen(model)
+        model = to_tf_keras(model)  # the same layers, weights and grids, for the one pipeline
     tensors = check_frozen(model)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))

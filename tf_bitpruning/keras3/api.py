@@ -109,13 +109,19 @@ def _rebuild(model, graph, config_of: Callable[[keras.layers.Layer], Optional[Bi
     """Re-runs ``graph`` with every layer cloned, wrapped where ``config_of`` gives a
     config, and an input quantizer after each input (none if ``skip_input_quantizer``
     is None; not after the inputs it names); copies the weights and attaches the bit loss."""
-    new_inputs, entry = [], []
+    new_inputs, entry, count = [], [], 0
     for x in graph.inputs:
         name = x._keras_history.operation.name
         inp = keras.Input(batch_shape=x.shape, dtype=x.dtype, name=name)
         new_inputs.append(inp)
-        quantize = skip_input_quantizer is not None and name not in skip_input_quantizer
-        entry.append(BitPruneInputQuantizer(input_quantizer())(inp) if quantize else inp)
+        if skip_input_quantizer is not None and name not in skip_input_quantizer:
+            # tfmot's names: quantize_layer, quantize_layer_1, ...
+            quantizer = BitPruneInputQuantizer(input_quantizer(),
+                                               name="quantize_layer" + (f"_{count}" if count else ""))
+            entry.append(quantizer(inp))
+            count += 1
+        else:
+            entry.append(inp)
     clones: Dict[str, keras.layers.Layer] = {}
 
     def operation_fn(layer):
