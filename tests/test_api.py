@@ -121,12 +121,17 @@ def test_per_channel_bitlengths():
 
 # --- errors -------------------------------------------------------------------
 
-def test_keras3_model_is_rejected_clearly():
+def test_keras3_models_take_bitprune_model_not_the_tfmot_api():
+    """bitprune_model takes Keras 3 models (tests/test_keras3.py); the tfmot-style
+    annotate/apply API stays tf_keras-only and says what to call instead."""
     import keras as keras3
 
     model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
-    with pytest.raises(TypeError, match="tf_keras"):
-        tfbp.bitprune_model(model)
+    assert sorted(tfbp.bitlengths(tfbp.bitprune_model(model))) == [
+        "dense/activations", "dense/weights", "quantize_layer/activations"]
+    for call in (tfbp.bitprune_annotate_model, tfbp.bitprune_apply):
+        with pytest.raises(TypeError, match="Keras 3.*bitprune_model"):
+            call(model)
 
 
 def test_subclassed_model_is_rejected():

@@ -1,0 +1,225 @@
+"""The same workflow under both Kerases: tf_keras (through tfmot) and Keras 3 (our wrapper).
+
+Every test runs on the same model, built with each Keras: bit-pruning, the budget
+callback, budget-exact freezing, fine-tuning, the report, saving and loading
+(h5 for tf_keras, ``.keras`` for Keras 3) and TFLite export with LiteRT agreement.
+Keras 3-only behaviour (its errors, the export twin) is tested at the end.
+"""
+
+import os
+
+import keras as keras3
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+import tf_bitpruning as tfbp
+from tf_bitpruning import costs
+
+KERASES = {"tf_keras": tf_keras, "keras3": keras3}
+TARGET = 4.0
+
+
+def cnn(keras):
+    """Conv-BN-ReLU, a depthwise conv with a fused relu, max pooling, a Dense classifier."""
+    L = keras.layers
+    inputs = keras.Input((8, 8, 1))
+    x = L.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
+    x = L.ReLU()(L.BatchNormalization()(x))
+    y = L.DepthwiseConv2D(3, padding="same", activation="relu")(x)
+    x = L.Add()([x, y])
+    x = L.Flatten()(L.MaxPooling2D()(x))
+    return keras.Model(inputs, L.Dense(10)(x))
+
+
+def _loss(keras):
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+class Run:
+    """One Keras' pass through the workflow, shared by the tests of that Keras."""
+
+    def __init__(self, name, digits):
+        keras = KERASES[name]
+        keras.utils.set_random_seed(0)
+        xtr, ytr, xte, yte = digits
+        self.keras, self.xte, self.yte = keras, xte, yte
+        self.float = cnn(keras)
+        self.bp = tfbp.bitprune_model(self.float, regularization=0.05, bits_lr_multiplier=20.0)
+        self.initial = tfbp.bitlengths(self.bp)
+        self.bp.compile(keras.optimizers.Adam(3e-3), _loss(keras), metrics=["accuracy"])
+        self.history = self.bp.fit(xtr, ytr, epochs=6, batch_size=64, verbose=0,
+                                   callbacks=[tfbp.BitBudget(target_bits=TARGET)])
+        self.learned = tfbp.bitlengths(self.bp)
+        self.frozen = tfbp.freeze_bitlengths(self.bp, target_bits=TARGET - 0.5)
+        self.frozen.compile(keras.optimizers.Adam(5e-4), _loss(keras), metrics=["accuracy"])
+        self.before = self.frozen.evaluate(xtr, ytr, verbose=0)[0]
+        self.frozen.fit(xtr, ytr, epochs=2, batch_size=64, verbose=0)
+        self.after = self.frozen.evaluate(xtr, ytr, verbose=0)[0]
+
+
+@pytest.fixture(scope="module")
+def runs(digits):
+    return {name: Run(name, digits) for name in KERASES}
+
+
+@pytest.fixture(params=list(KERASES))
+def run(request, runs):
+    return runs[request.param]
+
+
+def test_same_tensors_under_both_kerases(runs):
+    """The same registry and layout: the same tensors are quantized, starting at 8 bits."""
+    names = [list(r.initial) for r in runs.values()]
+    assert names[0] == names[1]
+    assert set(runs["keras3"].initial.values()) == {8.0}
+    # BN is folded into the conv (no output quantizer), the Add's output is quantized.
+    assert "batch_normalization/activations" not in names[0] and "add/activations" in names[0]
+
+
+def test_bit_loss_is_part_of_the_loss(run):
+    (bit_loss,) = [loss for loss in run.bp.losses]
+    expected = float(costs.get_bit_loss(run.bp).regularization.numpy()) * tfbp.average_bits(run.bp)
+    assert float(bit_loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_budget_met_with_integer_bits(run):
+    """BitBudget anneals to integers at or under its target (uniform weighting)."""
+    assert tfbp.average_bits(run.bp) <= TARGET + 1e-6
+    assert all(float(b).is_integer() for b in run.learned.values())
+    assert "avg_bits" in run.history.history and "bit_lambda" in run.history.history
+
+
+def test_freeze_meets_its_target_and_fine_tunes(run):
+    bits = tfbp.bitlengths(run.frozen)
+    assert tfbp.average_bits(run.frozen) <= TARGET - 0.5 + 1e-6
+    # Within one tensor-step of the target: freezing lowers only what it must.
+    assert tfbp.average_bits(run.frozen) >= TARGET - 0.5 - 1.0 / len(bits) - 1e-6
+    assert all(t.quantizer.frozen for t in costs.quantized_tensors(run.frozen))
+    assert not any("bits" in v.name for v in run.frozen.trainable_weights)
+    assert run.after < run.before  # fine-tuning at fixed bitlengths lowers the training loss
+
+
+def test_report_and_summary(run):
+    report = tfbp.precision_report(run.frozen)
+    assert [row["layer"] for row in report["rows"]][:2] == ["quantize_layer", "conv2d"]
+    lines = []
+    tfbp.summary(run.frozen, print_fn=lines.append)
+    text = "\n".join(lines)
+    assert "depthwise_conv2d" in text and "frozen" in text
+    # Float parameters: the depthwise bias, BN's four vectors and the Dense bias (kernels are quantized).
+    assert f"{16 + 4 * 16 + 10:,}" in text.splitlines()[-1]
+
+
+def test_save_and_load_round_trip(run, tmp_path):
+    if run.keras is keras3:
+        path = str(tmp_path / "frozen.keras")
+        run.frozen.save(path)
+        loaded = keras3.saving.load_model(path)
+    else:
+        path = str(tmp_path / "frozen.h5")
+        tfbp.save_model(run.frozen, path)
+        loaded = tfbp.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(run.xte, verbose=0), run.frozen.predict(run.xte, verbose=0))
+    assert tfbp.bitlengths(loaded) == tfbp.bitlengths(run.frozen)
+    old, new = costs.get_bit_loss(run.frozen), costs.get_bit_loss(loaded)
+    assert float(new.regularization.numpy()) == float(old.regularization.numpy())
+    assert (new.weighting, new.kind) == (old.weighting, old.kind)
+
+
+def test_learning_phase_model_round_trips_in_keras3_format(runs, tmp_path):
+    """A model still learning (real bitlengths, annealing state) saves and loads exactly."""
+    bp = runs["keras3"].bp
+    path = str(tmp_path / "bp.keras")
+    bp.save(path)
+    loaded = keras3.saving.load_model(path)
+    assert type(loaded).__name__ == "BitPrunedModel"
+    np.testing.assert_array_equal(loaded.predict(runs["keras3"].xte, verbose=0),
+                                  bp.predict(runs["keras3"].xte, verbose=0))
+    # Not bit-equal: fit ends routing n through its integer; the reloaded model reads the
+    # parameter the integer was written into (n / k, times k again: one float32 rounding).
+    assert tfbp.bitlengths(loaded) == pytest.approx(tfbp.bitlengths(bp), rel=1e-6)
+    assert float(costs.get_bit_loss(loaded).anneal_weight.numpy()) == float(
+        costs.get_bit_loss(bp).anneal_weight.numpy())
+
+
+def test_export_agrees_in_litert(run, tmp_path):
+    from tests.litert_run import output_step, run_tflite
+    from tests.tflite_checks import top1_agreement
+
+    path = str(tmp_path / "model.tflite")
+    info = tfbp.export_tflite(run.frozen, path)
+    precision = tfbp.read_precision(path)
+    assert precision == info["layers"]
+    assert {f"{layer}/{kind}": bits for layer, kinds in precision.items() for kind, bits in kinds.items()} \
+        == tfbp.bitlengths(run.frozen)
+    got, ref = run_tflite(path, run.xte), run.frozen.predict(run.xte, verbose=0)
+    agreement = top1_agreement(got, ref, output_step(path))
+    assert agreement.rate >= 0.995, agreement
+    # The output grid is a few bits wide, so many top-2 pairs sit within two steps
+    # (ties, not counted); enough examples must be decided for the rate to mean something.
+    assert agreement.decided >= len(ref) // 3, agreement
+    assert agreement.off_grid_rate <= 0.1, agreement
+
+
+# -- Keras 3 only ---------------------------------------------------------------------------------------
+
+def test_twin_computes_what_the_keras3_model_computes(runs):
+    """The exporter's tf_keras twin has the same weights and grids: the same outputs."""
+    from tf_bitpruning.keras3.bridge import to_tf_keras
+
+    frozen = runs["keras3"].frozen
+    twin = to_tf_keras(frozen)
+    np.testing.assert_allclose(twin.predict(runs["keras3"].xte, verbose=0),
+                               frozen.predict(runs["keras3"].xte, verbose=0), atol=1e-5)
+    assert tfbp.bitlengths(twin) == tfbp.bitlengths(frozen)
+
+
+def test_keras3_errors_name_the_problem():
+    L = keras3.layers
+    inputs = keras3.Input((4,))
+    with_op = keras3.Model(inputs, L.Dense(2)(keras3.ops.square(inputs)))
+    with pytest.raises(ValueError, match="square.*only layers"):
+        tfbp.bitprune_model(with_op)
+
+    class Sub(keras3.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="subclassed"):
+        tfbp.bitprune_model(Sub())
+    inner = keras3.Sequential([keras3.Input((4,)), L.Dense(2)])
+    with pytest.raises(ValueError, match="nested"):
+        tfbp.bitprune_model(keras3.Model(inputs, inner(inputs)))
+    with pytest.raises(TypeError, match="Keras 3.*bitprune_model"):
+        tfbp.bitprune_annotate_layer(L.Dense(2))
+    with pytest.raises(ValueError, match="skip_layers names no layer"):
+        tfbp.bitprune_model(keras3.Sequential([keras3.Input((4,)), L.Dense(2)]), skip_layers=["nope"])
+
+
+def test_keras3_sequential_and_skip_layers():
+    L = keras3.layers
+    model = keras3.Sequential([keras3.Input((6,)), L.Dense(8, activation="relu", name="hidden"),
+                               L.Dense(3, activation="softmax", name="head")])
+    bp = tfbp.bitprune_model(model, skip_layers=["head"])
+    assert sorted(tfbp.bitlengths(bp)) == ["hidden/activations", "hidden/weights", "quantize_layer/activations"]
+    x = np.random.RandomState(0).rand(4, 6).astype("float32")
+    np.testing.assert_allclose(bp.predict(x, verbose=0).sum(axis=1), 1.0, rtol=1e-5)  # softmax head kept
+
+
+def test_keras3_tensorboard_histograms(digits, tmp_path):
+    xtr, ytr, _, _ = digits
+    keras3.utils.set_random_seed(0)
+    bp = tfbp.bitprune_model(cnn(keras3))
+    bp.compile(keras3.optimizers.Adam(1e-3), _loss(keras3))
+    log_dir = str(tmp_path / "logs")
+    bp.fit(xtr[:256], ytr[:256], epochs=1, batch_size=64, verbose=0,
+           callbacks=[tfbp.BitBudget(target_bits=6.0, log_dir=log_dir), keras3.callbacks.TensorBoard(log_dir)])
+    tags = set()
+    for root, _, files in os.walk(os.path.join(log_dir, "bitpruning")):
+        for f in files:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(root, f)):
+                tags.update(v.tag for v in event.summary.value)
+    assert {"bits_histogram/weights", "bits_histogram/activations", "avg_bits"} <= tags
+    assert os.path.isdir(os.path.join(log_dir, "train"))  # Keras 3's own callback beside it
