@@ -223,3 +223,36 @@ def test_keras3_tensorboard_histograms(digits, tmp_path):
                 tags.update(v.tag for v in event.summary.value)
     assert {"bits_histogram/weights", "bits_histogram/activations", "avg_bits"} <= tags
     assert os.path.isdir(os.path.join(log_dir, "train"))  # Keras 3's own callback beside it
+
+
+def test_keras3_save_model_and_load_model(runs, tmp_path):
+    """tfbp.save_model/load_model take Keras 3 models in .keras files, atomically."""
+    frozen = runs["keras3"].frozen
+    path = str(tmp_path / "m.keras")
+    with pytest.raises(ValueError, match="'.keras'"):
+        tfbp.save_model(frozen, str(tmp_path / "m.h5"))
+    assert os.listdir(tmp_path) == []
+    tfbp.save_model(frozen, path)
+    assert sorted(os.listdir(tmp_path)) == ["m.keras"]  # no temporary file left behind
+    loaded = tfbp.load_model(path, regularization=0.5)
+    assert float(costs.get_bit_loss(loaded).regularization.numpy()) == 0.5
+    np.testing.assert_array_equal(loaded.predict(runs["keras3"].xte, verbose=0),
+                                  frozen.predict(runs["keras3"].xte, verbose=0))
+    with pytest.raises(ValueError, match="weighting='uniform'.*'memory'"):
+        tfbp.load_model(path, weighting="memory")
+
+
+def test_keras3_layers_are_registered_for_a_plain_load(tmp_path):
+    """A fresh process loads a bit-pruned .keras file after `import tf_bitpruning` alone."""
+    import subprocess
+    import sys
+
+    bp = tfbp.bitprune_model(keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2, name="head")]))
+    path = str(tmp_path / "bp.keras")
+    bp.save(path)
+    code = ("import keras, tf_bitpruning as tfbp; m = keras.saving.load_model(%r); "
+            "print(type(m).__name__, sorted(tfbp.bitlengths(m)))" % path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(tfbp.__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "BitPrunedModel ['head/activations', 'head/weights', 'quantize_layer/activations']" in out.stdout

@@ -19,6 +19,8 @@ from tf_bitpruning.callbacks import BitBudget
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.costs import average_bits, bitlengths
 from tf_bitpruning.export import export_tflite, load_model, read_precision, save_model
+# Keras 3 (import keras): registers its layers, so keras.saving.load_model finds them.
+from tf_bitpruning import keras3
 from tf_bitpruning.freeze import freeze_bitlengths
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 from tf_bitpruning.report import precision_report, summary
@@ -40,6 +42,7 @@ __all__ = [
     "bitprune_model",
     "bitprune_scope",
     "export_tflite",
+    "keras3",
     "freeze_bitlengths",
     "load_model",
     "precision_report",

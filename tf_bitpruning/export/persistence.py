@@ -19,19 +19,27 @@ What survives where (tf_keras 2.21, tfmot 0.8.1):
 - The Keras v3 ``.keras`` format saves but cannot load tfmot quantize wrappers
   (their quantizer variables are tracked under two paths: "Layer 'quantize_layer'
   expected 7 variables, but received 4"); :func:`save_model` and
-  :func:`load_model` refuse it with a message pointing to SavedModel.
+  :func:`load_model` refuse it for tf_keras models with a message pointing to SavedModel.
+- **Keras 3** bit-pruned models save in Keras 3's own ``.keras`` format, which keeps
+  everything, the bit loss's λ, weighting, kind and annealing state included
+  (``BitPrunedModel``'s config and own variables): ``model.save("m.keras")`` and
+  ``keras.saving.load_model`` round-trip it exactly; :func:`save_model` and
+  :func:`load_model` do the same, :func:`save_model` atomically.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
+import zipfile
 from typing import Dict, Optional
 
 import tf_keras as keras
 
-from tf_bitpruning import costs
+from tf_bitpruning import _compat, costs
+from tf_bitpruning._files import write_atomic
 from tf_bitpruning.api import bitprune_scope
 
 _KERAS_V3_HELP = (
@@ -64,6 +72,9 @@ def save_model(model: keras.Model, path, **kwargs) -> None:
 
     An h5 file also gets the bit loss's λ, weighting and kind (a SavedModel keeps them
     by itself), which :func:`load_model` restores."""
+    if _compat.is_keras3(model):
+        _save_keras3(model, path, **kwargs)
+        return
     if _is_keras_v3(path):
         raise ValueError(f"save_model('{os.fspath(path)}'): {_KERAS_V3_HELP}")
     model.save(path, **kwargs)
@@ -75,6 +86,44 @@ def save_model(model: keras.Model, path, **kwargs) -> None:
                   "weighting": bit_loss.weighting, "kind": bit_loss.kind}
         with h5py.File(os.fspath(path), "a") as f:
             f.attrs[H5_BIT_LOSS_ATTR] = json.dumps(record)
+
+
+def _save_keras3(model, path, **kwargs) -> None:
+    """``model.save`` into a temporary file, then an atomic replace of ``path``."""
+    path = os.fspath(path)
+    if not _is_keras_v3(path):
+        raise ValueError(f"save_model('{path}'): a Keras 3 model is saved in Keras 3's own format; "
+                         f"give a path that ends in '.keras'.")
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        model.save(tmp, **kwargs)
+        with open(tmp, "rb") as f:
+            write_atomic(path, f.read())
+    finally:
+        os.remove(tmp)
+
+
+def _keras_version_of_archive(path) -> Optional[str]:
+    """The Keras version that wrote a ``.keras`` archive (None if it is not one)."""
+    try:
+        with zipfile.ZipFile(os.fspath(path)) as archive:
+            return str(json.loads(archive.read("metadata.json")).get("keras_version", ""))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _load_keras3(path, regularization, weighting, kind, compile: bool):
+    import keras as keras3
+
+    model = keras3.saving.load_model(path, compile=compile)
+    existing = costs.get_bit_loss(model)
+    if existing is not None:
+        _restore(model, None, weighting, kind, {})  # an explicit weighting/kind must agree
+        if regularization is not None:
+            costs.check_regularization(regularization)
+            existing.regularization.assign(float(regularization))
+    return model
 
 
 def _restored_bit_loss(model):
@@ -179,14 +228,19 @@ def _restore(model, regularization, weighting, kind, saved: Dict[str, object]):
 
 def load_model(path, regularization: Optional[float] = None, weighting: Optional[str] = None,
                kind: Optional[str] = SAVED, compile: bool = True) -> keras.Model:
-    """Loads a SavedModel directory or h5 file of a bit-pruned model and re-attaches
-    its bit loss with the saved λ, weighting and kind (see :func:`restore_bit_loss`).
+    """Loads a SavedModel directory or h5 file of a bit-pruned tf_keras model and
+    re-attaches its bit loss with the saved λ, weighting and kind (see
+    :func:`restore_bit_loss`); or a Keras 3 ``.keras`` file (which keeps all of them;
+    ``regularization`` then replaces the saved λ).
 
     An h5 file that :func:`save_model` did not write keeps none of them: λ defaults
     to 0 (the model predicts and fine-tunes but does not prune further) and the
     weighting to ``"uniform"``, with a warning unless ``regularization`` or
     ``weighting`` is given."""
     if _is_keras_v3(path):
+        version = _keras_version_of_archive(path)
+        if version is not None and version.startswith("3"):
+            return _load_keras3(path, regularization, weighting, kind, compile)
         raise ValueError(f"load_model('{os.fspath(path)}'): {_KERAS_V3_HELP}")
     with bitprune_scope():
         model = keras.models.load_model(path, compile=compile)
