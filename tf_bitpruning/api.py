@@ -49,7 +49,7 @@ def _check_model(model, what: str) -> None:
 
 # bitprune_apply's keyword options and their defaults (also what bitprune_model takes under Keras 3).
 _APPLY_DEFAULTS = dict(weight_bits=(2, 8), activation_bits=(1, 8), init_bits=None, bits_lr_multiplier=10.0,
-                       per_channel_bits=False, quantize_inputs=True)
+                       per_channel_bits=False, quantize_inputs=True, weight_clip="max")
 
 
 def bitprune_annotate_layer(to_annotate: keras.layers.Layer,
@@ -132,7 +132,8 @@ def _check_bits(what: str, bits: Tuple[int, int], lowest: int) -> Tuple[int, int
 def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: str = "uniform", *,
                    weight_bits: Tuple[int, int] = (2, 8), activation_bits: Tuple[int, int] = (1, 8),
                    init_bits: Optional[float] = None, bits_lr_multiplier: float = 10.0,
-                   per_channel_bits: bool = False, quantize_inputs: bool = True) -> keras.Model:
+                   per_channel_bits: bool = False, quantize_inputs: bool = True,
+                   weight_clip: str = "max") -> keras.Model:
     """Turns an annotated model into a bit-pruned one (tfmot's ``quantize_apply``
     with :class:`BitPruneQuantizeScheme`) and attaches the bit loss.
 
@@ -146,6 +147,9 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
       bits_lr_multiplier: bitlengths learn this many times faster than weights.
       per_channel_bits: one bitlength per output channel of every kernel.
       quantize_inputs: give the model inputs a learned-bitlength quantizer.
+      weight_clip: the top of every weight grid, ``"max"`` (``max|w|``, the
+        paper's min-max) or ``"mse"`` (the clip with the least squared error at
+        each integer bitlength; much better at 2–3 bits), see ``WeightBitQuantizer``.
 
     Returns:
       A new tf_keras model; compile and fit it as usual.
@@ -153,12 +157,12 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
     _check_model(model, "bitprune_apply")
     costs.check_regularization(regularization)
     costs.check_weighting(weighting)
-    _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits)
+    _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip)
     if not any(isinstance(layer, tfmot_annotate.QuantizeAnnotate) for layer in model.layers):
         raise ValueError("bitprune_apply: no layer is annotated. Call tfbp.bitprune_annotate_model(model) "
                          "first, or use tfbp.bitprune_model(model) which does both.")
     scheme = BitPruneQuantizeScheme(
-        *_quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits),
+        *_quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip),
         quantize_inputs=quantize_inputs)
     with bitprune_scope():
         quantized = _tfq.quantize_apply(model, scheme)
@@ -166,14 +170,15 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
     return quantized
 
 
-def _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits):
+def _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip="max"):
     """The weight and activation quantizer templates of ``bitprune_apply``'s options (checked)."""
     w_lo, w_hi = _check_bits("weight_bits", weight_bits, 2)
     a_lo, a_hi = _check_bits("activation_bits", activation_bits, 1)
     for what, lo, hi in (("weight_bits", w_lo, w_hi), ("activation_bits", a_lo, a_hi)):
         if init_bits is not None and not lo <= float(init_bits) <= hi:
             raise ValueError(f"init_bits={init_bits} is outside {what}=({lo}, {hi}).")
-    return (WeightBitQuantizer(w_lo, w_hi, init_bits, bits_lr_multiplier, per_channel_bits=per_channel_bits),
+    return (WeightBitQuantizer(w_lo, w_hi, init_bits, bits_lr_multiplier, per_channel_bits=per_channel_bits,
+                               clip=weight_clip),
             ActivationBitQuantizer(a_lo, a_hi, init_bits, bits_lr_multiplier))
 
 
@@ -203,7 +208,7 @@ def bitprune_model(to_prune: keras.Model, regularization: float = 0.05, weightin
             raise TypeError(f"bitprune_model: unexpected options {sorted(unknown)}.")
         weights, activations = _quantizers(options["weight_bits"], options["activation_bits"],
                                            options["init_bits"], options["bits_lr_multiplier"],
-                                           options["per_channel_bits"])
+                                           options["per_channel_bits"], options["weight_clip"])
         return keras3_api.bitprune_model(to_prune, regularization, weighting, skip_layers=skip_layers,
                                          weight_quantizer=weights, activation_quantizer=activations,
                                          quantize_inputs=options["quantize_inputs"])

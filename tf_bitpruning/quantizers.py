@@ -150,6 +150,10 @@ class WeightBitQuantizer(BitlengthQuantizer):
       channel_axes: the kernel axes that index output channels (``(-1,)`` for
         Dense/Conv, ``(2, 3)`` for DepthwiseConv2D).
       frozen: one fixed integer quantizer, bitlength not trainable.
+      clip: the top of the grid: ``"max"`` (``max|w|``, min-max as the paper and
+        the spec) or ``"mse"`` (per channel or tensor and per integer bitlength, the
+        clip value with the least squared error, :func:`quant_ops.mse_clip`; much
+        better at 2–3 bits, exported exactly the same way).
 
     >>> q = WeightBitQuantizer(init_bits=3)
     """
@@ -159,13 +163,16 @@ class WeightBitQuantizer(BitlengthQuantizer):
     def __init__(self, min_bits: int = 2, max_bits: int = 8, init_bits: Optional[float] = None,
                  bits_lr_multiplier: float = 10.0, per_channel_scale: bool = False,
                  per_channel_bits: bool = False, channel_axes: Sequence[int] = (-1,),
-                 frozen: bool = False):
+                 frozen: bool = False, clip: str = "max"):
         if int(min_bits) < 2:
             raise ValueError(f"WeightBitQuantizer: min_bits must be >= 2 (2 bits is ternary), got {min_bits}.")
         super().__init__(min_bits, max_bits, init_bits, bits_lr_multiplier, frozen)
         self.per_channel_scale = bool(per_channel_scale)
         self.per_channel_bits = bool(per_channel_bits)
         self.channel_axes = tuple(int(a) for a in channel_axes)
+        if clip not in quant_ops.WEIGHT_CLIPS:
+            raise ValueError(f"WeightBitQuantizer: clip must be one of {quant_ops.WEIGHT_CLIPS}, got {clip!r}.")
+        self.clip = clip
 
     def _axes(self, rank: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
         channel = tuple(sorted(a % rank for a in self.channel_axes))
@@ -183,6 +190,13 @@ class WeightBitQuantizer(BitlengthQuantizer):
     def build(self, tensor_shape, name, layer):
         return {"bits": self._build_bits(tensor_shape, name, layer)}
 
+    def clip_value(self, w, bits, reduce_axes=None, w_max=None) -> tf.Tensor:
+        """The grid's top level at integer ``bits`` (the scale is it over ``2^(b-1) - 1``):
+        ``max|w|`` (``w_max`` if known), or with ``clip="mse"`` the least-error clip."""
+        if self.clip == "mse":
+            return quant_ops.mse_clip(w, bits, reduce_axes, w_max)
+        return quant_ops.max_abs(w, reduce_axes) if w_max is None else w_max
+
     def __call__(self, inputs, training, weights, **kwargs):
         x = tf.cast(inputs, tf.float32)
         reduce_axes = None
@@ -192,7 +206,7 @@ class WeightBitQuantizer(BitlengthQuantizer):
         w_max = quant_ops.max_abs(x, reduce_axes)  # once, shared by both integer quantizers
 
         def quantize_int(b):
-            return quant_ops.quantize_weights_int(x, b, reduce_axes, w_max)
+            return quant_ops.quantize_weights_int(x, b, reduce_axes, self.clip_value(x, b, reduce_axes, w_max))
 
         return tf.cast(self._quantize(x, quantize_int, weights), inputs.dtype)
 
@@ -201,6 +215,8 @@ class WeightBitQuantizer(BitlengthQuantizer):
         config.update(per_channel_scale=self.per_channel_scale,
                       per_channel_bits=self.per_channel_bits,
                       channel_axes=list(self.channel_axes))
+        if self.clip != "max":  # the default config stays what it was
+            config.update(clip=self.clip)
         return config
 
 

@@ -132,8 +132,9 @@ def weight_export(quantizer: WeightBitQuantizer, variables, weight: tf.Variable,
     per_channel = quantizer.per_channel_scale or quantizer.per_channel_bits or fold is not None
     axes = reduce if (quantizer.per_channel_scale or quantizer.per_channel_bits) else None
     b = tf.constant(bits.astype(np.float32))
-    kernel = _np(quant_ops.quantize_weights_int(w, b, axes))
-    scale = _np(quant_ops.weight_scale(w, b, axes)).astype(np.float64)
+    top = quantizer.clip_value(w, b, axes)  # max|w|, or the clip of clip="mse"
+    kernel = _np(quant_ops.quantize_weights_int(w, b, axes, top))
+    scale = _np(quant_ops.weight_scale(w, b, axes, top)).astype(np.float64)
     levels = 2.0 ** (bits.astype(np.float64) - 1.0) - 1.0
     multiplier = np.ones_like(levels) if code_limit is None else \
         2.0 ** np.maximum(np.floor(np.log2(code_limit / levels)), 0.0)
