@@ -131,3 +131,31 @@ def test_bit_budget_rejects_bad_anneal(anneal):
 def test_bit_budget_accepts_the_ends_of_the_range():
     assert tfbp.BitBudget(target_bits=1).target_bits == 1.0
     assert tfbp.BitBudget(target_bits=16.0).target_bits == 16.0
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "memory"])
+def test_per_channel_bitlengths_fill_the_budget_one_channel_at_a_time(weighting):
+    """Per-channel bitlengths: after whole-tensor steps, single channels go back up
+    into what is left, so the average ends within one channel's step of the target
+    (a whole kernel is a far coarser step), each channel at or under its rounding."""
+    bp = tfbp.bitprune_model(small_cnn(), per_channel_bits=True)
+    rng = np.random.default_rng(3)
+    for t in costs.quantized_tensors(bp):
+        n = rng.uniform(2.2, 6.8, size=t.bits_variable.shape).astype(np.float32)
+        t.bits_variable.assign(n / t.quantizer.bits_lr_multiplier)
+    bp(rng.uniform(0, 1, (32, 8, 8, 1)).astype(np.float32), training=True)
+    tensors = costs.quantized_tensors(bp)
+    ceil = {t.name: np.ceil(t.quantizer.bitlength(t.variables).numpy() - 1e-3) for t in tensors}
+    # The largest single-channel step of the average: one channel of a kernel, one bit.
+    total = sum(t.elements for t in tensors) if weighting == "memory" else len(tensors)
+    step = max((t.elements / t.bits_variable.shape[-1] if weighting == "memory" else 1.0 / t.bits_variable.shape[-1])
+               for t in tensors if t.kind == "weights") / (total if weighting == "memory" else 1.0)
+    step /= 1.0 if weighting == "memory" else len(tensors)
+    top = tfbp.average_bits(tfbp.freeze_bitlengths(bp), weighting=weighting)
+    for target in (top - 0.37, top - 1.13):
+        frozen = tfbp.freeze_bitlengths(bp, target_bits=target, weighting=weighting)
+        avg = tfbp.average_bits(frozen, weighting=weighting)
+        assert target - step - 1e-6 <= avg <= target + 1e-6, (target, avg, step)
+        for t in costs.quantized_tensors(frozen):
+            bits = t.quantizer.bitlength(t.variables).numpy()
+            assert np.all(bits == np.round(bits)) and np.all(bits <= ceil[t.name])

@@ -322,7 +322,8 @@ class BitBudget(keras.callbacks.Callback):
                 set_bits(t, None)
             self._bit_loss.anneal_weight.assign(1.0)  # the integer model
             cost = rounding.output_change_cost(outputs, reference, set_bits)
-        bits = rounding.fit_budget(self._tensors, start, self.target_bits, self.weighting, self.kind, cost)
+        bits = rounding.fit_budget(self._tensors, start, self.target_bits, self.weighting, self.kind, cost,
+                                   learned=learned)
         for t in self._tensors:
             set_bits(t, bits[t])
 

@@ -75,7 +75,8 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
         (``weighting``, ``kind``) ends at or below it. Starting from ``rounding``,
         tensors are lowered one integer (one ``allowed_bits`` level) at a time,
         cheapest first per bit saved, until the average fits; then lowered
-        tensors whose step back up still fits are raised, most costly first.
+        tensors whose step back up still fits are raised, most costly first, then
+        (per-channel bitlengths) single channels, into what is left of the budget.
         The cost of a tensor at ``b`` bits (others as rounded) is, with
         ``calibration_data``, the mean squared change of the model's outputs on
         that data against the learned model's outputs; without it, the growth
@@ -143,7 +144,8 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
                 else output_change_cost(model_outputs(frozen, calibration_data),
                                         model_outputs(model, calibration_data)(),
                                         lambda t, b: _assign_bits(twins, {t: start[t] if b is None else b})))
-        _assign_bits(twins, fit_budget(tensors, start, target_bits, weighting, kind, cost, allowed_bits))
+        _assign_bits(twins, fit_budget(tensors, start, target_bits, weighting, kind, cost, allowed_bits,
+                                       learned=learned))
     old = costs.get_bit_loss(model)
     if old is not None:
         costs.attach_bit_loss(frozen, float(old.regularization.numpy()), old.weighting)

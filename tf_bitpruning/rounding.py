@@ -5,7 +5,8 @@ to a budget.
 ``"round"``), snapped up into ``allowed_bits``. :func:`fit_budget` starts from
 that rounding and lowers tensors one allowed step at a time, cheapest first,
 until the model's weighted average is at or below the target; then it raises
-back, most costly first, every step that still fits.
+back, most costly first, every step that still fits, whole tensors first and
+then, for per-channel bitlengths, single channels.
 """
 
 from __future__ import annotations
@@ -94,6 +95,27 @@ def _step(bits: np.ndarray, levels: List[int], direction: int, limit: Optional[n
     return None if np.array_equal(out, bits) else out.astype(np.float32)
 
 
+def _channel_steps(bits: np.ndarray, levels: List[int], limit: np.ndarray, order: Optional[np.ndarray],
+                   count: int) -> List[np.ndarray]:
+    """Per-channel bitlengths with one channel one allowed level up (at most to
+    ``limit``): the first ``count`` in ``order`` (descending; e.g. how far the learned
+    bitlength lies above the current one; else channel order) of those that can move."""
+    up = _step(bits, levels, +1, limit=limit)
+    if up is None:
+        return []
+    flat, top = bits.reshape(-1), np.broadcast_to(up, bits.shape).reshape(-1)
+    movable = np.flatnonzero(top > flat)
+    if order is not None:
+        key = np.broadcast_to(order, bits.shape).reshape(-1)[movable]
+        movable = movable[np.argsort(-key, kind="stable")]
+    out = []
+    for i in movable[:count]:
+        b = flat.copy()
+        b[i] = top[i]
+        out.append(b.reshape(bits.shape).astype(np.float32))
+    return out
+
+
 def average(tensors: Sequence[costs.QuantizedTensor], assignment: Assignment,
             weighting: str, kind: Optional[str]) -> float:
     """The weighted average bitlength with every tensor at its assigned bits."""
@@ -103,15 +125,22 @@ def average(tensors: Sequence[costs.QuantizedTensor], assignment: Assignment,
 
 def fit_budget(tensors: Sequence[costs.QuantizedTensor], start: Assignment, target_bits: float,
                weighting: str, kind: Optional[str], cost: CostFn,
-               allowed_bits: Optional[List[int]] = None) -> Assignment:
+               allowed_bits: Optional[List[int]] = None, learned: Optional[Assignment] = None,
+               channel_candidates: int = 8) -> Assignment:
     """Integer bitlengths with a weighted average ``<= target_bits``.
 
     From ``start`` (e.g. every bitlength rounded up) it repeatedly lowers the
     tensor whose next lower level costs least per bit of average saved, until the
     average fits; then it raises, most costly first, any lowered tensor whose
-    step back up still fits. ``cost(t, bits)`` is how much worse the model gets
-    with ``t`` at ``bits`` and every other tensor at ``start``. Only the tensors
-    the budget covers (``kind``; for ``"bops"`` all kernels and their inputs) move.
+    step back up still fits. Per-channel bitlengths then fill what is left of the
+    budget one channel at a time (a whole big tensor is a coarse step: one kernel
+    of the digits CNN is ~0.45 bit of its memory-weighted average): of each
+    tensor's ``channel_candidates`` channels furthest below their ``learned``
+    bitlength (the first ones without ``learned``), the one with the largest gain
+    per bit of average spent goes up, while one fits. ``cost(t, bits)`` is how
+    much worse the model gets with ``t`` at ``bits`` and every other tensor at
+    ``start``. Only the tensors the budget covers (``kind``; for ``"bops"`` all
+    kernels and their inputs) move.
     """
     chosen = [t for t in tensors if t in start]
     movable = chosen if weighting == "bops" else costs._select(chosen, kind)
@@ -186,6 +215,28 @@ def fit_budget(tensors: Sequence[costs.QuantizedTensor], start: Assignment, targ
             gain = cost_of(t, bits[t]) - cost_of(t, higher[0])
             if best is None or gain > best[0]:
                 best = (gain, t, higher[0])
+        if best is None:
+            break
+        apply(best[1], best[2])
+
+    while True:  # per-channel bitlengths: single channels into what is left
+        total = avg.total(v)
+        now = avg.finish(total)
+        slope = avg.slopes(v)
+        best = None
+        for t in movable:
+            if np.size(bits[t]) < 2:
+                continue
+            i = avg.index[t]
+            order = None if learned is None else np.asarray(learned[t], np.float32) - bits[t]
+            for higher in _channel_steps(bits[t], levels[t], start[t], order, channel_candidates):
+                after = avg.finish(total + slope[i] * (float(np.mean(higher)) - v[i]))
+                spent = after - now
+                if after > target_bits + _TARGET_TOLERANCE or spent <= 0:
+                    continue
+                gain = (cost_of(t, bits[t]) - cost_of(t, higher)) / spent
+                if best is None or gain > best[0]:
+                    best = (gain, t, higher)
         if best is None:
             return bits
         apply(best[1], best[2])
