@@ -256,3 +256,50 @@ def test_keras3_layers_are_registered_for_a_plain_load(tmp_path):
                          env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(tfbp.__file__))))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "BitPrunedModel ['head/activations', 'head/weights', 'quantize_layer/activations']" in out.stdout
+
+
+def test_keras3_layer_kinds_export_and_agree(digits, tmp_path):
+    """Keras 3 layers of every kind the registry knows, through the whole pipeline:
+    preprocessing, swish/gelu/sigmoid inside kernels, separable and depthwise convs,
+    BN, relu6/hard_sigmoid/gelu Activations, squeeze-excite (Multiply), padding,
+    concatenation, pooling, reshape. The twin must compute exactly what the Keras 3
+    model computes (hard_sigmoid differs between the Kerases: Keras 3's is kept)."""
+    from tests.litert_run import output_step, run_tflite
+    from tests.tflite_checks import top1_agreement
+    from tf_bitpruning.keras3.bridge import to_tf_keras
+
+    xtr, ytr, xte, _ = digits
+
+    def up(x):  # 16x16 RGB in [0, 255]
+        return np.repeat(np.kron(x, np.ones((1, 2, 2, 1))), 3, axis=-1).astype("float32") * 255.0
+
+    xtr, xte = up(xtr), up(xte)
+    keras3.utils.set_random_seed(0)
+    L = keras3.layers
+    inputs = keras3.Input((16, 16, 3))
+    x = L.Rescaling(1 / 255.0)(inputs)
+    x = L.Conv2D(8, 3, padding="same", activation="swish")(x)
+    a = L.Activation("relu6")(L.BatchNormalization()(L.SeparableConv2D(8, 3, padding="same")(x)))
+    b = L.Activation("hard_sigmoid")(L.DepthwiseConv2D(3)(L.ZeroPadding2D(1)(x)))
+    se = L.Conv2D(8, 1, activation="sigmoid")(L.GlobalAveragePooling2D(keepdims=True)(a))
+    x = L.AveragePooling2D(2)(L.Concatenate()([L.Multiply()([a, se]), b]))
+    x = L.Activation("gelu")(L.Conv2D(4, 1, activation="gelu")(x))
+    x = L.Reshape((-1,))(L.MaxPooling2D(4)(x))
+    model = keras3.Model(inputs, L.Dense(10)(x))
+    bp = tfbp.bitprune_model(model, regularization=0.02)
+    assert "rescaling/activations" in tfbp.bitlengths(bp) and "quantize_layer/activations" not in tfbp.bitlengths(bp)
+    bp.compile(keras3.optimizers.Adam(3e-3), _loss(keras3))
+    bp.fit(xtr, ytr, epochs=4, batch_size=64, verbose=0, callbacks=[tfbp.BitBudget(target_bits=5.0)])
+    frozen = tfbp.freeze_bitlengths(bp)
+    frozen.compile(keras3.optimizers.Adam(3e-4), _loss(keras3))
+    frozen.fit(xtr, ytr, epochs=1, batch_size=64, verbose=0)
+    ref = frozen.predict(xte, verbose=0)
+    np.testing.assert_allclose(to_tf_keras(frozen).predict(xte, verbose=0), ref, atol=1e-5)
+    path = str(tmp_path / "zoo.tflite")
+    # The float intermediates (swish's and SeparableConv's inner tensors, hard_sigmoid's
+    # internals) have no learned grid: the converter calibrates them at 8 bits.
+    tfbp.export_tflite(frozen, path, representative_dataset=xtr[:128])
+    agreement = top1_agreement(run_tflite(path, xte), ref, output_step(path))
+    # Four epochs leave a low-bit output grid with many top-2 pairs within two steps
+    # (ties, not counted): every decided one must agree, and there must be some.
+    assert agreement.rate >= 0.995 and agreement.decided >= len(ref) // 10, agreement

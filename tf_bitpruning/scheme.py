@@ -118,8 +118,9 @@ def builtin_kind(layer, exact: bool = True) -> Optional[str]:
 
 def _activation_name(activation) -> str:
     name = getattr(activation, "__name__", type(activation).__name__)
-    if name == "silu" and getattr(activation, "__module__", "").startswith("keras."):
-        return "swish"  # Keras 3 calls swish silu; tfmot's quantize-aware activation knows "swish"
+    if getattr(activation, "__module__", "").startswith("keras."):
+        # Keras 3's names of swish and hard swish; tfmot and this registry know them as these.
+        return {"silu": "swish", "hard_silu": "hard_swish"}.get(name, name)
     return name
 
 

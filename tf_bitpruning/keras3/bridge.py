@@ -14,6 +14,7 @@ import inspect
 from typing import Any, Dict
 
 import keras
+import numpy as np
 import tf_keras
 
 from tf_bitpruning import costs, scheme
@@ -24,6 +25,9 @@ from tf_bitpruning.quantizers import ActivationBitQuantizer
 from tf_bitpruning.scheme import BitPruneQuantizeScheme
 
 _BASE_KEYS = {"name", "trainable", "dtype"}
+# Activations that tf_keras lacks or computes otherwise (hard_sigmoid: 0.2x + 0.5 there,
+# x/6 + 1/2 in Keras 3): the twin calls Keras 3's function (TensorFlow ops under its backend).
+_KERAS3_ACTIVATIONS = frozenset({"hard_sigmoid", "hard_silu", "hard_swish"})
 
 
 def _dtype_name(dtype: Any) -> Any:
@@ -44,7 +48,26 @@ def _tf_keras_layer(class_name: str, config: Dict[str, Any]):
             and not k.endswith(("_initializer", "_regularizer", "_constraint"))}
     if "dtype" in kept:
         kept["dtype"] = _dtype_name(kept["dtype"])
+    if isinstance(kept.get("activation"), str) and kept["activation"] in _KERAS3_ACTIVATIONS:
+        kept["activation"] = _keras3_activation(kept["activation"])
     return cls.from_config(kept)
+
+
+def _keras3_activation(name: str):
+    """Keras 3's activation ``name`` as a tf_keras-serializable function (tfmot clones
+    layers through their configs), named as the registry knows it."""
+    fn = keras.activations.get(name)
+    registry_name = {"hard_silu": "hard_swish"}.get(fn.__name__, fn.__name__)
+    key = f"tf_bitpruning_keras3>{registry_name}"
+    registered = tf_keras.utils.get_custom_objects().get(key)
+    if registered is not None:
+        return registered
+
+    def activation(x):
+        return fn(x)
+
+    activation.__name__ = activation.__qualname__ = registry_name
+    return tf_keras.utils.register_keras_serializable("tf_bitpruning_keras3", registry_name)(activation)
 
 
 def _tf_keras_config(config: BitPruneQuantizeConfig, class_name: str) -> BitPruneQuantizeConfig:
@@ -98,20 +121,52 @@ def to_tf_keras(model: keras.Model) -> tf_keras.Model:
     if loss is not None:
         costs.attach_bit_loss(twin, float(loss.regularization.numpy()), loss.weighting).kind = loss.kind
     _copy_quantizer_state(model, twin)
+    # Inputs at the scales models take (normalized, and raw pixels before a Rescaling).
+    rng = np.random.RandomState(0)
+    probe = [np.concatenate([scale * rng.standard_normal((4,) + tuple(x.shape[1:])) for scale in (1, 16, 128)])
+             .astype(x.dtype) for x in graph.inputs]
+    check_twin(model, twin, probe if len(probe) > 1 else probe[0])
     return twin
 
 
 def _copy_quantizer_state(model, twin) -> None:
-    """Bitlengths and ranges of every quantized tensor, in inventory order (the same
-    configs give the same tensors; input quantizers may be named apart)."""
-    source, target = costs.quantized_tensors(model), costs.quantized_tensors(twin)
-    inputs = {layer.name for layer in list(model.layers) + list(twin.layers) if costs.is_input_quantizer(layer)}
-    mismatch = [(s.name, t.name) for s, t in zip(source, target)
-                if s.kind != t.kind or (s.name != t.name and not {s.layer, t.layer} <= inputs)]
-    if len(source) != len(target) or mismatch:
-        raise RuntimeError(f"export: the tf_keras twin of '{model.name}' quantizes other tensors than the Keras 3 "
-                           f"model ({len(source)} vs {len(target)}; first differences {mismatch[:3]}). "
-                           f"Please report this as a bug.")
-    for s, t in zip(source, target):
-        for key, variable in t.variables.items():
-            variable.assign(keras.ops.convert_to_numpy(s.variables[key]))
+    """Bitlengths and ranges of every quantizer, layer by layer: wrappers by name
+    (tfmot's ``quant_<layer>``, as ours), input quantizers in order."""
+    ours = [layer for layer in model.layers if costs.is_input_quantizer(layer) or isinstance(layer, BitPruneWrapper)]
+    theirs = {layer.name: layer for layer in twin.layers}
+    inputs = [layer for layer in twin.layers if costs.is_input_quantizer(layer)]
+    for layer in ours:
+        other = inputs.pop(0) if costs.is_input_quantizer(layer) and inputs else theirs.get(layer.name)
+        pairs = [] if other is None else (
+            list(zip(costs._activation_tensors(layer), costs._activation_tensors(other)))
+            + [((q, v), (q2, v2)) for (_, q, v, _), (_, q2, v2, _) in
+               zip(costs._weight_tensors(layer), costs._weight_tensors(other))])
+        counts = (len(costs._activation_tensors(layer)) + len(costs._weight_tensors(layer)),
+                  len(costs._activation_tensors(other)) + len(costs._weight_tensors(other)) if other else 0)
+        if other is None or counts[0] != counts[1]:
+            raise RuntimeError(f"export: the tf_keras twin of '{model.name}' quantizes layer '{layer.name}' "
+                               f"otherwise than the Keras 3 model ({counts[0]} vs {counts[1]} quantizers). "
+                               f"Please report this as a bug.")
+        for (_, source), (_, target) in pairs:
+            for key, variable in target.items():
+                variable.assign(keras.ops.convert_to_numpy(source[key]))
+
+
+def check_twin(model, twin, inputs) -> None:
+    """Refuses a twin whose outputs differ from the Keras 3 model's on ``inputs`` by more
+    than float rounding can explain (1 % of the output range): a layer the twin rebuilt
+    with other semantics."""
+    ours = [np.asarray(o) for o in _as_list(model(inputs, training=False))]
+    theirs = [np.asarray(o) for o in _as_list(twin(inputs, training=False))]
+    for a, b in zip(ours, theirs):
+        scale = float(np.ptp(a)) or 1.0
+        worst = float(np.max(np.abs(a - b))) / scale
+        if worst > 0.01:
+            raise RuntimeError(
+                f"export: the tf_keras twin of Keras 3 model '{model.name}' computes other outputs "
+                f"(largest difference {worst:.1%} of the output range): some layer has other semantics "
+                f"in tf_keras. Please report this with the model's layer list.")
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
