@@ -11,11 +11,13 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 Split = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def load(name: str = "digits") -> Split:
+def load(name: str = "digits", keras=None) -> Split:
     """``(x_train, y_train, x_test, y_test)``, images in [0, 1] with a channel axis.
 
     ``digits`` (8x8 handwritten digits) ships inside scikit-learn and needs no
-    network; the others are downloaded by ``keras.datasets`` on first use.
+    network; the others are downloaded by ``keras.datasets`` on first use (of
+    ``keras``, the Keras module the example runs with; default tf_keras). The
+    arrays are plain NumPy for either Keras.
     """
     if name == "digits":
         from sklearn.datasets import load_digits
@@ -27,7 +29,8 @@ def load(name: str = "digits") -> Split:
         return xtr, ytr.astype("int32"), xte, yte.astype("int32")
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {DATASETS}.")
-    import tf_keras as keras
+    if keras is None:
+        import tf_keras as keras
 
     try:
         (xtr, ytr), (xte, yte) = getattr(keras.datasets, name).load_data()
