@@ -11,7 +11,7 @@ line with the losses, the bitlengths and every variable of both runs.
 :func:`train` to train the same model under ``MultiWorkerMirroredStrategy``
 (importing this module configures no devices).
 
-Usage: python distribute_run.py [steps] [global_batch]
+Usage: [TFBP_KERAS=3] python distribute_run.py [steps] [global_batch]
 """
 
 import json
@@ -22,7 +22,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+# TFBP_KERAS=3: the same runs with a Keras 3 (import keras) model.
+if os.environ.get("TFBP_KERAS") == "3":
+    import keras  # noqa: E402
+else:
+    import tf_keras as keras  # noqa: E402
 
 import tf_bitpruning as tfbp  # noqa: E402
 
@@ -73,7 +77,8 @@ def train(initial_weights, x, y, batch=BATCH, strategy=None):
         "loss": float(history.history["loss"][-1]),
         "bit_lambda": float(history.history["bit_lambda"][-1]),
         "bits": tfbp.bitlengths(bp),
-        "variables": {v.name: np.asarray(v.numpy(), np.float64).ravel().tolist() for v in bp.variables},
+        "variables": {getattr(v, "path", v.name): np.asarray(v.numpy(), np.float64).ravel().tolist()
+                      for v in bp.variables},
         "predictions": np.asarray(probs, np.float64).ravel().tolist(),
     }
 

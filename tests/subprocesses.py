@@ -13,9 +13,10 @@ ROOT = HERE.parent
 TIMEOUT_S = 600  # per process: a stuck one (e.g. a worker waiting for a dead peer) is killed
 
 
-def start(script: str, *args) -> subprocess.Popen:
-    """Starts ``python tests/<script> args...`` with the repository on PYTHONPATH."""
-    env = dict(os.environ)
+def start(script: str, *args, env_extra=None) -> subprocess.Popen:
+    """Starts ``python tests/<script> args...`` with the repository on PYTHONPATH
+    (and the variables of ``env_extra`` set)."""
+    env = dict(os.environ, **(env_extra or {}))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return subprocess.Popen([sys.executable, str(HERE / script), *map(str, args)], stdout=subprocess.PIPE,

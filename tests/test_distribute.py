@@ -31,7 +31,8 @@ STEPS, BATCH = 6, 32
 @pytest.fixture(scope="module")
 def all_runs():
     """The MirroredStrategy script and the two multi-worker processes, run at the same time."""
-    procs = [start("distribute_run.py", STEPS, BATCH)]
+    procs = [start("distribute_run.py", STEPS, BATCH),
+             start("distribute_run.py", STEPS, BATCH, env_extra={"TFBP_KERAS": "3"})]
     ports = free_ports(2)
     procs += [start("multiworker_run.py", index, *ports, "--steps", STEPS, "--batch", BATCH)
               for index in range(2)]
@@ -47,9 +48,16 @@ def runs(all_runs):
 
 @pytest.fixture(scope="module")
 def workers(all_runs):
-    for index, (returncode, _, err) in enumerate(all_runs[1:]):
+    for index, (returncode, _, err) in enumerate(all_runs[2:]):
         assert returncode == 0, f"worker {index} failed:\n{err[-4000:]}"
-    return [result for _, result, _ in all_runs[1:]]
+    return [result for _, result, _ in all_runs[2:]]
+
+
+@pytest.fixture(scope="module")
+def keras3_runs(all_runs):
+    returncode, result, err = all_runs[1]
+    assert returncode == 0, err[-4000:]
+    return result
 
 
 def test_two_replicas_really_ran(runs):
@@ -110,3 +118,26 @@ def test_two_workers_train_like_one_device(runs, workers):
     # Mirrored variables: both workers hold exactly the same values.
     assert workers[0]["variables"] == workers[1]["variables"]
     assert workers[0]["bit_lambda"] == workers[1]["bit_lambda"]
+
+
+def test_keras3_mirrored_trains_like_one_device(keras3_runs):
+    """The Keras 3 path (our wrapper, Keras 3's fit) under MirroredStrategy, as above."""
+    single, mirrored = keras3_runs["single"], keras3_runs["mirrored"]
+    assert keras3_runs["replicas"] == 2
+    assert mirrored["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert mirrored["bit_lambda"] == pytest.approx(single["bit_lambda"], rel=1e-4)
+    assert mirrored["bits"] == pytest.approx(single["bits"], abs=1e-5)
+    for name, value in single["variables"].items():
+        np.testing.assert_allclose(mirrored["variables"][name], value, rtol=0, atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(mirrored["predictions"], single["predictions"], rtol=0, atol=1e-5)
+
+
+def test_keras3_trains_like_tf_keras(runs, keras3_runs):
+    """Same model, seed, data and callback: the Keras 3 path computes what tfmot's path does
+    (same quantizer math and placement; the two Kerases' initializers agree at a seed),
+    up to float summation order."""
+    ours, theirs = keras3_runs["single"], runs["single"]
+    assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+    assert ours["bit_lambda"] == pytest.approx(theirs["bit_lambda"], rel=1e-4)
+    assert ours["bits"] == pytest.approx(theirs["bits"], abs=1e-5)
+    np.testing.assert_allclose(ours["predictions"], theirs["predictions"], rtol=0, atol=1e-5)

@@ -303,3 +303,14 @@ def test_keras3_layer_kinds_export_and_agree(digits, tmp_path):
     # Four epochs leave a low-bit output grid with many top-2 pairs within two steps
     # (ties, not counted): every decided one must agree, and there must be some.
     assert agreement.rate >= 0.995 and agreement.decided >= len(ref) // 10, agreement
+
+
+def test_keras3_needs_the_tensorflow_backend_and_a_recent_keras(monkeypatch):
+    model = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
+    monkeypatch.setattr(keras3.backend, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError, match="TensorFlow backend only.*KERAS_BACKEND=tensorflow"):
+        tfbp.bitprune_model(model)
+    monkeypatch.undo()
+    monkeypatch.setattr(keras3, "__version__", "3.9.2")
+    with pytest.raises(RuntimeError, match=r"Keras >= 3\.10.*3\.9\.2"):
+        tfbp.bitprune_model(model)

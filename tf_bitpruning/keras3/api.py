@@ -22,7 +22,25 @@ from tf_bitpruning.keras3.layers import BitPrunedModel, BitPruneInputQuantizer, 
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 
 
+MIN_VERSION = (3, 10)
+
+
+def check_keras() -> None:
+    """Keras 3 must be recent enough and run on the TensorFlow backend (the quantizer
+    math and the exporter are TensorFlow)."""
+    version = tuple(int(p) for p in keras.__version__.split(".")[:2])
+    if version < MIN_VERSION:
+        raise RuntimeError(f"tf_bitpruning needs Keras >= {'.'.join(map(str, MIN_VERSION))} for Keras 3 "
+                           f"models, found {keras.__version__}: pip install -U keras.")
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"tf_bitpruning runs Keras 3 models on the TensorFlow backend only, and Keras is on "
+            f"'{keras.backend.backend()}': set KERAS_BACKEND=tensorflow before importing keras. (The "
+            f"quantizers are TensorFlow ops with a custom gradient, and the export is TFLite.)")
+
+
 def check_model(model, what: str) -> None:
+    check_keras()
     if not isinstance(model, keras.Model):
         raise TypeError(f"{what}: expected a Keras model, got {type(model).__name__}.")
     if not _compat.is_functional(model):
