@@ -21,6 +21,10 @@ from tf_bitpruning.export.plan import Plan, as_depthwise
 
 L = keras.layers
 
+# Layers whose quantized output is computed in float from the model input (the
+# preprocessing that ends in the input quantizer, see scheme.py).
+FLOAT_INPUT = frozenset({"Rescaling", "Normalization"})
+
 
 class ExportActivation:
     """Stands in for tfmot's QuantizeAwareActivation in the export graph."""
@@ -95,7 +99,9 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
         quantizer, variables = _compat.output_quantizer(layer)
         if quantizer is not None:
             spec = plan.act(variables)
-            out = spec(out) if spec is not None else quantizer(out, False, weights=variables)
+            out = (spec(out, plan.lower_bound.get(layer.name), float_input=type(inner).__name__ in FLOAT_INPUT)
+                   if spec is not None
+                   else quantizer(out, False, weights=variables))
         return out
     finally:
         for attr, value in saved.items():
@@ -191,7 +197,7 @@ def run_layer(layer, plan: Plan, args, kwargs):
     if isinstance(layer, _compat.QuantizeLayer) and layer.quantizer is not None:
         spec = plan.act(layer.quantizer_vars)
         if spec is not None:
-            return spec(args[0])
+            return spec(args[0], float_input=True)
     kwargs = dict(kwargs)
     kwargs.pop("training", None)
     return layer(*args, training=False, **kwargs) if _compat.accepts_training(layer) else layer(*args, **kwargs)

@@ -37,13 +37,30 @@ class ActivationExport:
     def hi(self) -> float:
         return self.lo + (2.0 ** self.bits - 1.0) * self.step
 
-    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    def __call__(self, x: tf.Tensor, lower_bound: Optional[float] = None, float_input: bool = False) -> tf.Tensor:
+        """Quantizes ``x`` onto the grid.
+
+        ``lower_bound``: a bound ``x`` is known to respect (no clip op where it is
+        ``>= lo``). ``float_input``: ``x`` is a float tensor of the file (the model
+        input, float preprocessing): it is quantized first and clipped after, in
+        int8 (exact: ``lo`` is a grid point, so clipping commutes with rounding),
+        so that the file's QUANTIZE op rounds it once, onto this grid (a clip
+        first would let calibration data give the input a grid of its own, and
+        round it twice)."""
         nonnegative = getattr(getattr(x, "op", None), "type", None) in ("Relu", "Relu6")
+        if nonnegative:
+            lower_bound = max(0.0, lower_bound if lower_bound is not None else 0.0)
         x = tf.cast(x, tf.float32)
-        if self.bits < 8 and not (nonnegative and self.lo <= 0.0):
+        clip = self.bits < 8 and not (lower_bound is not None and lower_bound >= self.lo)
+        if clip and float_input:
+            x = self._fake_quant(x)
+        if clip:
             # The int8 range ends at the b-bit max (saturation clips there); clip below
             # (not after a ReLU: a second activation would not fuse, leaving a float RELU).
             x = tf.nn.relu(x) if self.lo == 0.0 else tf.maximum(x, self.lo)
+        return self._fake_quant(x)
+
+    def _fake_quant(self, x: tf.Tensor) -> tf.Tensor:
         top = self.hi
         return tf.quantization.fake_quant_with_min_max_vars(
             x, top - 255.0 * self.step, top, num_bits=8, narrow_range=False)

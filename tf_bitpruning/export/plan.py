@@ -57,6 +57,9 @@ def is_linear(activation) -> bool:
     return activation is None or getattr(activation, "__name__", "") == "linear"
 
 
+# Averages: their output is at least the smallest of their inputs' values.
+AVERAGES = (L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D)
+
 # Layers TFLite runs with the output scale of their input (AVERAGE_POOL_2D).
 SAME_SCALE = (L.AveragePooling1D, L.AveragePooling2D)
 
@@ -102,6 +105,15 @@ class Plan:
                 self.bias[layer.name] = (self.fold_into[layer.name] if layer.name in self.fold_into
                                          else inner.bias.numpy().astype(np.float32))
                 self._limit_bias_codes(layer.name)
+        # A global average of values that cannot fall below its learned grid's min (of
+        # ReLU outputs, say) needs no clip op: TFLite would run MEAN on its input's
+        # grid before the clip, rounding twice (graph.run_wrapper).
+        self.lower_bound: Dict[str, float] = {}
+        for layer in model.layers:
+            if _bitpruned(layer):
+                bound = self._lower_bound(layer)
+                if bound is not None:
+                    self.lower_bound[layer.name] = bound
         # TFLite's AVERAGE_POOL_2D keeps its input's scale: for a 'same' pooling the export
         # graph rounds the average onto the input grid first, then requantizes it onto the
         # learned one (a 'valid' one runs as a depthwise conv, exact).
@@ -180,12 +192,31 @@ class Plan:
     def _input_grid(self, layer) -> Optional[ActivationExport]:
         """The b-bit grid of ``layer``'s input, if its producer's output is on one."""
         producers = _compat.producers(layer)
-        while len(producers) == 1 and isinstance(_compat.inner(producers[0]), VALUE_PRESERVING) \
-                and not isinstance(producers[0], _compat.QuantizeLayer):
-            producers = _compat.producers(producers[0])
-        if len(producers) != 1:
+        return self._output_grid(producers[0]) if len(producers) == 1 else None
+
+    def _lower_bound(self, layer) -> Optional[float]:
+        """A lower bound of an average's output (its input grid's min), or None.
+
+        Only where the average really reduces: over one element TFLite drops the
+        MEAN, and a fake quant right after another would be merged into it."""
+        inner = _compat.inner(layer)
+        if not isinstance(inner, AVERAGES):
             return None
-        producer = producers[0]
+        shape = layer.get_input_shape_at(0)
+        spatial = shape[1:-1] if getattr(inner, "data_format", "channels_last") == "channels_last" else shape[2:]
+        if any(d is None for d in spatial) or int(np.prod(spatial)) <= 1:
+            return None
+        grid = self._input_grid(layer)
+        return None if grid is None else grid.lo
+
+    def _output_grid(self, producer) -> Optional[ActivationExport]:
+        """The b-bit grid ``producer``'s output is on (through value-preserving layers), if any."""
+        while isinstance(_compat.inner(producer), VALUE_PRESERVING) \
+                and not isinstance(producer, _compat.QuantizeLayer):
+            producers = _compat.producers(producer)
+            if len(producers) != 1:
+                return None
+            producer = producers[0]
         if isinstance(producer, _compat.QuantizeLayer):
             return self.act(producer.quantizer_vars) if producer.quantizer is not None else None
         if not isinstance(producer, _compat.QuantizeWrapper) or producer.name in self.folded_bn:

@@ -1,0 +1,142 @@
+"""Where a .tflite file and its Keras model part, one source at a time (issue 8).
+
+Each test isolates one place where the exporter used to round a tensor
+differently from Keras, on a tiny model trained a few steps at 5 bits, and checks
+it exactly in integers: LiteRT's own input to the op, run through Keras' math,
+must give LiteRT's output (a step apart only at a grid midpoint), so the checks
+do not depend on the CPU that trained the model.
+
+What is *not* a source here, measured with the same per-layer check on
+keras.applications models (benchmarks/applications.py --trace): residual adds
+and a BatchNormalization after an add or a concatenation (exact). The one
+difference that remains is TFLite's int32 bias grid (input step × weight step,
+made finer by ``fine_bias``): a kernel layer's outputs within ~1e-3 of a step
+from a grid midpoint round the other way, about 1e-4 of them per layer, and
+those one-step flips multiply with depth.
+"""
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+import tf_bitpruning as tfbp
+from tf_bitpruning import costs
+from tf_bitpruning.export import export_tflite
+from tf_bitpruning.export.plan import Plan
+
+Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+L = keras.layers
+
+
+def _rgb(x):
+    return np.repeat(x, 3, axis=-1).astype(np.float32)
+
+
+def _frozen(model, digits, steps=8):
+    """A few Adam steps at 5 bits everywhere (ranges and BN statistics move), frozen."""
+    xtr, ytr = _rgb(digits[0]), digits[1]
+    bp = tfbp.bitprune_model(model, regularization=0.0, init_bits=5.0)
+    bp.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    for i in range(steps):
+        bp.train_on_batch(xtr[32 * i:32 * (i + 1)], ytr[32 * i:32 * (i + 1)])
+    return tfbp.freeze_bitlengths(bp)
+
+
+def _run(path, x):
+    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], x.shape)
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    return it
+
+
+def _ops(it, name):
+    return [op for op in it._get_ops_details() if op["op_name"] == name]
+
+
+def _real(it, index):
+    """A tensor's values and (scale, zero point)."""
+    detail = {d["index"]: d for d in it.get_tensor_details()}[index]
+    scale, zero = detail["quantization"]
+    return (it.get_tensor(index).astype(np.float64) - zero) * scale, scale
+
+
+def _act_spec(frozen, plan, name):
+    layer = frozen.get_layer(name)
+    for t in costs.quantized_tensors(frozen):
+        if t.wrapper == name and t.kind == "activations":
+            return plan.act(t.variables)
+    raise AssertionError(f"no activation quantizer on {name} ({layer})")
+
+
+def test_global_average_pooling_rounds_once_onto_its_grid(digits, tmp_path):
+    """GAP of ReLU outputs: TFLite ran MEAN on its input's (coarser) grid, then a RELU
+    requantized it onto the pooling's grid: two roundings, 80 % of the outputs of a
+    12-block residual stack's pooling off by up to 3 steps. Now MEAN writes the
+    pooling's grid directly: LiteRT's MEAN output is its input's mean rounded once."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.ReLU()(L.Conv2D(16, 3, padding="same")(inputs))
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    frozen = _frozen(keras.Model(inputs, L.Dense(10)(x)), digits)
+    path = tmp_path / "gap.tflite"
+    export_tflite(frozen, path)
+    x = _rgb(digits[2][:64])
+    it = _run(path, x)
+    (mean,) = _ops(it, "MEAN")
+    assert not [op for op in it._get_ops_details() if mean["outputs"][0] in op["inputs"]
+                and op["op_name"] in ("RELU", "MAXIMUM")], "a clip after MEAN rounds a second time"
+    values, in_scale = _real(it, mean["inputs"][0])
+    got, out_scale = _real(it, mean["outputs"][0])
+    spec = _act_spec(frozen, Plan(frozen), "quant_gap")
+    assert np.isclose(out_scale, spec.step, rtol=1e-5), (out_scale, spec.step, in_scale)
+    want = spec.lo + spec.step * np.clip(np.round((values.mean(axis=(1, 2)) - spec.lo) / spec.step),
+                                         0, 2 ** spec.bits - 1)
+    steps = np.abs(got - want) / spec.step
+    assert steps.max() <= 1.0 + 1e-6 and np.mean(steps > 0.5) <= 0.002, (np.mean(steps > 0.5), steps.max())
+
+
+def test_global_average_pooling_of_one_element_keeps_its_requantization(digits, tmp_path):
+    """Over a 1x1 map TFLite drops the MEAN; the pooling's own grid (a requantization of
+    its input) must stay (Keras rounds onto it): the file's next conv reads a tensor
+    on the pooling's grid."""
+    inputs = keras.Input((2, 2, 3))
+    x = L.ReLU()(L.Conv2D(16, 2)(inputs))                  # 1x1
+    x = L.GlobalAveragePooling2D(name="gap", keepdims=True)(x)
+    x = L.Conv2D(10, 1, name="head")(x)
+    frozen = _frozen(keras.Model(inputs, L.Flatten()(x)), [d[:, ::4, ::4] if np.ndim(d) == 4 else d
+                                                           for d in digits])
+    path = tmp_path / "gap1.tflite"
+    export_tflite(frozen, path, fine_bias=False)
+    it = _run(path, _rgb(digits[2][:16, ::4, ::4]))
+    head = [op for op in _ops(it, "CONV_2D") if op["inputs"][1] >= 0][-1]
+    _, scale = _real(it, head["inputs"][0])
+    spec = _act_spec(frozen, Plan(frozen), "quant_gap")
+    assert np.isclose(scale, spec.step, rtol=1e-5), (scale, spec.step)
+
+
+def test_calibration_data_does_not_round_the_input_twice(digits, tmp_path):
+    """With representative_dataset the converter calibrated the float input (to 1/255
+    on [0, 1] digits) and then requantized it onto the learned grid: 3 % of the
+    input elements a step off. Now the file's QUANTIZE writes the learned grid, and the
+    file is the same function with or without calibration data."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.ReLU()(L.Conv2D(8, 3, padding="same")(inputs))
+    frozen = _frozen(keras.Model(inputs, L.Dense(10)(L.Flatten()(x))), digits)
+    plain, calibrated = tmp_path / "plain.tflite", tmp_path / "calibrated.tflite"
+    export_tflite(frozen, plain)
+    export_tflite(frozen, calibrated, representative_dataset=_rgb(digits[0][:64]))
+    x = _rgb(digits[2][:128])
+    outputs = []
+    for path in (plain, calibrated):
+        it = _run(path, x)
+        quantize = _ops(it, "QUANTIZE")[0]
+        assert quantize["inputs"][0] == it.get_input_details()[0]["index"]
+        got, scale = _real(it, quantize["outputs"][0])
+        spec = _act_spec(frozen, Plan(frozen), "quantize_layer")
+        assert np.isclose(scale, spec.step, rtol=1e-5), (path.name, scale, spec.step)
+        want = spec.lo + spec.step * np.clip(np.round((x - spec.lo) / spec.step), 0, 2 ** spec.bits - 1)
+        assert np.mean(np.abs(got.clip(spec.lo) - want) > spec.step / 2) <= 1e-3, path.name
+        outputs.append(it.get_tensor(it.get_output_details()[0]["index"]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
