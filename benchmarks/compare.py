@@ -7,10 +7,14 @@ time (ratio to tfmot 8-bit, one run), ``.tflite`` size and LiteRT latency (ratio
 
 BitPruning: ``BitBudget`` (annealing to integers over the last quarter, the integers chosen on
 256 training inputs), 40 epochs; ``freeze_bitlengths(target_bits=...)``; fine-tuning 10 epochs
-at 3e-4 keeping the epoch best on a held-out sixth of the training data. Every stage's accuracy
-and bits are written per seed (``bitpruning_runs`` in the JSON, the last table of the .md).
+at 3e-4 keeping the epoch best on a held-out sixth of the training data; export to ``.tflite``,
+whose own top-1 on the test set is recorded too. Every stage's accuracy and bits are written per
+seed (``bitpruning_runs`` in the JSON, the last table of the .md). ``--weight_clip=max,mse`` runs
+every budget with both weight grids (``bitprune_model(weight_clip=...)``).
 
     python benchmarks/compare.py                       # writes docs/comparison.{md,json,png}
+    python benchmarks/compare.py --tasks=digits --budgets=2.5,2.75 --uniform_bits=3 --weighting=memory \
+        --per_channel_bits --weight_clip=max,mse --out=docs/comparison_memory
     python benchmarks/compare.py --seeds=1 --quick     # a fast smoke run
 """
 
@@ -38,6 +42,8 @@ flags.DEFINE_enum("weighting", "uniform", ["uniform", "memory", "bops"], "BitBud
 flags.DEFINE_float("anneal", 0.25, "BitBudget(anneal=...): share of the learning phase that slides the bits to integers.")
 flags.DEFINE_bool("exact", True, "Freeze with target_bits (the deployed model is at or under the budget).")
 flags.DEFINE_bool("per_channel_bits", False, "One learned bitlength per output channel (bitprune_model option).")
+flags.DEFINE_list("weight_clip", ["max"], "bitprune_model(weight_clip=...), one BitPruning run per value and "
+                  "budget: max (max|w|, the spec's min-max) and/or mse (the least-squared-error clip).")
 flags.DEFINE_bool("calibrate", True, "Give BitBudget and freeze_bitlengths 256 training inputs as calibration_data.")
 flags.DEFINE_bool("quick", False, "Few epochs, for a smoke run.")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "comparison"), "Output prefix (.md, .json, .png).")
@@ -130,6 +136,20 @@ def _tflite_latency(path, x, n=200):
     return float(np.median(times))
 
 
+def _tflite_top1(path, x, y):
+    """Top-1 of the exported file itself on the test set (LiteRT, float in and out)."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=path)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.resize_tensor_input(inp["index"], x.shape)
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], x.astype(np.float32))
+    interp.invoke()
+    return float(np.mean(np.argmax(interp.get_tensor(out["index"]), axis=-1) == y))
+
+
 def _tfmot_tflite(model, x, path):
     import numpy as np
     import tensorflow as tf
@@ -198,10 +218,10 @@ def run_task(name, load, build, seed, tmp):
             size = latency = float("nan")
         rows.append(_row(label, acc, bits, bits, inventory, _step_time(qat, xtr, ytr), size, latency))
 
-    for target in FLAGS.budgets:
+    for target, clip in [(t, c) for c in FLAGS.weight_clip for t in FLAGS.budgets]:
         keras.utils.set_random_seed(seed)
         bp = tfbp.bitprune_model(base, bits_lr_multiplier=FLAGS.bits_lr_multiplier,
-                                 per_channel_bits=FLAGS.per_channel_bits)
+                                 per_channel_bits=FLAGS.per_channel_bits, weight_clip=clip)
         calibration = xtr[:256] if FLAGS.calibrate else None
         learn_acc = fit(bp, 1e-3, ep["learn"], [tfbp.BitBudget(target_bits=float(target), weighting=FLAGS.weighting,
                                                                anneal=FLAGS.anneal, calibration_data=calibration)])
@@ -219,7 +239,8 @@ def run_task(name, load, build, seed, tmp):
         w_bits = sum(t.elements * float(t.bits()) for t in w) / sum(t.elements for t in w)
         bops = sum(t.macs * float(t.bits()) * float(t.input_bits()) for t in w)
         suffix = "".join(f", {v}" for v, d in ((FLAGS.rounding, "ceil"), (FLAGS.weighting, "uniform"),
-                                               ("per-channel" if FLAGS.per_channel_bits else "", "")) if v != d)
+                                               ("per-channel" if FLAGS.per_channel_bits else "", ""),
+                                               ("mse clip" if clip == "mse" else "", "")) if v != d)
         suffix = f" ({suffix[2:]})" if suffix else ""
         rows.append(_row(f"BitPruning {target} bits{suffix}", acc, w_bits,
                          tfbp.average_bits(frozen, kind="activations"), w, learn_step,
@@ -227,10 +248,12 @@ def run_task(name, load, build, seed, tmp):
         rows[-1]["uniform_avg_bits"] = tfbp.average_bits(frozen)
         rows[-1]["memory_avg_bits"] = tfbp.average_bits(frozen, weighting="memory")
         rows[-1].update(float_top1=float_acc, learn_top1=learn_acc, learn_bits=learn_bits, frozen_top1=frozen_acc,
-                        deployed_bits=tfbp.average_bits(frozen, weighting=FLAGS.weighting))
+                        deployed_bits=tfbp.average_bits(frozen, weighting=FLAGS.weighting),
+                        tflite_top1=_tflite_top1(path, xte, yte))
         print(f"{name} seed {seed} budget {target} ({FLAGS.weighting}): float {100 * float_acc:.2f} | learning "
               f"phase {100 * learn_acc:.2f} at {learn_bits:.3f} bits | frozen {100 * frozen_acc:.2f} | deployed "
-              f"{100 * acc:.2f} at {rows[-1]['deployed_bits']:.3f} bits", flush=True)
+              f"{100 * acc:.2f} at {rows[-1]['deployed_bits']:.3f} bits (.tflite {100 * rows[-1]['tflite_top1']:.2f})",
+              flush=True)
     return rows
 
 
@@ -273,15 +296,23 @@ def _markdown(results):
 def _runs_markdown(runs):
     """Per seed: the accuracy at each stage of BitPruning and the bits it ran at."""
     lines = ["", "### BitPruning per seed: float → learning phase → frozen → deployed (fine-tuned)", "",
-             "| task | seed | budget | float % | learning % (bits) | frozen % | deployed % (bits) |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | seed | budget | float % | learning % (bits) | frozen % | deployed % (bits) | .tflite % |",
+             "|---|---|---|---|---|---|---|---|"]
     for task, rows in runs.items():
         for i, r in enumerate(rows):
-            seed = i // max(1, len(FLAGS.budgets))
+            seed = i // max(1, len(FLAGS.budgets) * len(FLAGS.weight_clip))
             lines.append(f"| {task} | {seed} | {r['method']} | {100 * r['float_top1']:.2f} | "
                          f"{100 * r['learn_top1']:.2f} ({r['learn_bits']:.2f}) | {100 * r['frozen_top1']:.2f} | "
-                         f"{100 * r['top1']:.2f} ({r['deployed_bits']:.2f}) |")
+                         f"{100 * r['top1']:.2f} ({r['deployed_bits']:.2f}) | {100 * r['tflite_top1']:.2f} |")
     return "\n".join(lines + [""])
+
+
+def _plot_bits(row):
+    """The x of a row: its memory-weighted weight bits, or under a memory/bops budget
+    the deployed average in that weighting (uniform n-bit QAT: n either way)."""
+    if FLAGS.weighting == "uniform":
+        return row["weight_bits"]
+    return row.get("deployed_bits", row["weight_bits"])
 
 
 def _plot(results, path):
@@ -292,16 +323,18 @@ def _plot(results, path):
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
     for ax, (task, rows) in zip(axes[0], results.items()):
-        for family, marker in (("tfmot", "s"), ("BitPruning", "o"), ("float32", "*")):
-            sel = sorted((r for r in rows if r["method"].startswith(family) and r["weight_bits"] <= 8),
+        for family, marker in (("tfmot", "s"), ("BitPruning", "o"), ("BitPruning (mse clip)", "D"), ("float32", "*")):
+            sel = sorted((r for r in rows if r["method"].startswith(family.split(" ")[0]) and r["weight_bits"] <= 8
+                          and ("mse clip" in r["method"]) == ("mse clip" in family)),
                          key=lambda r: r["weight_bits"])
             if sel:
-                ax.errorbar([r["weight_bits"] for r in sel], [100 * r["top1"] for r in sel],
+                ax.errorbar([_plot_bits(r) for r in sel], [100 * r["top1"] for r in sel],
                             yerr=[100 * r["top1_std"] for r in sel], marker=marker, ls="--" if family == "tfmot" else "-",
                             label=family + (" (uniform n-bit QAT)" if family == "tfmot" else ""))
         float_row = next(r for r in rows if r["method"] == "float32")
         ax.axhline(100 * float_row["top1"], color="gray", ls=":", label="float32")
-        ax.set_xlabel("average weight bits (memory-weighted)")
+        ax.set_xlabel("average weight bits (memory-weighted)" if FLAGS.weighting == "uniform" else
+                      f"deployed average bits ({FLAGS.weighting}-weighted, weights and activations)")
         ax.set_ylabel("top-1 %")
         ax.set_title(task)
         ax.legend(fontsize=8)
@@ -311,6 +344,9 @@ def _plot(results, path):
 
 def main(argv):
     del argv
+    bad = set(FLAGS.weight_clip) - {"max", "mse"}
+    if bad:
+        raise app.UsageError(f"--weight_clip: unknown value(s) {sorted(bad)}; use max and/or mse.")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     tasks = _tasks()
     results, runs = {}, {}
