@@ -73,7 +73,9 @@ def train(initial_weights, x, y, batch=BATCH, strategy=None):
     budget = tfbp.BitBudget(target_bits=4.0)
     history = bp.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[budget])
     probs = bp.predict(x[:batch], batch_size=batch, verbose=0)
+    frozen = tfbp.freeze_bitlengths(bp)  # of MirroredVariables under the strategy
     return {
+        "frozen_bits": tfbp.bitlengths(frozen),
         "loss": float(history.history["loss"][-1]),
         "bit_lambda": float(history.history["bit_lambda"][-1]),
         "bits": tfbp.bitlengths(bp),

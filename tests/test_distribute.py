@@ -77,6 +77,7 @@ def test_same_loss_and_bitlengths_as_one_device(runs):
 
 def test_bit_budget_callback_under_the_strategy(runs):
     single, mirrored = runs["single"], runs["mirrored"]
+    assert mirrored["frozen_bits"] == single["frozen_bits"]
     assert mirrored["bit_lambda"] != 0.5  # the callback changed λ from its start
     assert mirrored["bit_lambda"] == pytest.approx(single["bit_lambda"], rel=1e-4)
 
@@ -127,6 +128,7 @@ def test_keras3_mirrored_trains_like_one_device(keras3_runs):
     assert mirrored["loss"] == pytest.approx(single["loss"], rel=1e-5)
     assert mirrored["bit_lambda"] == pytest.approx(single["bit_lambda"], rel=1e-4)
     assert mirrored["bits"] == pytest.approx(single["bits"], abs=1e-5)
+    assert mirrored["frozen_bits"] == single["frozen_bits"]  # freezing works on mirrored variables
     for name, value in single["variables"].items():
         np.testing.assert_allclose(mirrored["variables"][name], value, rtol=0, atol=1e-4, err_msg=name)
     np.testing.assert_allclose(mirrored["predictions"], single["predictions"], rtol=0, atol=1e-5)

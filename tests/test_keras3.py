@@ -42,6 +42,7 @@ class Run:
 
     def __init__(self, name, digits):
         keras = KERASES[name]
+        keras.backend.clear_session()  # layer names from 0, whatever ran before
         keras.utils.set_random_seed(0)
         xtr, ytr, xte, yte = digits
         self.keras, self.xte, self.yte = keras, xte, yte
@@ -142,6 +143,18 @@ def test_learning_phase_model_round_trips_in_keras3_format(runs, tmp_path):
     assert tfbp.bitlengths(loaded) == pytest.approx(tfbp.bitlengths(bp), rel=1e-6)
     assert float(costs.get_bit_loss(loaded).anneal_weight.numpy()) == float(
         costs.get_bit_loss(bp).anneal_weight.numpy())
+
+
+def test_keras3_model_loaded_from_keras_file_freezes(runs, tmp_path):
+    """Train in one job, freeze in another: a loaded model freezes like the original."""
+    bp = runs["keras3"].bp
+    path = str(tmp_path / "bp.keras")
+    bp.save(path)
+    frozen = tfbp.freeze_bitlengths(keras3.saving.load_model(path), target_bits=TARGET - 0.5)
+    assert tfbp.bitlengths(frozen) == tfbp.bitlengths(runs["keras3"].frozen)
+    np.testing.assert_allclose(frozen.predict(runs["keras3"].xte, verbose=0),
+                               tfbp.freeze_bitlengths(bp, target_bits=TARGET - 0.5).predict(
+                                   runs["keras3"].xte, verbose=0), atol=1e-6)
 
 
 def test_export_agrees_in_litert(run, tmp_path):

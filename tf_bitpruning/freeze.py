@@ -6,6 +6,7 @@ import warnings
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
@@ -104,7 +105,7 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
     uncalibrated = set()
     for layer in model.layers:
         for q, v in costs._activation_tensors(layer):
-            if isinstance(q, ActivationBitQuantizer) and "min" in v and float(v["max"]) <= float(v["min"]):
+            if isinstance(q, ActivationBitQuantizer) and "min" in v and _value(v["max"]) <= _value(v["min"]):
                 uncalibrated.add(layer.name)
     if freeze_ranges and uncalibrated:
         warnings.warn(f"freeze_bitlengths: the activation ranges of {sorted(uncalibrated)} were never "
@@ -151,6 +152,11 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
         costs.attach_bit_loss(frozen, float(old.regularization.numpy()), old.weighting)
         costs.get_bit_loss(frozen).kind = getattr(old, "kind", None)
     return frozen
+
+
+def _value(variable) -> float:
+    """A scalar variable's value (also a MirroredVariable, which ``float()`` refuses)."""
+    return float(np.asarray(tf.convert_to_tensor(variable)))
 
 
 def _assign_bits(twins: Dict[costs.QuantizedTensor, costs.QuantizedTensor], bits) -> None:

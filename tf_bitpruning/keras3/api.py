@@ -149,7 +149,7 @@ def _rebuild(model, graph, config_of: Callable[[keras.layers.Layer], Optional[Bi
         return clones[layer.name]
 
     outputs = _compat.run_through_graph(graph, entry, operation_fn)
-    result = BitPrunedModel(new_inputs, outputs, name=model.name)
+    result = BitPrunedModel(_single(new_inputs), outputs, name=model.name)
     for layer in _compat.graph_operations(graph):
         target = clones.get(layer.name)
         if target is not None:
@@ -157,6 +157,11 @@ def _rebuild(model, graph, config_of: Callable[[keras.layers.Layer], Optional[Bi
             inner.set_weights(layer.get_weights())
     costs.attach_bit_loss(result, regularization, weighting)
     return result
+
+
+def _single(inputs: list):
+    """The one input itself, or the list (Keras 3 matches call arguments to this structure)."""
+    return inputs[0] if len(inputs) == 1 else inputs
 
 
 def clone_frozen(model: BitPrunedModel, freeze: Callable[[BitPruneQuantizeConfig, str], BitPruneQuantizeConfig],
@@ -195,7 +200,7 @@ def clone_frozen(model: BitPrunedModel, freeze: Callable[[BitPruneQuantizeConfig
     new_inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x._keras_history.operation.name)
                   for x in graph.inputs]
     outputs = _compat.run_through_graph(graph, new_inputs, operation_fn)
-    result = BitPrunedModel(new_inputs, outputs, name=model.name)
+    result = BitPrunedModel(_single(new_inputs), outputs, name=model.name)
     for layer in ops:
         target = clones.get(layer.name) or frozen_inputs.get(layer.name)
         if target is not None:
@@ -204,11 +209,14 @@ def clone_frozen(model: BitPrunedModel, freeze: Callable[[BitPruneQuantizeConfig
 
 
 def _copy_variables(source: keras.layers.Layer, target: keras.layers.Layer) -> None:
-    """Copies every variable by its path within the layer (a bitlength that turns
-    non-trainable moves in the layer's variable order)."""
-    by_path = {v.path.split("/", 1)[-1]: v for v in source.variables}
+    """Copies every variable by its name within the layer (a bitlength that turns
+    non-trainable moves in the layer's variable order; paths differ between a built
+    and a loaded model)."""
+    by_name = {v.name: v for v in source.variables}
+    if len(by_name) != len(source.variables) or len(source.variables) != len(target.variables):
+        raise ValueError(f"Layer '{target.name}': cannot match its {len(target.variables)} variables "
+                         f"to the source layer's {len(source.variables)}.")
     for v in target.variables:
-        key = v.path.split("/", 1)[-1]
-        if key not in by_path:
-            raise ValueError(f"Layer '{target.name}': no variable '{key}' in the source layer to copy.")
-        v.assign(by_path[key])
+        if v.name not in by_name:
+            raise ValueError(f"Layer '{target.name}': no variable '{v.name}' in the source layer to copy.")
+        v.assign(by_name[v.name])
