@@ -327,3 +327,40 @@ def test_keras3_needs_the_tensorflow_backend_and_a_recent_keras(monkeypatch):
     monkeypatch.setattr(keras3, "__version__", "3.9.2")
     with pytest.raises(RuntimeError, match=r"Keras >= 3\.10.*3\.9\.2"):
         tfbp.bitprune_model(model)
+
+
+@pytest.mark.slow
+def test_keras3_backup_and_restore_resumes_exactly(digits, tmp_path):
+    """Keras 3's BackupAndRestore with BitBudget: a run stopped after 2 of 4 epochs and
+    resumed ends where an uninterrupted run ends (λ path, annealing, weights): the
+    budget's state is among BitPrunedModel's own saved variables."""
+    xtr, ytr = digits[0][:640], digits[1][:640]
+
+    class Stop(Exception):
+        pass
+
+    class StopAfter(keras3.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise Stop()
+
+    def run(backup=None, stop=False):
+        keras3.utils.set_random_seed(0)
+        bp = tfbp.bitprune_model(cnn(keras3), regularization=0.05, bits_lr_multiplier=20.0)
+        bp.compile(keras3.optimizers.Adam(1e-3), _loss(keras3))
+        callbacks = [tfbp.BitBudget(target_bits=3.0)]
+        callbacks += [keras3.callbacks.BackupAndRestore(backup)] if backup else []
+        callbacks += [StopAfter()] if stop else []
+        history = bp.fit(xtr, ytr, epochs=4, batch_size=32, shuffle=False, verbose=0, callbacks=callbacks)
+        return bp, history.history
+
+    reference, history = run()
+    backup = str(tmp_path / "backup")
+    with pytest.raises(Stop):
+        run(backup, stop=True)
+    resumed, resumed_history = run(backup)
+    assert len(resumed_history["loss"]) == 2  # it did resume at epoch 3
+    assert resumed_history["bit_lambda"][-1] == history["bit_lambda"][-1]
+    assert list(tfbp.bitlengths(resumed).values()) == list(tfbp.bitlengths(reference).values())
+    for a, b in zip(reference.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)

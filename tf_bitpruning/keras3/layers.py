@@ -190,11 +190,18 @@ class BitPrunedModel(keras.Model):
         bit_loss = getattr(self, "_bitprune_loss", None)
         return losses + [bit_loss()] if bit_loss is not None else losses
 
-    def _bit_loss_state(self) -> List[tf.Variable]:
+    def _bit_loss_state(self) -> Dict[str, tf.Variable]:
+        """The bit loss's variables by name: λ, the objective, the annealing state and
+        ``BitBudget``'s control state (once a callback tracks it)."""
         loss = getattr(self, "_bitprune_loss", None)
         if loss is None:
-            return []
-        return [loss.regularization, loss.objective, loss.anneal_weight] + list(loss.anneal_bits)
+            return {}
+        state = {"regularization": loss.regularization, "objective": loss.objective,
+                 "anneal_weight": loss.anneal_weight}
+        state.update({f"anneal_bits_{i}": v for i, v in enumerate(loss.anneal_bits)})
+        if getattr(loss, "budget_state", None) is not None:
+            state["budget_state"] = loss.budget_state
+        return state
 
     def get_config(self):
         config = super().get_config()
@@ -217,18 +224,16 @@ class BitPrunedModel(keras.Model):
 
     def save_own_variables(self, store):
         super().save_own_variables(store)
-        for i, v in enumerate(self._bit_loss_state()):
-            store[f"bit_loss_{i}"] = v.numpy()
+        for name, v in self._bit_loss_state().items():
+            store[f"bit_loss_{name}"] = v.numpy()
 
     def load_own_variables(self, store):
-        state = self._bit_loss_state()
-        own = {k: store[k] for k in store.keys() if not k.startswith("bit_loss_")} \
-            if hasattr(store, "keys") else store
+        keys = list(store.keys()) if hasattr(store, "keys") else []
+        own = {k: store[k] for k in keys if not k.startswith("bit_loss_")} if keys else store
         super().load_own_variables(own)
-        for i, v in enumerate(state):
-            key = f"bit_loss_{i}"
-            if key in store:
-                v.assign(store[key])
+        for name, v in self._bit_loss_state().items():
+            if f"bit_loss_{name}" in keys:
+                v.assign(store[f"bit_loss_{name}"])
 
 
 def wrappers(model) -> List[keras.layers.Layer]:
