@@ -102,6 +102,17 @@ def test_freeze_meets_its_target_and_fine_tunes(run):
     assert run.after < run.before  # fine-tuning at fixed bitlengths lowers the training loss
 
 
+@pytest.mark.parametrize("weighting", ["memory", "bops"])
+def test_budget_exact_freezing_with_other_weightings(run, weighting):
+    """At or under a target of the weighting's average (a sanity floor: no tensor step is a bit)."""
+    start = tfbp.average_bits(run.bp, weighting=weighting)
+    target = start - 0.75
+    frozen = tfbp.freeze_bitlengths(run.bp, target_bits=target, weighting=weighting,
+                                    calibration_data=run.xte[:64])
+    assert tfbp.average_bits(frozen, weighting=weighting) <= target + 1e-6
+    assert tfbp.average_bits(frozen, weighting=weighting) >= target - 1.0
+
+
 def test_report_and_summary(run):
     report = tfbp.precision_report(run.frozen)
     assert [row["layer"] for row in report["rows"]][:2] == ["quantize_layer", "conv2d"]
