@@ -43,3 +43,29 @@ def producer(layer) -> Optional[Any]:
     """The layer feeding ``layer``'s (first) input, or None at a model input."""
     found = producers(layer)
     return found[0] if found else None
+
+
+# -- tfmot's wrappers (the tf_keras path) ---------------------------------------------------------
+
+def tfmot_weight_quantizers(wrapper) -> List[tuple]:
+    """``(weight, quantizer, quantizer variables, attribute name)`` of a tfmot
+    ``QuantizeWrapper``'s quantized kernels."""
+    return [(w, q, v, wrapper._weight_name(w.name)) for w, q, v in wrapper._weight_vars]
+
+
+def tfmot_activation_quantizers(wrapper) -> List[tuple]:
+    """``(quantizer, variables)`` of a tfmot ``QuantizeWrapper``'s activation quantizers:
+    each quantize-aware activation's pre/post ones where built, then the output one."""
+    found = []
+    for qa in wrapper._quantize_activations:
+        for attr in ("_pre_activation_vars", "_post_activation_vars"):
+            if hasattr(qa, attr):
+                found.append((qa.quantizer, getattr(qa, attr)))
+    if getattr(wrapper, "_output_quantizers", None):
+        found.append((wrapper._output_quantizers[0], wrapper._output_quantizer_vars))
+    return found
+
+
+def track(model, obj, name: str) -> None:
+    """Makes ``obj`` a checkpoint dependency of a tf_keras ``model`` under ``name``."""
+    model._track_trackable(obj, name=name)

@@ -81,14 +81,7 @@ def _activation_tensors(layer) -> List[tuple]:
         return [(layer.quantizer, layer.quantizer_vars)] if layer.quantizer else []
     if not isinstance(layer, quantize_wrapper.QuantizeWrapper):
         return []
-    found = []
-    for qa in layer._quantize_activations:
-        for attr in ("_pre_activation_vars", "_post_activation_vars"):
-            if hasattr(qa, attr):
-                found.append((qa.quantizer, getattr(qa, attr)))
-    if getattr(layer, "_output_quantizers", None):
-        found.append((layer._output_quantizers[0], layer._output_quantizer_vars))
-    return found
+    return _compat.tfmot_activation_quantizers(layer)
 
 
 def _weight_tensors(layer) -> List[tuple]:
@@ -97,7 +90,7 @@ def _weight_tensors(layer) -> List[tuple]:
         from tf_bitpruning.keras3 import layers as k3
         return k3.weight_quantizers(layer)
     if isinstance(layer, quantize_wrapper.QuantizeWrapper):
-        return [(w, q, v, layer._weight_name(w.name)) for w, q, v in layer._weight_vars]
+        return _compat.tfmot_weight_quantizers(layer)
     return []
 
 
@@ -351,7 +344,7 @@ def attach_bit_loss(model: keras.Model, regularization: float, weighting: str = 
     object.__setattr__(model, "_bitprune_loss", loss)
     if _compat.is_keras3(model):
         return loss  # a BitPrunedModel: its `losses` property adds it, its save keeps the variables
-    model._track_trackable(loss, name="bit_loss")
+    _compat.track(model, loss, "bit_loss")
     model.add_loss(loss)
     return loss
 

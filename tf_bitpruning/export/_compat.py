@@ -21,6 +21,8 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as _quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper as _quantize_wrapper
 
+from tf_bitpruning._compat import tfmot_weight_quantizers
+
 QuantizeWrapper = _quantize_wrapper.QuantizeWrapper      # and QuantizeWrapperV2, its subclass
 QuantizeLayer = _quantize_layer.QuantizeLayer            # the model-input quantizer
 QuantizeAwareActivation = _qaa.QuantizeAwareActivation
@@ -33,9 +35,8 @@ def inner(layer):
     return layer.layer if isinstance(layer, QuantizeWrapper) else layer
 
 
-def weight_quantizers(wrapper) -> List[Tuple[tf.Variable, Any, Dict[str, Any], str]]:
-    """``(weight, quantizer, quantizer variables, attribute name)`` of a wrapper's quantized weights."""
-    return [(w, q, v, wrapper._weight_name(w.name)) for w, q, v in wrapper._weight_vars]
+# ``(weight, quantizer, quantizer variables, attribute name)`` of a wrapper's quantized weights.
+weight_quantizers = tfmot_weight_quantizers
 
 
 def output_quantizer(wrapper) -> Tuple[Optional[Any], Optional[Dict[str, Any]]]:
