@@ -26,6 +26,14 @@ def variable_key(variable) -> Any:
     return variable.ref() if hasattr(variable, "ref") else variable.value.ref()
 
 
+# The quantizers' Python control flow depends only on Python values (``training`` is
+# the literal True/False tfmot's wrapper passes, ``frozen``, bit ranges), so AutoGraph
+# has nothing to convert; left to it, converting every quantizer call (and the
+# quant_ops it calls) costs ~20 % of tracing a train step (a 200-quantizer
+# keras.applications network: about a minute of one core).
+_not_converted = tf.autograph.experimental.do_not_convert
+
+
 def _add_variable(layer, name: str, shape, value: float, trainable: bool, constraint=None):
     """A float32 variable of ``layer`` (tf_keras or Keras 3) that mixed precision never
     casts (like BatchNormalization's statistics: autocast to float16 the bitlength would
@@ -197,6 +205,7 @@ class WeightBitQuantizer(BitlengthQuantizer):
             return quant_ops.mse_clip(w, bits, reduce_axes, w_max)
         return quant_ops.max_abs(w, reduce_axes) if w_max is None else w_max
 
+    @_not_converted
     def __call__(self, inputs, training, weights, **kwargs):
         x = tf.cast(inputs, tf.float32)
         reduce_axes = None
@@ -275,6 +284,7 @@ class ActivationBitQuantizer(BitlengthQuantizer):
         new_max = tf.where(started, d * old_max + (1.0 - d) * batch_max, batch_max)
         return old_min.assign(new_min), old_max.assign(new_max)
 
+    @_not_converted
     def __call__(self, inputs, training, weights, **kwargs):
         x = tf.cast(inputs, tf.float32)
         if training and not self.freeze_range:
