@@ -149,7 +149,8 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
       quantize_inputs: give the model inputs a learned-bitlength quantizer.
       weight_clip: the top of every weight grid, ``"max"`` (``max|w|``, the
         paper's min-max) or ``"mse"`` (the clip with the least squared error at
-        each integer bitlength; much better at 2–3 bits), see ``WeightBitQuantizer``.
+        each integer bitlength; far better for ternary kernels, not always at 3
+        bits), see ``WeightBitQuantizer``.
 
     Returns:
       A new tf_keras model; compile and fit it as usual.

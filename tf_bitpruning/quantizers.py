@@ -160,8 +160,9 @@ class WeightBitQuantizer(BitlengthQuantizer):
       frozen: one fixed integer quantizer, bitlength not trainable.
       clip: the top of the grid: ``"max"`` (``max|w|``, min-max as the paper and
         the spec) or ``"mse"`` (per channel or tensor and per integer bitlength, the
-        clip value with the least squared error, :func:`quant_ops.mse_clip`; much
-        better at 2–3 bits, exported exactly the same way).
+        clip value with the least squared error, :func:`quant_ops.mse_clip`; far
+        better for ternary kernels, not always at 3 bits (docs/comparison_clip.md);
+        exported exactly the same way).
 
     >>> q = WeightBitQuantizer(init_bits=3)
     """
