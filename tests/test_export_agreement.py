@@ -140,3 +140,95 @@ def test_calibration_data_does_not_round_the_input_twice(digits, tmp_path):
         assert np.mean(np.abs(got.clip(spec.lo) - want) > spec.step / 2) <= 1e-3, path.name
         outputs.append(it.get_tensor(it.get_output_details()[0]["index"]))
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def _dense_block(digits):
+    """DenseNet's pattern: a conv output read twice (so quantized), a concatenation of
+    it with a new conv's output, a BatchNormalization after the concatenation; BN
+    statistics set far from their initial values (as a trained network has them)."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
+    y = L.ReLU()(L.BatchNormalization(name="bn_a")(x))
+    y = L.Conv2D(8, 3, padding="same", use_bias=False)(y)
+    x = L.Concatenate()([x, y])
+    x = L.ReLU()(L.BatchNormalization(name="bn_b")(x))
+    model = keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling2D()(x)))
+    rng = np.random.default_rng(0)
+    for name in ("bn_a", "bn_b"):
+        bn = model.get_layer(name)
+        n = bn.gamma.shape[0]
+        bn.set_weights([rng.uniform(0.5, 2.0, n), rng.normal(0.0, 0.5, n), rng.normal(0.0, 0.3, n),
+                        rng.uniform(0.2, 2.0, n)])
+    return _frozen(model, digits, steps=4)
+
+
+def _requantizations(it):
+    """(input codes, input (scale, zero), output codes, output (scale, zero)) of every
+    op that only changes an int8 tensor's grid: QUANTIZE, or MUL by the constant one."""
+    detail = {d["index"]: d for d in it.get_tensor_details()}
+    found = []
+    for op in it._get_ops_details():
+        inputs = [i for i in op["inputs"] if i >= 0]
+        if op["op_name"] == "QUANTIZE" or (op["op_name"] == "MUL" and detail[inputs[1]]["name"] == "tf_bitpruning/one"):
+            src, dst = detail[inputs[0]], detail[op["outputs"][0]]
+            if src["dtype"] == np.int8 and dst["dtype"] == np.int8:
+                found.append((it.get_tensor(src["index"]).astype(np.int64), src["quantization"],
+                              it.get_tensor(dst["index"]).astype(np.int64), dst["quantization"]))
+    return found
+
+
+def test_changes_of_grid_round_exactly(digits, tmp_path):
+    """A concatenation input on another grid is requantized onto the concatenation's.
+    As an int8 -> int8 QUANTIZE, LiteRT's default (XNNPACK) kernel multiplies by
+    ``round(256 · ratio) / 256``: 0.3-0.9 % of the values land a step off. Every change
+    of grid in the file now rounds the exact value."""
+    frozen = _dense_block(digits)
+    path = tmp_path / "dense.tflite"
+    export_tflite(frozen, path)
+    it = _run(path, _rgb(digits[2][:64]))
+    checked = 0
+    for q_in, (s_in, z_in), q_out, (s_out, z_out) in _requantizations(it):
+        ratio = s_in / s_out
+        want = np.clip(np.floor((q_in - z_in) * ratio + 0.5) + z_out, -128, 127)
+        wrong = np.mean(q_out != want)
+        assert wrong <= 1e-3, (ratio, wrong)
+        checked += abs(np.log2(ratio) - np.round(np.log2(ratio))) > 1e-6
+    assert checked >= 1  # the concatenation's input (not a power-of-two refinement)
+
+
+def test_batch_normalization_without_a_kernel_rounds_like_keras(digits, tmp_path):
+    """A BatchNormalization after a concatenation runs as a 1x1 depthwise conv whose
+    int32 bias sits on the grid input step × filter step. With the factor's code at 127
+    that grid is up to a fifth of an output step wide, and rounding the BN offset onto
+    it put 1.4 % of a DenseNet-like stack's outputs a step off; each channel's code is
+    now chosen so the offset falls (nearly) on the grid."""
+    frozen = _dense_block(digits)
+    path = tmp_path / "dense.tflite"
+    export_tflite(frozen, path, fine_bias=False)
+    it = _run(path, _rgb(digits[2][:64]))
+    plan = Plan(frozen)
+    detail = {d["index"]: d for d in it.get_tensor_details()}
+    checked = 0
+    for op in _ops(it, "DEPTHWISE_CONV_2D"):
+        if list(detail[op["inputs"][1]]["shape"][:3]) != [1, 1, 1]:
+            continue
+        x, _ = _real(it, op["inputs"][0])
+        q_out = it.get_tensor(op["outputs"][0]).astype(np.int64)
+        s_out, z_out = detail[op["outputs"][0]]["quantization"]
+        for m, c, *_ in plan.unfolded_bn.values():
+            if m.size != x.shape[-1]:
+                continue
+            bias = it.get_tensor(op["inputs"][2]).astype(np.float64)
+            bias_scale = detail[op["inputs"][2]]["quantization_parameters"]["scales"].astype(np.float64)
+            s_in = detail[op["inputs"][0]]["quantization"][0]
+            error = np.abs(bias * bias_scale - c)
+            unit = s_in * np.abs(m) / 127.0   # the bias grid with every code at 127
+            error_127 = np.abs(c - np.round(c / unit) * unit)
+            # Rounding onto a grid chosen per channel: a fraction of the error at 127.
+            assert error.mean() <= 0.25 * error_127.mean(), (error.mean(), error_127.mean())
+            y = np.maximum(x * m + c, 0.0)  # BN, then the ReLU fused into the op
+            want = np.clip(np.floor(y / s_out + 0.5) + z_out, -128, 127)
+            wrong = np.mean(q_out != want)
+            assert wrong <= 2e-3, wrong
+            checked += 1
+    assert checked == 2

@@ -89,7 +89,8 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
             elif as_depthwise(inner):
                 out = avg_pool_as_depthwise(inner, inputs)
             elif layer.name in plan.unfolded_bn:
-                out = bn_as_depthwise(inner.name, *plan.unfolded_bn[layer.name], inputs)
+                m, c, codes = plan.unfolded_bn[layer.name]
+                out = bn_as_depthwise(inner.name, m, c, inputs, codes)
             else:
                 if isinstance(inner, L.Concatenate):
                     inputs = _on_output_grid(layer, plan, inputs)
@@ -152,17 +153,20 @@ def conv1d_as_conv2d(inner: L.Conv1D, x: tf.Tensor, spec: WeightExport) -> tf.Te
     return inner.activation(y) if inner.activation is not None else y
 
 
-def bn_as_depthwise(name: str, m: np.ndarray, c: np.ndarray, x: tf.Tensor) -> tf.Tensor:
+def bn_as_depthwise(name: str, m: np.ndarray, c: np.ndarray, x: tf.Tensor,
+                    codes: Optional[np.ndarray] = None) -> tf.Tensor:
     """A BatchNormalization that no kernel absorbs (after an Add, a Concatenate, a
     SeparableConv) as the 1x1 DEPTHWISE_CONV_2D TFLite runs in int8: the factor
-    ``m = γ/σ`` of each channel is one int8 code (±127) at step ``|m|/127``, exact,
-    and the offset is the int32 bias; one rounding, onto the consumer's grid."""
+    ``m = γ/σ`` of each channel is one int8 code ``k`` (``codes``, default 127) at
+    step ``|m|/k``, exact, and the offset is the int32 bias; one rounding, onto the
+    consumer's grid (``plan.bn_codes`` picks ``k`` so the bias grid fits the offset)."""
     rank = x.shape.rank
     if rank is None or not 2 <= rank <= 4 or x.shape[-1] is None:
         raise ExportError(f"BatchNormalization '{name}' on a rank-{rank} input cannot be exported "
                           f"(only 2-D to 4-D inputs with a known channel count).")
     channels = int(x.shape[-1])
-    limit = np.where(np.abs(m) > 0, np.abs(m), 1.0).astype(np.float32)
+    k = np.full(m.shape, 127.0) if codes is None else codes.astype(np.float64)
+    limit = np.where(np.abs(m) > 0, np.abs(m) * 127.0 / k, 1.0).astype(np.float32)
     kernel = tf.quantization.fake_quant_with_min_max_vars_per_channel(
         tf.constant(m.reshape(1, 1, channels), tf.float32), -limit, limit, num_bits=8, narrow_range=True)
     kernel = tf.reshape(kernel, (1, 1, channels, 1))

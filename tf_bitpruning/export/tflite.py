@@ -10,6 +10,7 @@ the int8 model computes the b-bit model on any TFLite/LiteRT runtime.
 4. :mod:`.convert`    the TFLite converter call (ranges from the fake-quant ops);
 5. flatbuffer passes (helpers in :mod:`.flatbuffer`):
    :mod:`.fine_bias`  finer inputs and int32 biases for low-bit layers,
+   :mod:`.requantize` int8 -> int8 changes of grid as a MUL by one (exact in XNNPACK),
    :mod:`.rename`     short tensor names,
    :mod:`.int4`       ≤ 4-bit filters stored as INT4 where fast (and LiteRT verification),
    :mod:`.layout`     pointwise CONV_2D written as FULLY_CONNECTED for fast INT4,
@@ -41,6 +42,7 @@ from tf_bitpruning.export.int4 import verify_int4 as _verify_int4
 from tf_bitpruning.export.plan import Plan
 from tf_bitpruning.export.precision import int_or_list, precision_info, write_precision
 from tf_bitpruning.export.rename import rename_tensors
+from tf_bitpruning.export.requantize import precise_requantize
 
 __all__ = ["ExportError", "FAST_INT4_OPS", "INT4_OPS", "export_graph", "export_tflite", "pack_int4_values",
            "unpack_int4", "unpack_int4_values"]
@@ -123,6 +125,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     matched = match_filters(model_obj, plan.weights)
     if fine_bias:
         refine_inputs(model_obj, plan, matched)
+    precise_requantize(model_obj)
     rename_tensors(model_obj, matched, {key[0]: model.get_layer(key[0]).layer.name for key in matched})
     content = to_bytes(model_obj)  # the INT8 reference
     packed = pack_filters(model_obj, matched, bits, ops) if ops else []
