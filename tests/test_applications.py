@@ -1,0 +1,104 @@
+"""Real ``keras.applications`` networks through the whole pipeline (slow tier):
+``bitprune_model -> fit(BitBudget) -> freeze_bitlengths -> fit -> export_tflite ->
+LiteRT``, the file compared with Keras where Keras decides (tests/tflite_checks.py).
+
+The real constructors (random weights, ``classes=10``, ``classifier_activation=None``)
+at 32x32, their smallest input, trained 8 steps on digits resized to 32x32 (annealed
+to a 6-bit budget), frozen and fine-tuned 2 steps. The steps run eagerly
+(``run_eagerly=True``): tracing a train step of 200-300 quantizers costs about a
+minute of one core per network and phase (learning, fine-tuning), more than the
+eager steps themselves; the traced path is what the other tests and
+``benchmarks/applications.py`` (every family, hundreds of steps) run. The other
+families: README, keras.applications coverage.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+import tf_bitpruning as tfbp
+from tf_bitpruning import costs
+from tf_bitpruning.export import export_tflite
+from litert_run import output_step, run_tflite
+from tflite_checks import top1_agreement
+
+pytest.importorskip("ai_edge_litert.interpreter")
+
+# name -> whether the network rescales [0, 255] inputs itself (a Rescaling layer first)
+FAMILIES = {"MobileNetV3Small": True, "EfficientNetB0": True, "DenseNet121": False}
+SIZE, BATCH, STEPS, FINETUNE_STEPS = 32, 16, 8, 2
+# Top-1 agreement over the decided inputs required of the file. 8 steps leave these
+# networks near their random start: gains are large and logits close, so hidden
+# midpoint flips (see below) move more than after the benchmark's hundreds of steps.
+# Measured on one 2-core machine: MobileNetV3Small 0.93, DenseNet121 0.93;
+# EfficientNetB0 0.36-0.39, its largest difference 40 of 62 output steps (the
+# benchmark, 100 steps: all 20 decided inputs agree, largest difference 36 % of the
+# range): an open agreement problem (issue 8), reported as an expected failure
+# once the pipeline has run and the file is sane.
+MIN_AGREEMENT = {"MobileNetV3Small": 0.85, "EfficientNetB0": None, "DenseNet121": 0.85}
+
+
+def _images(x, raw_255):
+    x = tf.image.resize(x, (SIZE, SIZE)).numpy()
+    x = np.repeat(np.clip(x, 0.0, 1.0), 3, axis=-1).astype(np.float32)
+    return x * 255.0 if raw_255 else x
+
+
+def build(name):
+    model = getattr(keras.applications, name)(weights=None, input_shape=(SIZE, SIZE, 3), classes=10,
+                                              classifier_activation=None)
+    # Moving statistics of the last few training batches: after a few steps the default
+    # momentum (0.99, MobileNetV3 0.999) leaves inference statistics far from the
+    # batches the activation ranges were calibrated on, and every input saturates
+    # to the same logits (nothing to compare).
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.5
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_application_end_to_end(name, digits, tmp_path):
+    xtr, ytr, xte, _ = digits
+    xtr, xte = _images(xtr[:BATCH * STEPS], FAMILIES[name]), _images(xte[:256], FAMILIES[name])
+    ytr = ytr[:BATCH * STEPS]
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    bp = tfbp.bitprune_model(build(name), regularization=0.01)
+    assert len(costs.quantized_tensors(bp)) > 200
+    bp.compile(keras.optimizers.Adam(1e-3), loss, run_eagerly=True)
+    # Annealing starts after 6 of the 8 steps: fit_budget then lowers every tensor
+    # from 8 bits to the budget at once (hundreds of moves over hundreds of tensors).
+    bp.fit(xtr, ytr, batch_size=BATCH, epochs=1, verbose=0, callbacks=[tfbp.BitBudget(6.0)])
+    assert tfbp.average_bits(bp) <= 6.0 + 1e-5
+
+    frozen = tfbp.freeze_bitlengths(bp)
+    frozen.compile(keras.optimizers.Adam(2e-4), loss, run_eagerly=True)
+    frozen.fit(xtr[:BATCH * FINETUNE_STEPS], ytr[:BATCH * FINETUNE_STEPS], batch_size=BATCH, verbose=0)
+
+    path = tmp_path / f"{name}.tflite"
+    # Calibration data only for what has no learned range (e.g. inside hard_sigmoid).
+    export_tflite(frozen, path, representative_dataset=xtr[:32])
+    assert tfbp.read_precision(path)
+
+    ref = frozen(xte, training=False).numpy()
+    got = run_tflite(path, xte)
+    step = output_step(path)
+    logit_range = float(ref.max() - ref.min())
+    assert logit_range > 10 * step, "constant logits: the comparison would say nothing"
+    # A wrong scale, zero point or fold moves every output by a large share of the range.
+    median = float(np.median(np.abs(got - ref)))
+    assert median <= 0.1 * logit_range, (median / step, logit_range / step)
+    # Deep networks: a hidden value on a grid midpoint can round the other way in
+    # LiteRT (CPU-dependent: oneDNN, threads) and the difference grows with depth:
+    # after these 8 steps 2-4 output steps at the median, 20-40 at most, of a range of
+    # 50-63 steps. Top-1 is compared where Keras' top-2 margin exceeds 10 % of the
+    # logit range (each logit may move 5 %).
+    a = top1_agreement(got, ref, step, tolerance=max(1.0, 0.05 * logit_range / step))
+    if MIN_AGREEMENT[name] is None:
+        pytest.xfail(f"{name}: LiteRT agrees with Keras on {a.agreeing} of {a.decided} decided inputs "
+                     f"(largest difference {a.max_diff_steps:.0f} of {logit_range / step:.0f} output steps)")
+    assert a.decided >= 20, a
+    assert a.rate >= MIN_AGREEMENT[name], a
