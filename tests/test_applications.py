@@ -32,7 +32,7 @@ SIZE, BATCH, STEPS, FINETUNE_STEPS = 32, 16, 8, 2
 # networks near their random start: gains are large and logits close, so hidden
 # midpoint flips (see below) move more than after the benchmark's hundreds of steps.
 # Measured on one 2-core machine: MobileNetV3Small 0.93, DenseNet121 0.93;
-# EfficientNetB0 0.36-0.39, its largest difference 40 of 62 output steps (the
+# EfficientNetB0 0.39 (17 of 44), its largest difference 26 of 50 output steps (the
 # benchmark, 100 steps: all 20 decided inputs agree, largest difference 36 % of the
 # range): an open agreement problem (issue 8), reported as an expected failure
 # once the pipeline has run and the file is sane.
