@@ -2,17 +2,20 @@
 
 Each test isolates one place where the exporter used to round a tensor
 differently from Keras, on a tiny model trained a few steps at 5 bits, and checks
-it exactly in integers: LiteRT's own input to the op, run through Keras' math,
-must give LiteRT's output (a step apart only at a grid midpoint), so the checks
-do not depend on the CPU that trained the model.
+it in integers against LiteRT's own input to the op (a step apart only at a grid
+midpoint), so the checks do not depend on the CPU that trained the model:
 
-What is *not* a source here, measured with the same per-layer check on
-keras.applications models (benchmarks/applications.py --trace): residual adds
-and a BatchNormalization after an add or a concatenation (exact). The one
-difference that remains is TFLite's int32 bias grid (input step × weight step,
-made finer by ``fine_bias``): a kernel layer's outputs within ~1e-3 of a step
-from a grid midpoint round the other way, about 1e-4 of them per layer, and
-those one-step flips multiply with depth.
+- a global average pooling ran MEAN on its input's grid and requantized (two roundings);
+- calibration data gave the float input a grid of its own (two roundings);
+- XNNPACK's int8 -> int8 QUANTIZE requantizes with an 8-bit multiplier;
+- a BatchNormalization without a kernel (after a concatenation) had a coarse int32 bias grid.
+
+What is *not* a source, measured per layer on keras.applications models and
+stand-ins (Keras run on LiteRT's own inputs of each layer): residual adds and a
+BatchNormalization after an add (exact). The one difference that remains is
+TFLite's int32 bias grid of kernel layers (input step × weight step, made finer by
+``fine_bias``): outputs within ~1e-3 of a step from a grid midpoint round the other
+way, 1e-4 to 5e-4 of a layer's elements, and those one-step flips multiply with depth.
 """
 
 import numpy as np
