@@ -97,6 +97,7 @@ def test_application_end_to_end(name, digits, tmp_path):
     # 50-63 steps. Top-1 is compared where Keras' top-2 margin exceeds 10 % of the
     # logit range (each logit may move 5 %).
     a = top1_agreement(got, ref, step, tolerance=max(1.0, 0.05 * logit_range / step))
+    print(f"{name}: {a}, median |difference| {median / step:.1f} of {logit_range / step:.0f} steps")
     if MIN_AGREEMENT[name] is None:
         pytest.xfail(f"{name}: LiteRT agrees with Keras on {a.agreeing} of {a.decided} decided inputs "
                      f"(largest difference {a.max_diff_steps:.0f} of {logit_range / step:.0f} output steps)")
