@@ -46,8 +46,17 @@ def round_bits(n: float, rounding: str = "ceil", allowed_bits: Optional[Sequence
 
 
 def learned_bits(tensors: Sequence[costs.QuantizedTensor]) -> Assignment:
-    """Every tensor's current (real) bitlength, per channel where it has channels."""
-    return {t: np.asarray(t.quantizer.bitlength(t.variables), np.float32) for t in tensors}
+    """Every tensor's current (real) bitlength, per channel where it has channels.
+
+    Values within ``_CEIL_TOLERANCE`` of an integer are that integer: an annealed model
+    reads its integers exactly, the same model reloaded reads them through its stored
+    parameter (``n / k``, times ``k`` again: e.g. 3.0000002), and the budget's choices
+    must not depend on that rounding."""
+    def snap(n):
+        nearest = np.round(n)
+        return np.where(np.abs(n - nearest) < _CEIL_TOLERANCE, nearest, n).astype(np.float32)
+
+    return {t: snap(np.asarray(t.quantizer.bitlength(t.variables), np.float32)) for t in tensors}
 
 
 def round_all(learned: Assignment, rounding: str = "ceil",
