@@ -235,3 +235,27 @@ def test_batch_normalization_without_a_kernel_rounds_like_keras(digits, tmp_path
             assert wrong <= 2e-3, wrong
             checked += 1
     assert checked == 2
+
+
+def test_pooling_read_by_a_concatenation_and_a_bn_stays_on_its_grid(digits, tmp_path):
+    """DenseNet's stem: conv -> ReLU -> padding -> max pooling, read by a
+    BatchNormalization and by a concatenation. The concatenation's change of grid was
+    moved by the converter to before the pooling (a same-scale op), so the BN read the
+    pooling on the concatenation's grid: 23 % of DenseNet121's first BN outputs a step
+    off. The BN's depthwise conv now reads the pooling on the ReLU's grid."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.ReLU()(L.Conv2D(16, 3, padding="same")(inputs))
+    x = L.MaxPooling2D(3, strides=2)(L.ZeroPadding2D()(x))
+    y = L.ReLU()(L.BatchNormalization(name="bn")(x))
+    y = L.Conv2D(8, 3, padding="same", use_bias=False)(y)
+    x = L.Concatenate()([x, y])
+    frozen = _frozen(keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling2D()(x))), digits)
+    path = tmp_path / "stem.tflite"
+    export_tflite(frozen, path)
+    it = _run(path, _rgb(digits[2][:16]))
+    plan = Plan(frozen)
+    detail = {d["index"]: d for d in it.get_tensor_details()}
+    (bn,) = [op for op in _ops(it, "DEPTHWISE_CONV_2D") if op["outputs"][0] >= 0
+             and "quant_bn" in detail[op["inputs"][1]]["name"]]
+    scale = detail[bn["inputs"][0]]["quantization"][0]
+    assert np.isclose(scale, plan.depthwise_input["quant_bn"].step, rtol=1e-5), scale

@@ -143,6 +143,7 @@ class Plan:
         # BatchNormalization that no kernel absorbs: (multiplier, offset, int8 codes), run
         # as a 1x1 depthwise conv (graph.bn_as_depthwise).
         self.unfolded_bn: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.depthwise_input: Dict[str, ActivationExport] = {}  # their input grid, when known
         for layer in model.layers:
             inner = _compat.inner(layer)
             if _bitpruned(layer) and isinstance(inner, SAME_SCALE) and not as_depthwise(inner):
@@ -153,6 +154,14 @@ class Plan:
                     and layer.name not in self.folded_bn):
                 m, c = bn_factors(inner, len(layer.get_input_shape_at(0)))
                 self.unfolded_bn[layer.name] = (m, c, bn_codes(m, c, self._input_grid(layer)))
+            if _bitpruned(layer) and (layer.name in self.unfolded_bn or as_depthwise(inner)):
+                # The depthwise conv reads its input on the grid Keras has it on (through a
+                # max pooling, say): without a fake quant there the converter picks a
+                # scale of its own for it and requantizes (23 % of DenseNet's first
+                # BN outputs a step off).
+                grid = self._input_grid(layer)
+                if grid is not None:
+                    self.depthwise_input[layer.name] = grid
 
     def _find_folds(self, model: keras.Model) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """Kernel layer name -> BN (multiplier, offset) for every foldable pair."""
