@@ -29,6 +29,7 @@ from tf_bitpruning.export.plan import Plan
 
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
 L = keras.layers
+pytestmark = pytest.mark.slow  # trains (a few steps) and exports; ~1 minute for the module on 2 cores
 
 
 def _rgb(x):
