@@ -363,3 +363,19 @@ def test_cli_exports_a_saved_model(frozen_models, digits, tmp_path, capsys):
     assert read_precision(out)["conv2d"] == {"weights": 2, "activations": 4}
     with pytest.raises(Exception, match="no such file"):
         cli.main(["export", str(tmp_path / "nothing"), str(out)])
+
+
+def test_float_ops_left_by_the_converter_are_named(tmp_path):
+    """A layer left in float without calibration data: the error names it (its output tensor)."""
+    import tf_bitpruning as tfbp
+    from tf_bitpruning.export import ExportError
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu", name="body"),
+                              keras.layers.Dense(3, name="float_head")])
+    bp = tfbp.bitprune_model(model, skip_layers=["float_head"])
+    bp.compile("adam", "mse")
+    bp.fit(np.random.RandomState(0).rand(32, 6), np.zeros((32, 3)), epochs=1, verbose=0)
+    path = tmp_path / "m.tflite"
+    with pytest.raises(ExportError, match=r"FULLY_CONNECTED on .*float_head"):
+        tfbp.export_tflite(tfbp.freeze_bitlengths(bp), path)
+    assert not path.exists()

@@ -62,13 +62,21 @@ def check_full_integer(model_obj, float_preprocessing: bool = True) -> None:
             if name in _PREPROCESSING_OPS and variable and all(i in prefix for i in variable):
                 prefix.update(int(i) for i in op.outputs)
                 continue
-            float_ops.append(name)
+            float_ops.append((name, [_text(sg.tensors[i].name) for i in list(op.inputs) + list(op.outputs)
+                                     if i >= 0]))
     if float_ops:
+        where = "; ".join(f"{name} on {', '.join(tensors)}" for name, tensors in float_ops[:5])
+        more = f" (and {len(float_ops) - 5} more)" if len(float_ops) > 5 else ""
         raise ExportError(
-            f"the converted model still runs {sorted(set(float_ops))} in float: some tensor has no "
-            f"quantization range (a layer left in float with skip_layers, or the intermediate of a "
-            f"SeparableConv, which has no quantizer). Bit-prune every layer, or pass "
+            f"the converted model still runs {sorted(set(n for n, _ in float_ops))} in float: some tensor "
+            f"has no quantization range (a layer left in float with skip_layers, or the intermediate of a "
+            f"SeparableConv, which has no quantizer). The float ops and their tensors (named after "
+            f"the Keras layers): {where}{more}. Bit-prune every layer, or pass "
             f"representative_dataset=... so the converter calibrates those tensors at 8 bits.")
+
+
+def _text(name) -> str:
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
 def _is_constant(model_obj, tensor) -> bool:
