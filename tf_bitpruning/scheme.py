@@ -255,22 +255,48 @@ class BitPruneLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform)
         model, layer_quantize_map = model_transformer.ModelTransformer(
             model, steps, set(layer_quantize_map), layer_quantize_map).transform()
         for chain in chains.values():
-            # Float preprocessing; the chain's last layer quantizes, as the input would.
-            for i, layer in enumerate(chain):
-                config = self._registry.get_quantize_config(layer)
+            for layer, config in zip(chain, chain_configs(chain, self._registry, self._quantize_inputs)):
                 entry = layer_quantize_map[layer.name]
                 if entry.get("quantize_config") is None:
-                    entry["quantize_config"] = config if (i == len(chain) - 1 and self._quantize_inputs) \
-                        else config.replace(quantize_output=False)
+                    entry["quantize_config"] = config
         for layer in model.layers:
             entry = layer_quantize_map.get(layer.name)
             if entry is None or entry.get("quantize_config") is not None:
                 continue  # not annotated, or the user chose the config
-            consumers = _compat.consumers(layer)
-            if (len(consumers) == 1 and _requantizes(consumers[0], layer)
-                    and consumers[0].name in layer_quantize_map and self._registry.supports(layer)):
+            if output_requantized(layer, layer_quantize_map) and self._registry.supports(layer):
                 entry["quantize_config"] = self._registry.get_quantize_config(layer, quantize_outputs=False)
         return model, layer_quantize_map
+
+
+# The layout rules, shared by tfmot's transform above and the Keras 3 graph rebuild.
+
+def preprocessing_chain(input_layer, annotated) -> list:
+    """The annotated preprocessing layers (names in ``annotated``) that follow
+    ``input_layer`` one after another."""
+    return _preprocessing_chain(input_layer, annotated)
+
+
+def chain_configs(chain, registry: BitPruneQuantizeRegistry, quantize_inputs: bool) -> list:
+    """Configs of a preprocessing chain: float, except the last layer, which quantizes
+    its output as the input would (if inputs are quantized)."""
+    configs = []
+    for i, layer in enumerate(chain):
+        config = registry.get_quantize_config(layer)
+        last = i == len(chain) - 1 and quantize_inputs
+        configs.append(config if last else config.replace(quantize_output=False))
+    return configs
+
+
+def output_requantized(layer, annotated) -> bool:
+    """Whether ``layer``'s output quantizer is dropped: its only consumer (annotated,
+    a name in ``annotated``) re-quantizes it right away."""
+    consumers = _compat.consumers(layer)
+    return len(consumers) == 1 and _requantizes(consumers[0], layer) and consumers[0].name in annotated
+
+
+def is_quantizable(layer) -> bool:
+    """Whether a layer gets a wrapper at all (not an input, reshape or other pass-through)."""
+    return not is_pass_through(layer) and builtin_kind(layer) not in _PASS_THROUGH_LAYERS
 
 
 def _requantizes(consumer, producer) -> bool:

@@ -14,7 +14,6 @@ from typing import Callable, Dict, Optional, Sequence
 
 import keras
 
-from tf_bitpruning import _compat as _graph
 from tf_bitpruning import costs, scheme
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
@@ -71,30 +70,20 @@ def _clone(layer) -> keras.layers.Layer:
 
 def _configs(graph, registry, skip: set, quantize_inputs: bool):
     """``{layer name: config}`` for the layers to wrap, and the inputs whose own
-    quantizer moves to the end of their preprocessing chain."""
-    layers = [op for op in _compat.graph_operations(graph)]
-    annotated = {layer.name: {} for layer in layers
-                 if layer.name not in skip and not scheme.is_pass_through(layer)
-                 and scheme.builtin_kind(layer) not in scheme._PASS_THROUGH_LAYERS}
+    quantizer moves to the end of their preprocessing chain (scheme's layout rules)."""
+    layers = _compat.graph_operations(graph)
+    annotated = {layer.name for layer in layers if layer.name not in skip and scheme.is_quantizable(layer)}
     configs: Dict[str, BitPruneQuantizeConfig] = {}
     chained_inputs = set()
     for layer in layers:
-        if scheme.builtin_kind(layer) != "InputLayer":
-            continue
-        chain = scheme._preprocessing_chain(layer, annotated)
+        chain = scheme.preprocessing_chain(layer, annotated) if scheme.builtin_kind(layer) == "InputLayer" else []
         if chain:
             chained_inputs.add(layer.name)
-            for i, link in enumerate(chain):
-                config = registry.get_quantize_config(link)
-                last = i == len(chain) - 1 and quantize_inputs
-                configs[link.name] = config if last else config.replace(quantize_output=False)
+            configs.update(zip([link.name for link in chain], scheme.chain_configs(chain, registry, quantize_inputs)))
     for layer in layers:
-        if layer.name not in annotated or layer.name in configs:
-            continue
-        consumers = _graph.consumers(layer)
-        quantize_outputs = not (len(consumers) == 1 and scheme._requantizes(consumers[0], layer)
-                                and consumers[0].name in annotated)
-        configs[layer.name] = registry.get_quantize_config(layer, quantize_outputs=quantize_outputs)
+        if layer.name in annotated and layer.name not in configs:
+            configs[layer.name] = registry.get_quantize_config(
+                layer, quantize_outputs=not scheme.output_requantized(layer, annotated))
     return configs, chained_inputs
 
 
