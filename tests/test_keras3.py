@@ -70,6 +70,7 @@ def run(request, runs):
     return runs[request.param]
 
 
+@pytest.mark.slow
 def test_same_tensors_under_both_kerases(runs):
     """The same registry and layout: the same tensors are quantized, starting at 8 bits."""
     names = [list(r.initial) for r in runs.values()]
@@ -79,12 +80,14 @@ def test_same_tensors_under_both_kerases(runs):
     assert "batch_normalization/activations" not in names[0] and "add/activations" in names[0]
 
 
+@pytest.mark.slow
 def test_bit_loss_is_part_of_the_loss(run):
     (bit_loss,) = [loss for loss in run.bp.losses]
     expected = float(costs.get_bit_loss(run.bp).regularization.numpy()) * tfbp.average_bits(run.bp)
     assert float(bit_loss) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_budget_met_with_integer_bits(run):
     """BitBudget anneals to integers at or under its target (uniform weighting)."""
     assert tfbp.average_bits(run.bp) <= TARGET + 1e-6
@@ -92,6 +95,7 @@ def test_budget_met_with_integer_bits(run):
     assert "avg_bits" in run.history.history and "bit_lambda" in run.history.history
 
 
+@pytest.mark.slow
 def test_freeze_meets_its_target_and_fine_tunes(run):
     bits = tfbp.bitlengths(run.frozen)
     assert tfbp.average_bits(run.frozen) <= TARGET - 0.5 + 1e-6
@@ -103,6 +107,7 @@ def test_freeze_meets_its_target_and_fine_tunes(run):
 
 
 @pytest.mark.parametrize("weighting", ["memory", "bops"])
+@pytest.mark.slow
 def test_budget_exact_freezing_with_other_weightings(run, weighting):
     """At or under a target of the weighting's average (a sanity floor: no tensor step is a bit)."""
     start = tfbp.average_bits(run.bp, weighting=weighting)
@@ -113,6 +118,7 @@ def test_budget_exact_freezing_with_other_weightings(run, weighting):
     assert tfbp.average_bits(frozen, weighting=weighting) >= target - 1.0
 
 
+@pytest.mark.slow
 def test_report_and_summary(run):
     report = tfbp.precision_report(run.frozen)
     assert [row["layer"] for row in report["rows"]][:2] == ["quantize_layer", "conv2d"]
@@ -124,6 +130,7 @@ def test_report_and_summary(run):
     assert f"{16 + 4 * 16 + 10:,}" in text.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_save_and_load_round_trip(run, tmp_path):
     if run.keras is keras3:
         path = str(tmp_path / "frozen.keras")
@@ -140,6 +147,7 @@ def test_save_and_load_round_trip(run, tmp_path):
     assert (new.weighting, new.kind) == (old.weighting, old.kind)
 
 
+@pytest.mark.slow
 def test_learning_phase_model_round_trips_in_keras3_format(runs, tmp_path):
     """A model still learning (real bitlengths, annealing state) saves and loads exactly."""
     bp = runs["keras3"].bp
@@ -156,6 +164,7 @@ def test_learning_phase_model_round_trips_in_keras3_format(runs, tmp_path):
         costs.get_bit_loss(bp).anneal_weight.numpy())
 
 
+@pytest.mark.slow
 def test_keras3_model_loaded_from_keras_file_freezes(runs, tmp_path):
     """Train in one job, freeze in another: a loaded model freezes like the original."""
     bp = runs["keras3"].bp
@@ -168,6 +177,7 @@ def test_keras3_model_loaded_from_keras_file_freezes(runs, tmp_path):
                                    runs["keras3"].xte, verbose=0), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_export_agrees_in_litert(run, tmp_path):
     from tests.litert_run import output_step, run_tflite
     from tests.tflite_checks import top1_agreement
@@ -190,6 +200,7 @@ def test_export_agrees_in_litert(run, tmp_path):
 
 # -- Keras 3 only ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_twin_computes_what_the_keras3_model_computes(runs):
     """The exporter's tf_keras twin has the same weights and grids: the same outputs."""
     from tf_bitpruning.keras3.bridge import to_tf_keras
@@ -233,6 +244,7 @@ def test_keras3_sequential_and_skip_layers():
     np.testing.assert_allclose(bp.predict(x, verbose=0).sum(axis=1), 1.0, rtol=1e-5)  # softmax head kept
 
 
+@pytest.mark.slow
 def test_keras3_tensorboard_histograms(digits, tmp_path):
     xtr, ytr, _, _ = digits
     keras3.utils.set_random_seed(0)
@@ -250,6 +262,7 @@ def test_keras3_tensorboard_histograms(digits, tmp_path):
     assert os.path.isdir(os.path.join(log_dir, "train"))  # Keras 3's own callback beside it
 
 
+@pytest.mark.slow
 def test_keras3_save_model_and_load_model(runs, tmp_path):
     """tfbp.save_model/load_model take Keras 3 models in .keras files, atomically."""
     frozen = runs["keras3"].frozen
@@ -267,6 +280,7 @@ def test_keras3_save_model_and_load_model(runs, tmp_path):
         tfbp.load_model(path, weighting="memory")
 
 
+@pytest.mark.slow  # a subprocess
 def test_keras3_layers_are_registered_for_a_plain_load(tmp_path):
     """A fresh process loads a bit-pruned .keras file after `import tf_bitpruning` alone."""
     import subprocess
@@ -283,6 +297,7 @@ def test_keras3_layers_are_registered_for_a_plain_load(tmp_path):
     assert "BitPrunedModel ['head/activations', 'head/weights', 'quantize_layer/activations']" in out.stdout
 
 
+@pytest.mark.slow
 def test_keras3_layer_kinds_export_and_agree(digits, tmp_path):
     """Keras 3 layers of every kind the registry knows, through the whole pipeline:
     preprocessing, swish/gelu/sigmoid inside kernels, separable and depthwise convs,
