@@ -1,4 +1,4 @@
-"""tf_bitpruning: learned per-layer bitlengths for tf_keras models (BitPruning)."""
+"""tf_bitpruning: learned per-layer bitlengths for tf_keras and Keras 3 models (BitPruning)."""
 
 import re
 from pathlib import Path
@@ -11,7 +11,7 @@ version = re.search(r'__version__ = "([^"]+)"',
 setup(
     name="tf-bitpruning",
     version=version,
-    description="Learn how many bits every layer needs: BitPruning (arXiv 2002.03090) for tf_keras and tfmot.",
+    description="Learn how many bits every layer needs: BitPruning (arXiv 2002.03090) for tf_keras (tfmot) and Keras 3.",
     long_description=Path(__file__).with_name("README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tf_bitpruning", "tf_bitpruning.*"]),
@@ -19,6 +19,7 @@ setup(
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",
+        "keras>=3.10",  # Keras 3 models (TensorFlow backend); TensorFlow installs it too
         "tensorflow-model-optimization>=0.8,<0.9",
         "tensorboard>=2.21,<2.22",
         "numpy",
