@@ -8,6 +8,7 @@ so both paths learn, freeze, report and export the same way.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
 import keras
@@ -47,6 +48,7 @@ class BitPruneWrapper(keras.layers.Wrapper):
             raise ValueError(f"Layer '{layer.name}' uses Keras 3's LoRA or its own quantization "
                              f"(layer.quantize); bit-prune the float layer instead.")
         self.quantize_config = quantize_config
+        self._takes_training = "training" in inspect.signature(layer.call).parameters
         self._activation = None
         if quantize_config.activation_attrs:
             if quantize_config.activation_attrs != ["activation"]:
@@ -87,7 +89,7 @@ class BitPruneWrapper(keras.layers.Wrapper):
         quantizer = self.quantize_config.activation_quantizer
         mapping = [(w, q(w, training, v)) for w, q, v, _ in self._weight_vars]
         scope = keras.StatelessScope(state_mapping=mapping) if mapping else contextlib.nullcontext()
-        if "training" in self._call_signature_parameters:
+        if self._takes_training:
             kwargs["training"] = training
         with scope:
             x = self.layer(inputs, **kwargs)
@@ -123,11 +125,6 @@ class BitPruneWrapper(keras.layers.Wrapper):
         if self._activation is not None:
             config["activation"] = keras.activations.serialize(self._activation)
         return config
-
-    @property
-    def _call_signature_parameters(self):
-        import inspect
-        return inspect.signature(self.layer.call).parameters
 
     # -- serialization -------------------------------------------------------------------------------
     def get_config(self):
@@ -234,11 +231,6 @@ class BitPrunedModel(keras.Model):
         for name, v in self._bit_loss_state().items():
             if f"bit_loss_{name}" in keys:
                 v.assign(store[f"bit_loss_{name}"])
-
-
-def wrappers(model) -> List[keras.layers.Layer]:
-    """The bit-pruning layers of a Keras 3 model (wrappers and input quantizers)."""
-    return [layer for layer in model.layers if isinstance(layer, (BitPruneWrapper, BitPruneInputQuantizer))]
 
 
 def activation_quantizers(layer) -> List[Tuple[ActivationBitQuantizer, Dict[str, Any]]]:
