@@ -160,40 +160,28 @@ def clone_frozen(model: BitPrunedModel, freeze: Callable[[BitPruneQuantizeConfig
     ``freeze_quantizer``; every variable (weights, bitlengths, ranges) copied by name.
     The caller attaches the bit loss."""
     graph = _compat.functional_graph(model)
-    input_quantizers = {}
-    ops = _compat.graph_operations(graph)
-    for i, x in enumerate(graph.inputs):
-        consumers = [op for op in ops if isinstance(op, BitPruneInputQuantizer)
-                     and any(t is x for t in op._inbound_nodes[0].input_tensors)]
-        input_quantizers[i] = (BitPruneInputQuantizer(freeze_quantizer(consumers[0].quantizer, consumers[0].name),
-                                                      name=consumers[0].name) if consumers else None)
-    # Input quantizers are layers of the graph too: re-run them as their frozen twins.
-    frozen_inputs = {q.name: q for q in input_quantizers.values() if q is not None}
-
-    def config_of(layer):
-        return freeze(layer.quantize_config, layer.name) if isinstance(layer, BitPruneWrapper) else None
-
     clones: Dict[str, keras.layers.Layer] = {}
 
+    def frozen_twin(layer):
+        if isinstance(layer, BitPruneWrapper):
+            inner = layer.layer.__class__.from_config(layer.inner_config())
+            return BitPruneWrapper(inner, freeze(layer.quantize_config, layer.name), name=layer.name)
+        if isinstance(layer, BitPruneInputQuantizer):
+            return BitPruneInputQuantizer(freeze_quantizer(layer.quantizer, layer.name), name=layer.name)
+        return _clone(layer)
+
     def operation_fn(layer):
-        if layer.name in frozen_inputs:
-            return frozen_inputs[layer.name]
         if layer.name not in clones:
-            if isinstance(layer, BitPruneWrapper):
-                inner = layer.layer.__class__.from_config(layer.inner_config())
-                clones[layer.name] = BitPruneWrapper(inner, config_of(layer), name=layer.name)
-            else:
-                clones[layer.name] = _clone(layer)
+            clones[layer.name] = frozen_twin(layer)
         return clones[layer.name]
 
     new_inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x._keras_history.operation.name)
                   for x in graph.inputs]
     outputs = _compat.run_through_graph(graph, new_inputs, operation_fn)
     result = BitPrunedModel(_single(new_inputs), outputs, name=model.name)
-    for layer in ops:
-        target = clones.get(layer.name) or frozen_inputs.get(layer.name)
-        if target is not None:
-            _copy_variables(layer, target)
+    for layer in _compat.graph_operations(graph):
+        if layer.name in clones:
+            _copy_variables(layer, clones[layer.name])
     return result
 
 
