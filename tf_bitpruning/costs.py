@@ -24,6 +24,7 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
 
 from tf_bitpruning import _compat
+from tf_bitpruning.keras3 import layers as k3
 from tf_bitpruning.quantizers import BitlengthQuantizer, variable_key
 
 WEIGHTINGS = ("uniform", "memory", "bops")
@@ -75,7 +76,6 @@ _producer = _compat.producer
 def _activation_tensors(layer) -> List[tuple]:
     """(quantizer, variables) of the activation quantizers a layer owns."""
     if _compat.is_keras3(layer):
-        from tf_bitpruning.keras3 import layers as k3
         return k3.activation_quantizers(layer)
     if isinstance(layer, tfmot_quantize_layer.QuantizeLayer):
         return [(layer.quantizer, layer.quantizer_vars)] if layer.quantizer else []
@@ -87,7 +87,6 @@ def _activation_tensors(layer) -> List[tuple]:
 def _weight_tensors(layer) -> List[tuple]:
     """(weight, quantizer, variables, attribute) of the kernels a layer quantizes."""
     if _compat.is_keras3(layer):
-        from tf_bitpruning.keras3 import layers as k3
         return k3.weight_quantizers(layer)
     if isinstance(layer, quantize_wrapper.QuantizeWrapper):
         return _compat.tfmot_weight_quantizers(layer)
@@ -97,7 +96,6 @@ def _weight_tensors(layer) -> List[tuple]:
 def is_input_quantizer(layer) -> bool:
     """Whether ``layer`` quantizes a model input (tfmot's ``QuantizeLayer`` or ours)."""
     if _compat.is_keras3(layer):
-        from tf_bitpruning.keras3 import layers as k3
         return isinstance(layer, k3.BitPruneInputQuantizer)
     return isinstance(layer, tfmot_quantize_layer.QuantizeLayer)
 
@@ -107,7 +105,6 @@ def _user_layer(layer):
     if isinstance(layer, quantize_wrapper.QuantizeWrapper):
         return layer.layer
     if _compat.is_keras3(layer):
-        from tf_bitpruning.keras3 import layers as k3
         return k3.user_layer(layer)
     return layer
 
