@@ -10,7 +10,7 @@ wrapped copies of its layers.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import keras
 
@@ -106,51 +106,48 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
             "bitprune_model: these layers cannot be bit-pruned automatically:\n" + "\n".join(problems)
             + "\nLeave them in float with skip_layers=[...names...].")
     configs, chained = _configs(graph, registry, skip, quantize_inputs)
-    return _rebuild(model, graph, lambda layer: configs.get(layer.name), chained if quantize_inputs else None,
-                    lambda: activation_quantizer, regularization, weighting)
+    input_names = [x._keras_history.operation.name for x in graph.inputs]
+    quantized = [name for name in input_names if quantize_inputs and name not in chained]
 
+    def entry(name, inp):
+        if name not in quantized:
+            return inp
+        index = quantized.index(name)  # tfmot's names: quantize_layer, quantize_layer_1, ...
+        return BitPruneInputQuantizer(activation_quantizer,
+                                      name="quantize_layer" + (f"_{index}" if index else ""))(inp)
 
-def _rebuild(model, graph, config_of: Callable[[keras.layers.Layer], Optional[BitPruneQuantizeConfig]],
-             skip_input_quantizer: Optional[set], input_quantizer: Callable[[], ActivationBitQuantizer],
-             regularization: float, weighting: str) -> BitPrunedModel:
-    """Re-runs ``graph`` with every layer cloned, wrapped where ``config_of`` gives a
-    config, and an input quantizer after each input (none if ``skip_input_quantizer``
-    is None; not after the inputs it names); copies the weights and attaches the bit loss."""
-    new_inputs, entry, count = [], [], 0
-    for x in graph.inputs:
-        name = x._keras_history.operation.name
-        inp = keras.Input(batch_shape=x.shape, dtype=x.dtype, name=name)
-        new_inputs.append(inp)
-        if skip_input_quantizer is not None and name not in skip_input_quantizer:
-            # tfmot's names: quantize_layer, quantize_layer_1, ...
-            quantizer = BitPruneInputQuantizer(input_quantizer(),
-                                               name="quantize_layer" + (f"_{count}" if count else ""))
-            entry.append(quantizer(inp))
-            count += 1
-        else:
-            entry.append(inp)
-    clones: Dict[str, keras.layers.Layer] = {}
+    def twin_of(layer):
+        config = configs.get(layer.name)
+        return BitPruneWrapper(_clone(layer), config) if config is not None else _clone(layer)
 
-    def operation_fn(layer):
-        if layer.name not in clones:
-            config = config_of(layer)
-            clones[layer.name] = BitPruneWrapper(_clone(layer), config) if config is not None else _clone(layer)
-        return clones[layer.name]
-
-    outputs = _compat.run_through_graph(graph, entry, operation_fn)
-    result = BitPrunedModel(_single(new_inputs), outputs, name=model.name)
+    result, twins = rerun(graph, twin_of, entry, name=model.name)
     for layer in _compat.graph_operations(graph):
-        target = clones.get(layer.name)
-        if target is not None:
-            inner = target.layer if isinstance(target, BitPruneWrapper) else target
-            inner.set_weights(layer.get_weights())
+        if layer.name in twins:
+            twin = twins[layer.name]
+            (twin.layer if isinstance(twin, BitPruneWrapper) else twin).set_weights(layer.get_weights())
     costs.attach_bit_loss(result, regularization, weighting)
     return result
 
 
-def _single(inputs: list):
-    """The one input itself, or the list (Keras 3 matches call arguments to this structure)."""
-    return inputs[0] if len(inputs) == 1 else inputs
+def rerun(graph, twin_of: Callable[[Any], Any], entry: Callable[[str, Any], Any] = lambda name, x: x,
+          make_input: Callable[..., Any] = keras.Input, make_model: Callable[..., Any] = None, name: str = None):
+    """Re-runs a functional ``graph`` on new inputs (``make_input``, passed through
+    ``entry(input name, tensor)``) with ``twin_of(layer)``, made once per layer, in place
+    of each layer (``keras.models.clone_model``'s mechanism). Returns the new model
+    (``make_model``, default :class:`BitPrunedModel`) and ``{layer name: twin}``."""
+    twins: Dict[str, Any] = {}
+
+    def operation_fn(layer):
+        if layer.name not in twins:
+            twins[layer.name] = twin_of(layer)
+        return twins[layer.name]
+
+    names = [x._keras_history.operation.name for x in graph.inputs]
+    inputs = [make_input(batch_shape=x.shape, dtype=x.dtype, name=name) for x, name in zip(graph.inputs, names)]
+    outputs = _compat.run_through_graph(graph, [entry(n, x) for n, x in zip(names, inputs)], operation_fn)
+    make_model = make_model or BitPrunedModel
+    # One input as itself (Keras 3 matches call arguments to this structure).
+    return make_model(inputs[0] if len(inputs) == 1 else inputs, outputs, name=name or graph.name), twins
 
 
 def clone_frozen(model: BitPrunedModel, freeze: Callable[[BitPruneQuantizeConfig, str], BitPruneQuantizeConfig],
@@ -159,9 +156,6 @@ def clone_frozen(model: BitPrunedModel, freeze: Callable[[BitPruneQuantizeConfig
     ``freeze(config, layer name)`` and each input quantizer's through
     ``freeze_quantizer``; every variable (weights, bitlengths, ranges) copied by name.
     The caller attaches the bit loss."""
-    graph = _compat.functional_graph(model)
-    clones: Dict[str, keras.layers.Layer] = {}
-
     def frozen_twin(layer):
         if isinstance(layer, BitPruneWrapper):
             inner = layer.layer.__class__.from_config(layer.inner_config())
@@ -170,18 +164,11 @@ def clone_frozen(model: BitPrunedModel, freeze: Callable[[BitPruneQuantizeConfig
             return BitPruneInputQuantizer(freeze_quantizer(layer.quantizer, layer.name), name=layer.name)
         return _clone(layer)
 
-    def operation_fn(layer):
-        if layer.name not in clones:
-            clones[layer.name] = frozen_twin(layer)
-        return clones[layer.name]
-
-    new_inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x._keras_history.operation.name)
-                  for x in graph.inputs]
-    outputs = _compat.run_through_graph(graph, new_inputs, operation_fn)
-    result = BitPrunedModel(_single(new_inputs), outputs, name=model.name)
+    graph = _compat.functional_graph(model)
+    result, twins = rerun(graph, frozen_twin, name=model.name)
     for layer in _compat.graph_operations(graph):
-        if layer.name in clones:
-            _copy_variables(layer, clones[layer.name])
+        if layer.name in twins:
+            _copy_variables(layer, twins[layer.name])
     return result
 
 

@@ -84,32 +84,26 @@ def to_tf_keras(model: keras.Model) -> tf_keras.Model:
     from tensorflow_model_optimization.quantization.keras import quantize_apply
 
     from tf_bitpruning.api import bitprune_annotate_layer, bitprune_scope
+    from tf_bitpruning.keras3.api import rerun
 
     graph = _compat.functional_graph(model)
     ops = _compat.graph_operations(graph)
     input_quantizers = [op for op in ops if isinstance(op, BitPruneInputQuantizer)]
-    twins: Dict[str, Any] = {}
 
-    def operation_fn(layer):
+    def twin_of(layer):
         if isinstance(layer, BitPruneInputQuantizer):
             return lambda x, **kwargs: x  # tfmot's layout adds the twin's input quantizers
-        if layer.name not in twins:
-            if isinstance(layer, BitPruneWrapper):
-                inner = _tf_keras_layer(type(layer.layer).__name__, layer.inner_config())
-                twins[layer.name] = bitprune_annotate_layer(
-                    inner, _tf_keras_config(layer.quantize_config, type(layer.layer).__name__))
-            else:
-                twins[layer.name] = _tf_keras_layer(type(layer).__name__, layer.get_config())
-        return twins[layer.name]
+        if isinstance(layer, BitPruneWrapper):
+            inner = _tf_keras_layer(type(layer.layer).__name__, layer.inner_config())
+            return bitprune_annotate_layer(inner, _tf_keras_config(layer.quantize_config, type(layer.layer).__name__))
+        return _tf_keras_layer(type(layer).__name__, layer.get_config())
 
-    inputs = [tf_keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x._keras_history.operation.name)
-              for x in graph.inputs]
     with bitprune_scope():
-        outputs = _compat.run_through_graph(graph, inputs, operation_fn)
-        annotated = tf_keras.Model(inputs, outputs, name=model.name)
+        annotated, twins = rerun(graph, twin_of, make_input=tf_keras.Input, make_model=tf_keras.Model,
+                                 name=model.name)
     for layer in ops:
         twin = twins.get(layer.name)
-        if twin is not None:
+        if twin is not None and not isinstance(layer, BitPruneInputQuantizer):
             source = layer.layer if isinstance(layer, BitPruneWrapper) else layer
             (twin.layer if hasattr(twin, "layer") else twin).set_weights(source.get_weights())
     loss = costs.get_bit_loss(model)
