@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence, Tuple
 
 import tf_keras as keras
@@ -45,11 +46,6 @@ def _check_model(model, what: str) -> None:
             f"{what}: model '{model.name}' contains nested model(s) {nested}. Quantizing a model "
             f"inside a model is not supported (tfmot); flatten it first, for example by calling "
             f"the inner model's layers directly in one functional model.")
-
-
-# bitprune_apply's keyword options and their defaults (also what bitprune_model takes under Keras 3).
-_APPLY_DEFAULTS = dict(weight_bits=(2, 8), activation_bits=(1, 8), init_bits=None, bits_lr_multiplier=10.0,
-                       per_channel_bits=False, quantize_inputs=True, weight_clip="max")
 
 
 def bitprune_annotate_layer(to_annotate: keras.layers.Layer,
@@ -203,8 +199,11 @@ def bitprune_model(to_prune: keras.Model, regularization: float = 0.05, weightin
         from tf_bitpruning.keras3 import api as keras3_api
         costs.check_regularization(regularization)
         costs.check_weighting(weighting)
-        options = dict(_APPLY_DEFAULTS, **options)
-        unknown = set(options) - set(_APPLY_DEFAULTS)
+        # bitprune_apply's keyword options and their defaults, read off its signature.
+        defaults = {name: p.default for name, p in inspect.signature(bitprune_apply).parameters.items()
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        unknown = set(options) - set(defaults)
+        options = dict(defaults, **options)
         if unknown:
             raise TypeError(f"bitprune_model: unexpected options {sorted(unknown)}.")
         weights, activations = _quantizers(options["weight_bits"], options["activation_bits"],
