@@ -247,7 +247,7 @@ class BitPruneLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform)
 
     def apply(self, model, layer_quantize_map):
         chains = {name: chain for name, chain in
-                  ((layer.name, _preprocessing_chain(layer, layer_quantize_map)) for layer in model.layers
+                  ((layer.name, preprocessing_chain(layer, layer_quantize_map)) for layer in model.layers
                    if builtin_kind(layer) == "InputLayer") if chain}
         steps = []
         if self._quantize_inputs:
@@ -269,12 +269,6 @@ class BitPruneLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform)
 
 
 # The layout rules, shared by tfmot's transform above and the Keras 3 graph rebuild.
-
-def preprocessing_chain(input_layer, annotated) -> list:
-    """The annotated preprocessing layers (names in ``annotated``) that follow
-    ``input_layer`` one after another."""
-    return _preprocessing_chain(input_layer, annotated)
-
 
 def chain_configs(chain, registry: BitPruneQuantizeRegistry, quantize_inputs: bool) -> list:
     """Configs of a preprocessing chain: float, except the last layer, which quantizes
@@ -311,7 +305,7 @@ def _requantizes(consumer, producer) -> bool:
     return consumer_kind in _REQUANTIZING_CONSUMERS
 
 
-def _preprocessing_chain(input_layer, layer_quantize_map) -> list:
+def preprocessing_chain(input_layer, layer_quantize_map) -> list:
     """The annotated preprocessing layers that follow ``input_layer`` one after another."""
     chain, layer = [], input_layer
     while True:
