@@ -379,3 +379,48 @@ def test_float_ops_left_by_the_converter_are_named(tmp_path):
     with pytest.raises(ExportError, match=r"FULLY_CONNECTED on .*float_head"):
         tfbp.export_tflite(tfbp.freeze_bitlengths(bp), path)
     assert not path.exists()
+
+
+def _nasnet_cell():
+    """NASNet's cell pattern: a BN output read by several Activation("relu") layers
+    (each on its own grid), the adjust block's strided 1x1 poolings (one through
+    padding and cropping), Add, Concatenate, a BN after the concatenation, and a last
+    Concatenate whose only consumer is an Activation("relu")."""
+    L = keras.layers
+    inputs = keras.Input((8, 8, 1))
+    ip = L.BatchNormalization()(L.Conv2D(8, 3, padding="same", use_bias=False)(inputs))
+    h = L.BatchNormalization()(L.Conv2D(8, 1, use_bias=False)(L.Activation("relu")(ip)))
+    p = L.Activation("relu")(ip)
+    p1 = L.Conv2D(4, 1, use_bias=False)(L.AveragePooling2D(1, strides=2)(p))
+    p2 = L.Cropping2D(((1, 0), (1, 0)))(L.ZeroPadding2D(((0, 1), (0, 1)))(p))
+    p2 = L.Conv2D(4, 1, use_bias=False)(L.AveragePooling2D(1, strides=2)(p2))
+    p = L.BatchNormalization()(L.Concatenate()([p1, p2]))
+    h = L.MaxPooling2D()(h)
+    x1 = L.Add()([L.Conv2D(8, 3, padding="same")(L.Activation("relu")(h)),
+                  L.Conv2D(8, 1)(L.Activation("relu")(h))])
+    x2 = L.Add()([L.Conv2D(8, 1)(L.Activation("relu")(p)), p])
+    x = L.Activation("relu")(L.Concatenate()([p, x1, x2]))
+    return keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling2D()(x)))
+
+
+def test_nasnet_cell_exports_on_learned_grids(digits, tmp_path):
+    """Relu layers reading one tensor onto grids of their own (the converter merged
+    their RELU ops into one without a range: a float RELU), and a Concatenate before
+    an activation (no grid, as if the activation were fused into it): full integer
+    without calibration data, and the file agrees with Keras."""
+    bp = tfbp.bitprune_model(_nasnet_cell(), regularization=0.0, init_bits=5.0)
+    bp.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    bp.fit(digits[0], digits[1], batch_size=64, epochs=2, verbose=0)
+    frozen = tfbp.freeze_bitlengths(bp)
+    path = tmp_path / "nasnet_cell.tflite"
+    export_tflite(frozen, path)  # raises ExportError on any float op
+    model_obj = flatbuffer(path)
+    relus = [op for op in model_obj.subgraphs[0].operators
+             if flatbuffer_utils.opcode_to_name(model_obj, op.opcodeIndex) == "RELU"]
+    assert len(relus) >= 4  # one per relu layer that reads a tensor with another (no merged one)
+    x = digits[2]
+    got, _ = run_tflite(path, x)
+    ref = frozen.predict(x, verbose=0)
+    agreement = top1_agreement(got, ref, output_step(path))
+    assert agreement.rate >= 0.99 and agreement.decided >= 0.5 * len(x), agreement
+    assert agreement.off_grid_rate <= 0.02, agreement

@@ -9,7 +9,8 @@ Placement of quantizers (what TFLite executes, as in tfmot's 8-bit scheme):
   its only consumer re-quantizes the same values right away in a way the exported
   file reproduces (ReLU, LeakyReLU, Concatenate; an Activation that TFLite fuses
   or tfmot quantizes first; a BatchNormalization after a conv/dense kernel, which
-  the exporter folds): there the consumer's quantizer is the one that counts. So ``Conv2D -> BatchNormalization -> ReLU`` quantizes the conv
+  the exporter folds; a Concatenate keeps its own before an activation, which
+  TFLite cannot fuse into it): there the consumer's quantizer is the one that counts. So ``Conv2D -> BatchNormalization -> ReLU`` quantizes the conv
   kernel and the ReLU output: **BatchNormalization is quantized after, not
   folded**. The float BN scale is folded into the per-channel conv scale at
   export, which keeps the b-bit grid exact;
@@ -101,6 +102,9 @@ _OUTPUT_ACTIVATIONS = frozenset({
 # (the consumer's quantizer is the one TFLite keeps: a fused activation, a common
 # concatenation scale); BatchNormalization and Activation only where noted below.
 _REQUANTIZING_CONSUMERS = frozenset({"ReLU", "LeakyReLU", "Concatenate"})
+# ... except after these producers, into which TFLite fuses no activation (CONCATENATION):
+# their output needs a grid of its own;
+_UNFUSED_PRODUCERS = frozenset({"Concatenate"})
 # ... a BatchNormalization, when the exporter folds it into the producer's kernel;
 _FOLDABLE_PRODUCERS = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D", "Dense"})
 # ... an Activation that TFLite fuses into the producer, or that tfmot quantizes before.
@@ -300,6 +304,10 @@ def _requantizes(consumer, producer) -> bool:
     if consumer_kind == "BatchNormalization":
         return (builtin_kind(producer, exact=False) in _FOLDABLE_PRODUCERS
                 and _activation_name(getattr(producer, "activation", None)) in ("linear", "NoneType"))
+    if consumer_kind == "Concatenate":
+        return True
+    if builtin_kind(producer, exact=False) in _UNFUSED_PRODUCERS:
+        return False
     if consumer_kind == "Activation":
         return _activation_name(consumer.activation) in _FUSED_ACTIVATIONS
     return consumer_kind in _REQUANTIZING_CONSUMERS

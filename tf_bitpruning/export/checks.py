@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Sequence
 
 import tf_keras as keras
 
@@ -42,11 +42,13 @@ _PREPROCESSING_OPS = ("MUL", "ADD", "SUB", "DIV", "SQRT", "RSQRT", "MAXIMUM", "M
                       "RELU6", "RELU_0_TO_1", "RELU_N1_TO_1")
 
 
-def check_full_integer(model_obj, float_preprocessing: bool = True) -> None:
+def check_full_integer(model_obj, float_preprocessing: bool = True, float_layers: Sequence[str] = ()) -> None:
     """Every op of the converted model runs on integer tensors (I/O conversion aside).
 
     With ``float_preprocessing``, float elementwise ops computed from the model
     inputs and constants alone (before the input is quantized) are allowed.
+    ``float_layers``: SeparableConv layers whose inner tensor has no learned grid
+    (named in the error).
     """
     float_ops = []
     for sg in model_obj.subgraphs:
@@ -71,8 +73,18 @@ def check_full_integer(model_obj, float_preprocessing: bool = True) -> None:
             f"the converted model still runs {sorted(set(n for n, _ in float_ops))} in float: some tensor "
             f"has no quantization range (a layer left in float with skip_layers, or the intermediate of a "
             f"SeparableConv, which has no quantizer). The float ops and their tensors (named after "
-            f"the Keras layers): {where}{more}. Bit-prune every layer, or pass "
-            f"representative_dataset=... so the converter calibrates those tensors at 8 bits.")
+            f"the Keras layers): {where}{more}.{_separable_hint(float_layers)} Bit-prune every layer, or "
+            f"pass representative_dataset=... so the converter calibrates those tensors at 8 bits.")
+
+
+def _separable_hint(layers: Sequence[str]) -> str:
+    if not layers:
+        return ""
+    more = f" (and {len(layers) - 5} more)" if len(layers) > 5 else ""
+    return (f" The tensor between the depthwise and pointwise kernels of the SeparableConv layers "
+            f"{', '.join(repr(n) for n in layers[:5])}{more} is float in Keras (no learned grid): "
+            f"pass representative_dataset=..., or build them as DepthwiseConv2D -> Conv2D(1x1), whose "
+            f"inner tensor is learned.")
 
 
 def _text(name) -> str:

@@ -69,6 +69,8 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
         saved.setdefault(attr, old)
 
     try:
+        if layer.name in plan.relu_first:
+            return plan.relu_first[layer.name].relu(inputs)
         if layer.name in plan.folded_bn:
             out = inputs  # folded into the producer's kernel and bias
         else:

@@ -60,6 +60,15 @@ class ActivationExport:
             x = tf.nn.relu(x) if self.lo == 0.0 else tf.maximum(x, self.lo)
         return self._fake_quant(x)
 
+    def relu(self, x: tf.Tensor) -> tf.Tensor:
+        """``relu(x)`` quantized onto the grid, with ``x`` quantized onto it first (exact:
+        ``0`` and ``lo`` are grid points). Several layers that take the relu of one
+        tensor onto grids of their own then run RELU ops of their own: identical RELU
+        ops would be merged into one, whose output has no range (it runs in float)."""
+        x = self._fake_quant(tf.cast(x, tf.float32))
+        x = tf.nn.relu(x) if self.lo <= 0.0 else tf.maximum(x, self.lo)
+        return self._fake_quant(x)
+
     def _fake_quant(self, x: tf.Tensor) -> tf.Tensor:
         top = self.hi
         return tf.quantization.fake_quant_with_min_max_vars(

@@ -163,6 +163,36 @@ class Plan:
                 if grid is not None:
                     self.depthwise_input[layer.name] = grid
 
+        # SeparableConv layers: the tensor between their kernels has no learned grid.
+        self.separable = [layer.layer.name for layer in model.layers if _bitpruned(layer) and isinstance(
+            _compat.inner(layer), (L.SeparableConv1D, L.SeparableConv2D))]
+        # Several plain relu layers reading one tensor (NASNet's cells): each quantizes its
+        # input onto its own output grid before the relu (ActivationExport.relu).
+        self.relu_first: Dict[str, ActivationExport] = {}
+        for users in _compat.consumers(model).values():
+            grids = {user.name: self._relu_grid(user) for user in users}
+            grids = {name: grid for name, grid in grids.items() if grid is not None}
+            if len(grids) > 1:
+                self.relu_first.update(grids)
+
+    def _relu_grid(self, layer) -> Optional[ActivationExport]:
+        """The output grid of a bit-pruned plain relu layer (``Activation("relu")``, a
+        ``ReLU()`` without options) called once, else None."""
+        inner = _compat.inner(layer)
+        if not _bitpruned(layer) or len(layer._inbound_nodes) != 1:
+            return None
+        if isinstance(inner, L.Activation):
+            if getattr(_compat.plain_activation(inner.activation), "__name__", "") != "relu":
+                return None
+            activations = _compat.quantize_activations(layer)
+            pre, post = _compat.activation_vars(activations[0]) if activations else (None, None)
+            return self.act(post) if pre is None else None
+        if isinstance(inner, L.ReLU) and inner.max_value is None and not inner.negative_slope \
+                and not inner.threshold:
+            _, variables = _compat.output_quantizer(layer)
+            return self.act(variables)
+        return None
+
     def _find_folds(self, model: keras.Model) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """Kernel layer name -> BN (multiplier, offset) for every foldable pair."""
         outputs = {id(layer) for layer in _compat.output_layers(model)}
