@@ -154,3 +154,53 @@ def test_layer_kind_exports_and_agrees(name, digits, tmp_path):
     # 2 output steps of a tie (up to 30 % seen, gelu); at most 40 % may, so the
     # comparison above always covers ≥ 216 examples.
     assert a.tie_rate <= 0.4, a
+
+
+def test_swish_and_sigmoid_export_without_calibration_and_agree(digits, tmp_path):
+    """EfficientNet's squeeze-excite behind a Rescaling. A swish inside a conv now has a
+    learned grid before it too, so the file needs no calibration data: with it the
+    converter gave that conv's output, kernel and int32 bias grids of its own (its bias
+    read 4x too large) and rounded the raw input before the Rescaling (2 % of the
+    first tensor a step off). Sigmoids round onto TFLite's 1/256 LOGISTIC grid in Keras
+    too: a swish layer's outputs were 0.02-0.4 % a step off, now they are the file's."""
+    from ai_edge_litert.interpreter import Interpreter
+    from tf_bitpruning.export.plan import Plan
+
+    inputs = keras.Input((8, 8, 3))
+    x = L.Rescaling(1.0 / 255.0)(inputs)
+    x = L.BatchNormalization()(L.Conv2D(16, 3, padding="same", use_bias=False)(x))
+    x = L.Activation("swish", name="swish")(x)
+    se = L.Reshape((1, 1, 16))(L.GlobalAveragePooling2D()(x))
+    se = L.Conv2D(4, 1, activation="swish", name="se_reduce")(se)
+    se = L.Conv2D(16, 1, activation="sigmoid")(se)
+    model = keras.Model(inputs, L.Dense(10)(L.Flatten()(L.Multiply()([x, se]))))
+    xtr, ytr = _rgb(digits[0]) * 255.0, digits[1]
+    bp = tfbp.bitprune_model(model, regularization=0.0, init_bits=6.0)
+    bp.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    for i in range(6):
+        bp.train_on_batch(xtr[32 * i:32 * (i + 1)], ytr[32 * i:32 * (i + 1)])
+    frozen = tfbp.freeze_bitlengths(bp)
+    path = tmp_path / "se.tflite"
+    export_tflite(frozen, path)  # no representative_dataset: every tensor has a learned grid
+
+    x = (_rgb(digits[2][:128]) * 255.0).astype(np.float32)
+    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+    it.resize_tensor_input(it.get_input_details()[0]["index"], x.shape)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    details = {d["name"]: d for d in it.get_tensor_details()}
+    # The swish's pre-activation inside se_reduce is on its learned grid in the file.
+    (variables,) = [v for _, v in costs._activation_tensors(frozen.get_layer("quant_se_reduce"))
+                    if "pre_activation" in v["bits"].name]
+    plan = Plan(frozen)
+    conv_out = details["quant_se_reduce/BiasAdd"]
+    assert np.isclose(conv_out["quantization"][0], plan.act(variables).step, rtol=1e-5)
+    # The swish layer's output: the file's is Keras' (same gate rounding), up to midpoints.
+    ref = keras.Model(frozen.inputs, frozen.get_layer("quant_swish").output)(x).numpy()
+    out = [d for name, d in details.items() if name.startswith("quant_swish/") and not name.endswith("refined")]
+    out = max(out, key=lambda d: d["index"])
+    scale, zero = out["quantization"]
+    got = (it.get_tensor(out["index"]).astype(np.float64) - zero) * scale
+    off = np.abs(got - ref) / scale > 0.5
+    assert np.mean(off) <= 2e-4, np.mean(off)

@@ -13,6 +13,7 @@ from typing import Dict, Optional, Sequence, Union
 
 import tensorflow_model_optimization as tfmot
 
+from tf_bitpruning import activations
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 
 QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
@@ -25,7 +26,9 @@ class BitPruneQuantizeConfig(QuantizeConfig):
       weight_attrs: names of the layer's kernel attributes, e.g. ``["kernel"]``.
       activation_attrs: names of activation attributes, e.g. ``["activation"]``.
         The activation is quantized after ``relu``/``linear`` and before
-        ``softmax``/``sigmoid``/``tanh``, as in tfmot.
+        ``softmax``/``sigmoid``/``tanh``, as in tfmot; a swish inside a layer
+        before and after. Sigmoid and swish run as TFLite computes them (the
+        sigmoid on its 1/256 grid, :mod:`tf_bitpruning.activations`).
       quantize_output: quantize the layer's output tensor (for layers without an
         activation attribute, such as ``Add`` or ``BatchNormalization``).
       weight_quantizer: a :class:`WeightBitQuantizer` for every kernel, or a dict
@@ -64,7 +67,11 @@ class BitPruneQuantizeConfig(QuantizeConfig):
         return [(self._attr(layer, a), self.weight_quantizers[a]) for a in self.weight_attrs]
 
     def get_activations_and_quantizers(self, layer):
-        return [(self._attr(layer, a), self.activation_quantizer) for a in self.activation_attrs]
+        from tf_bitpruning.scheme import builtin_kind  # scheme imports this module
+
+        inside = builtin_kind(layer, exact=False) != "Activation"
+        return [(activations.quantize_aware(self._attr(layer, a), inside), self.activation_quantizer)
+                for a in self.activation_attrs]
 
     def set_quantize_weights(self, layer, quantize_weights):
         if len(quantize_weights) != len(self.weight_attrs):

@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation as _qaa
 
+from tf_bitpruning import activations
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
 from tf_bitpruning.quantizers import ActivationBitQuantizer
@@ -55,7 +56,9 @@ class BitPruneWrapper(keras.layers.Wrapper):
                 raise ValueError(f"Layer '{layer.name}': under Keras 3 only the 'activation' attribute can be "
                                  f"quantized, got {quantize_config.activation_attrs}.")
             # The wrapper applies the activation around its quantizer; the layer stays linear.
-            self._activation = layer.activation
+            # Sigmoid and swish as TFLite computes them, as on the tf_keras path.
+            self._activation = activations.quantize_aware(
+                layer.activation, not isinstance(layer, keras.layers.Activation))
             layer.activation = keras.activations.linear
 
     # -- build ---------------------------------------------------------------------------------------
@@ -75,7 +78,7 @@ class BitPruneWrapper(keras.layers.Wrapper):
         quantizer = config.activation_quantizer
         if self._activation is not None:
             name = _activation_name(self._activation)
-            if name in _QAA._PRE_QUANT_ACTIVATIONS:
+            if name in _QAA._PRE_QUANT_ACTIVATIONS or activations.pre_quantized(self._activation):
                 self._pre_activation_vars = quantizer.build(None, "pre_activation", self)
             if name in _QAA._POST_QUANT_ACTIVATIONS:
                 self._post_activation_vars = quantizer.build(None, "post_activation", self)

@@ -1,0 +1,95 @@
+"""Sigmoid and swish as TFLite's int8 kernels compute them, for the Keras forward pass.
+
+TFLite has no swish op: the converter writes ``x * sigmoid(x)`` as LOGISTIC and MUL,
+and an int8 LOGISTIC writes its output on the fixed grid ``k/256`` (``k = 0 .. 255``).
+A float sigmoid in Keras therefore differs from the file wherever rounding the gate
+to 1/256 moves the product across a grid midpoint (0.02-0.4 % of a swish layer's
+outputs a step off; up to 6 % of an EfficientNet squeeze-excite's), and those steps
+grow through the network. Here the gate is rounded the same way in Keras (the
+gradient passes straight through), so the file computes what the model computes.
+
+The pre-activation of a swish inside a kernel layer (``Conv2D(activation="swish")``)
+is a tensor of the file too, but tfmot's quantize-aware activation quantizes only
+after a swish; :func:`quantize_aware` marks such swishes to be quantized before as
+well (a learned grid, like a sigmoid's input), so that no tensor is left for the
+converter to calibrate (which re-quantized the layer's kernel and bias on grids of its
+own, and rounded float inputs before their preprocessing).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation as _qaa
+
+# TFLite's int8 LOGISTIC output: scale 1/256, zero point -128.
+SIGMOID_STEP = 1.0 / 256.0
+
+
+def _on_sigmoid_grid(s: tf.Tensor) -> tf.Tensor:
+    """``s`` in [0, 1] rounded onto TFLite's LOGISTIC grid ``k/256`` (``k <= 255``). The
+    gradient passes straight through below 255/256 (a sigmoid's own gradient above is
+    < 0.004); one fake-quant op, which the converter folds into LOGISTIC's output."""
+    return tf.quantization.fake_quant_with_min_max_vars(s, 0.0, 255.0 * SIGMOID_STEP, num_bits=8)
+
+
+def tflite_sigmoid(x):
+    """``sigmoid(x)`` rounded onto TFLite's int8 LOGISTIC output grid."""
+    x32 = tf.cast(x, tf.float32)
+    return tf.cast(_on_sigmoid_grid(tf.sigmoid(x32)), x.dtype)
+
+
+def tflite_swish(x):
+    """``x · sigmoid(x)`` with the sigmoid on TFLite's LOGISTIC grid (LOGISTIC, then MUL)."""
+    x32 = tf.cast(x, tf.float32)
+    return tf.cast(x32 * _on_sigmoid_grid(tf.sigmoid(x32)), x.dtype)
+
+
+tflite_sigmoid.__name__ = "sigmoid"
+tflite_swish.__name__ = "swish"
+
+
+def _pre_quantized_swish(x):
+    return tflite_swish(x)
+
+
+_pre_quantized_swish.__name__ = "swish"
+# Read by the quantize-aware activation (patched below) and the Keras 3 wrapper.
+_pre_quantized_swish.pre_quantize = True
+
+
+def quantize_aware(activation, inside_layer: bool):
+    """The function a bit-pruned layer runs for ``activation``: sigmoid and swish as
+    TFLite computes them (see the module doc), a swish inside a layer (not an
+    ``Activation`` layer, whose input its producer quantizes) also quantized before;
+    any other activation as it is."""
+    from tf_bitpruning.scheme import _activation_name  # scheme imports configs, which imports this
+
+    name = _activation_name(activation)
+    if name == "sigmoid":
+        return tflite_sigmoid
+    if name == "swish":
+        return _pre_quantized_swish if inside_layer else tflite_swish
+    return activation
+
+
+def pre_quantized(activation) -> bool:
+    """Whether ``activation`` (from :func:`quantize_aware`) is quantized before, too."""
+    return bool(getattr(activation, "pre_quantize", False))
+
+
+def _install() -> None:
+    """tfmot's quantize-aware activation pre-quantizes activations marked by
+    :func:`quantize_aware` as well as its own list (only ours carry the mark)."""
+    qaa = _qaa.QuantizeAwareActivation
+    if getattr(qaa._should_pre_quantize, "_tf_bitpruning", False):
+        return
+    original = qaa._should_pre_quantize
+
+    def _should_pre_quantize(self):
+        return original(self) or pre_quantized(self.activation)
+
+    _should_pre_quantize._tf_bitpruning = True
+    qaa._should_pre_quantize = _should_pre_quantize
+
+
+_install()
