@@ -57,6 +57,7 @@ class BitPruneWrapper(keras.layers.Wrapper):
                                  f"quantized, got {quantize_config.activation_attrs}.")
             # The wrapper applies the activation around its quantizer; the layer stays linear.
             # Sigmoid and swish as TFLite computes them, as on the tf_keras path.
+            self._user_activation = layer.activation  # what the layer's config keeps
             self._activation = activations.quantize_aware(
                 layer.activation, not isinstance(layer, keras.layers.Activation))
             layer.activation = keras.activations.linear
@@ -126,7 +127,7 @@ class BitPruneWrapper(keras.layers.Wrapper):
         """The wrapped layer's config as the user built it (its real activation)."""
         config = self.layer.get_config()
         if self._activation is not None:
-            config["activation"] = keras.activations.serialize(self._activation)
+            config["activation"] = keras.activations.serialize(self._user_activation)
         return config
 
     # -- serialization -------------------------------------------------------------------------------
