@@ -185,7 +185,8 @@ def trace(frozen, path: str, x) -> list:
             sg_ops.append(o)
     for o in sg_ops:
         name = details[o]["name"]
-        last[name.split("/")[0]] = o
+        if not name.endswith("/refined"):  # fine_bias's finer copy of an input: another scale
+            last[name.split("/")[0]] = o
     rows = []
     for name, ref in zip(names, refs):
         index = last.get(name)

@@ -20,6 +20,7 @@ way, 1e-4 to 5e-4 of a layer's elements, and those one-step flips multiply with 
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras as keras
 
 import tf_bitpruning as tfbp
@@ -260,3 +261,39 @@ def test_pooling_read_by_a_concatenation_and_a_bn_stays_on_its_grid(digits, tmp_
              and "quant_bn" in detail[op["inputs"][1]]["name"]]
     scale = detail[bn["inputs"][0]]["quantization"][0]
     assert np.isclose(scale, plan.depthwise_input["quant_bn"].step, rtol=1e-5), scale
+
+
+def test_inception_branch_pooling_rounds_once_onto_its_grid(digits, tmp_path):
+    """InceptionV3's mixed block: a max pooling read by 1x1 convs and by a 3x3 stride-1
+    'same' average pooling. The convs were left in float (the converter gave them a
+    DEQUANTIZE of the max pooling: ExportError, and with calibration data 4 % agreement
+    on InceptionV3), and TFLite's AVERAGE_POOL_2D rounded onto its input's grid before
+    the pooling's own (32 % of a branch pooling's outputs a step off). Now the file is
+    integer and the pooling (depthwise convs, one per band of border windows) rounds
+    LiteRT's input to it once, onto its grid, averaging the border windows over what
+    they cover as TensorFlow does."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.ReLU()(L.Conv2D(8, 3, padding="same")(inputs))
+    x = L.MaxPooling2D(2, name="stem_pool")(x)
+    a = L.ReLU()(L.Conv2D(4, 1)(x))
+    b = L.AveragePooling2D(3, strides=1, padding="same", name="pool")(x)
+    b = L.ReLU()(L.Conv2D(4, 1)(b))
+    x = L.Concatenate()([a, b])
+    frozen = _frozen(keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling2D()(x))), digits)
+    path = tmp_path / "inception.tflite"
+    export_tflite(frozen, path)
+    it = _run(path, _rgb(digits[2][:64]))
+    assert not _ops(it, "AVERAGE_POOL_2D") and not _ops(it, "DEQUANTIZE")[:-1]
+    (maxpool,) = _ops(it, "MAX_POOL_2D")
+    values, _ = _real(it, maxpool["outputs"][0])
+    spec = _act_spec(frozen, Plan(frozen), "quant_pool")
+    # The pooling's output: the concatenation of its bands (nothing after it rounds again).
+    pool_out = _ops(it, "CONCATENATION")[-2]["outputs"][0]
+    assert [op["op_name"] for op in it._get_ops_details()
+            if pool_out in op["inputs"] and op["op_name"] != "DELEGATE"] == ["QUANTIZE"]  # fine_bias
+    got, scale = _real(it, pool_out)
+    assert np.isclose(scale, spec.step, rtol=1e-5), (scale, spec.step)
+    mean = tf.nn.avg_pool2d(values, 3, 1, "SAME").numpy()
+    want = spec.lo + spec.step * np.clip(np.round((mean - spec.lo) / spec.step), 0, 2 ** spec.bits - 1)
+    steps = np.abs(got - want) / spec.step
+    assert steps.max() <= 1.0 + 1e-6 and np.mean(steps > 0.5) <= 0.002, (np.mean(steps > 0.5), steps.max())

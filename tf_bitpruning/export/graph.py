@@ -16,8 +16,8 @@ import tf_keras as keras
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError, check_frozen
-from tf_bitpruning.export.grids import WeightExport
-from tf_bitpruning.export.plan import VALUE_PRESERVING, Plan, as_depthwise
+from tf_bitpruning.export.grids import ActivationExport, WeightExport
+from tf_bitpruning.export.plan import VALUE_PRESERVING, Plan, as_depthwise, pool_bands
 
 L = keras.layers
 
@@ -91,8 +91,9 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
                 out = dense_as_conv(inner, inputs, kernel)
             elif type(inner) is L.Conv1D and kernel is not None:
                 out = conv1d_as_conv2d(inner, inputs, kernel)
-            elif as_depthwise(inner):
-                out = avg_pool_as_depthwise(inner, inputs)
+            elif as_depthwise(layer):
+                _, variables = _compat.output_quantizer(layer)
+                out = avg_pool_as_depthwise(inner, inputs, plan.act(variables))
             elif layer.name in plan.unfolded_bn:
                 m, c, codes = plan.unfolded_bn[layer.name]
                 out = bn_as_depthwise(inner.name, m, c, inputs, codes)
@@ -102,6 +103,9 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
                 out = inner.call(inputs, **_inference_kwargs(inner, kwargs))
             if layer.name in plan.same_scale:
                 out = plan.same_scale[layer.name](out)
+            if layer.name in plan.preserved:
+                grid = plan.preserved[layer.name]
+                out = grid(out, lower_bound=grid.lo)
         quantizer, variables = _compat.output_quantizer(layer)
         if quantizer is not None:
             spec = plan.act(variables)
@@ -115,7 +119,8 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
 
 
 def _on_output_grid(layer, plan: Plan, inputs):
-    """Each input of a concatenation quantized onto its output grid: the same values
+    """Each input of a concatenation quantized onto its grid (``plan.concat_grid``: its
+    output's, or that of the concatenation it feeds alone): the same values
     (quantizing the concatenation is quantizing each part), and TFLite's
     CONCATENATION, which keeps one scale, gets it on every input instead of taking
     one input's (a max pooling's, say) for all.
@@ -126,8 +131,7 @@ def _on_output_grid(layer, plan: Plan, inputs):
     converter to before it (same-scale ops), onto the tensor other layers read on
     its own grid (DenseNet's first BN read the pooling on the concatenation's grid:
     23 % of its outputs a step off)."""
-    _, variables = _compat.output_quantizer(layer)
-    spec = plan.act(variables) if variables is not None else None
+    spec = plan.concat_grid.get(layer.name)
     if spec is None:
         return inputs
     producers = _compat.producers(layer)
@@ -203,19 +207,42 @@ def bn_as_depthwise(name: str, m: np.ndarray, c: np.ndarray, x: tf.Tensor,
     return y if rank == 4 else tf.reshape(y, shape)
 
 
-def avg_pool_as_depthwise(pool: L.AveragePooling2D, x: tf.Tensor) -> tf.Tensor:
-    """A 'valid' average pooling as a DEPTHWISE_CONV_2D with every tap ``1/k`` (one
-    int8 code, 127, at step ``1/(127 k)``): the sum is exact in int32 and rounds once,
-    onto the pooling's own grid, as in Keras. TFLite's AVERAGE_POOL_2D would round
-    onto its input's grid first (its output keeps the input scale)."""
+def avg_pool_as_depthwise(pool: L.AveragePooling2D, x: tf.Tensor,
+                          grid: Optional[ActivationExport] = None) -> tf.Tensor:
+    """A 2-D average pooling as DEPTHWISE_CONV_2Ds with every tap ``1/k`` (one int8
+    code, 127, at step ``1/(127 k)``): the sum is exact in int32 and rounds once, onto
+    the pooling's own grid, as in Keras. TFLite's AVERAGE_POOL_2D would round onto its
+    input's grid first (its output keeps the input scale): 32 % of an InceptionV3
+    branch pooling's outputs a step off.
+
+    A 'same' pooling averages fewer inputs at the borders: one 'valid' conv per band
+    of equal windows (:func:`plan.pool_bands`; 3x3 stride 1: corners, edges, inside),
+    each onto ``grid`` (clipped there: the plan gives the concatenation a lower bound),
+    concatenated back."""
     channels = int(x.shape[-1])
-    taps = float(np.prod(pool.pool_size))
-    value = np.full((pool.pool_size[0], pool.pool_size[1], channels), 1.0 / taps, np.float32)
-    limit = np.full((channels,), 1.0 / taps, np.float32)
-    kernel = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-        tf.constant(value), -limit, limit, num_bits=8, narrow_range=True)
-    kernel = tf.reshape(kernel, (pool.pool_size[0], pool.pool_size[1], channels, 1))
-    return tf.nn.depthwise_conv2d(x, kernel, strides=[1, pool.strides[0], pool.strides[1], 1], padding="VALID")
+    if pool.padding == "valid":
+        rows, cols = [(0, pool.pool_size[0], 0)], [(0, pool.pool_size[1], 0)]
+    else:
+        rows = pool_bands(int(x.shape[1]), pool.pool_size[0], pool.strides[0], True)
+        cols = pool_bands(int(x.shape[2]), pool.pool_size[1], pool.strides[1], True)
+    parts = []
+    for r0, rk, rn in rows:
+        row = []
+        for c0, ck, cn in cols:
+            part = x
+            if len(rows) * len(cols) > 1:
+                part = x[:, r0:r0 + (rn - 1) * pool.strides[0] + rk, c0:c0 + (cn - 1) * pool.strides[1] + ck, :]
+            taps = float(rk * ck)
+            value = np.full((rk, ck, channels), 1.0 / taps, np.float32)
+            limit = np.full((channels,), 1.0 / taps, np.float32)
+            kernel = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                tf.constant(value), -limit, limit, num_bits=8, narrow_range=True)
+            kernel = tf.reshape(kernel, (rk, ck, channels, 1))
+            y = tf.nn.depthwise_conv2d(part, kernel, strides=[1, pool.strides[0], pool.strides[1], 1],
+                                       padding="VALID")
+            row.append(grid(y) if grid is not None and pool.padding == "same" else y)
+        parts.append(row[0] if len(row) == 1 else tf.concat(row, axis=2))
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
 
 
 def run_layer(layer, plan: Plan, args, kwargs):

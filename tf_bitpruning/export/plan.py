@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tf_keras as keras
@@ -86,9 +86,35 @@ AVERAGES = (L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAverageP
 SAME_SCALE = (L.AveragePooling1D, L.AveragePooling2D)
 
 
-def as_depthwise(pool) -> bool:
-    """A 'valid' 2-D average pooling, exported as a depthwise conv (graph.avg_pool_as_depthwise)."""
-    return isinstance(pool, L.AveragePooling2D) and pool.padding == "valid" and pool.data_format == "channels_last"
+def as_depthwise(layer) -> bool:
+    """A 2-D average pooling exported as depthwise convs (graph.avg_pool_as_depthwise):
+    'valid', or 'same' on an input of known height and width."""
+    pool = _compat.inner(layer)
+    if not (isinstance(pool, L.AveragePooling2D) and pool.data_format == "channels_last"):
+        return False
+    if pool.padding == "valid":
+        return True
+    shape = layer.get_input_shape_at(0)
+    return len(shape) == 4 and shape[1] is not None and shape[2] is not None
+
+
+def pool_bands(size: int, pool: int, stride: int, same: bool) -> List[Tuple[int, int, int]]:
+    """The outputs of a pooling along one axis, in bands ``(first input, window, outputs)``:
+    within a band every window has the same length (``'same'`` windows are cut at the
+    borders, and TensorFlow averages over what is left), and output ``j`` of the band
+    reads inputs ``first + j·stride .. + window``, so a band is one 'valid' pooling."""
+    if not same:
+        return [(0, pool, (size - pool) // stride + 1)]
+    outputs = -(-size // stride)
+    before = max((outputs - 1) * stride + pool - size, 0) // 2
+    bands: List[Tuple[int, int, int]] = []
+    for i in range(outputs):
+        start, end = max(0, i * stride - before), min(size, i * stride - before + pool)
+        if bands and bands[-1][1] == end - start and start == bands[-1][0] + bands[-1][2] * stride:
+            bands[-1] = (bands[-1][0], bands[-1][1], bands[-1][2] + 1)
+        else:
+            bands.append((start, end - start, 1))
+    return bands
 
 
 def _bitpruned(layer) -> bool:
@@ -136,17 +162,40 @@ class Plan:
                 bound = self._lower_bound(layer)
                 if bound is not None:
                     self.lower_bound[layer.name] = bound
-        # TFLite's AVERAGE_POOL_2D keeps its input's scale: for a 'same' pooling the export
-        # graph rounds the average onto the input grid first, then requantizes it onto the
-        # learned one (a 'valid' one runs as a depthwise conv, exact).
+                elif as_depthwise(layer) and _compat.inner(layer).padding == "same":
+                    grid = self._output_grid(layer)  # each band already on it (graph.avg_pool_as_depthwise)
+                    if grid is not None:
+                        self.lower_bound[layer.name] = grid.lo
+        # TFLite's AVERAGE_POOL_2D keeps its input's scale: a 1-D pooling, or a 'same' one of
+        # unknown size, the export graph rounds onto the input grid first, then requantizes
+        # onto the learned one (a 2-D one runs as depthwise convs, exact: as_depthwise).
         self.same_scale: Dict[str, ActivationExport] = {}
         # BatchNormalization that no kernel absorbs: (multiplier, offset, int8 codes), run
         # as a 1x1 depthwise conv (graph.bn_as_depthwise).
         self.unfolded_bn: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.depthwise_input: Dict[str, ActivationExport] = {}  # their input grid, when known
+        # Value-preserving layers (a max pooling) and the grid their output is on, stated
+        # with a fake quant: a max pooling read by a conv and by a 'same' average pooling
+        # otherwise gets a DEQUANTIZE for the conv, which the converter leaves in float
+        # (InceptionV3's mixed blocks).
+        self.preserved: Dict[str, ActivationExport] = {}
+        # The grid each concatenation quantizes its inputs onto: its own, or (its quantizer
+        # dropped, scheme.output_requantized) that of the concatenation it feeds
+        # (InceptionV3's mixed9_0 inside mixed9), else its inputs reach the file in float.
+        self.concat_grid: Dict[str, ActivationExport] = {}
+        users = _compat.consumers(model)
         for layer in model.layers:
             inner = _compat.inner(layer)
-            if _bitpruned(layer) and isinstance(inner, SAME_SCALE) and not as_depthwise(inner):
+            if _bitpruned(layer) and isinstance(inner, L.Concatenate):
+                grid = self._concat_grid(layer, users)
+                if grid is not None:
+                    self.concat_grid[layer.name] = grid
+            if _bitpruned(layer) and isinstance(inner, VALUE_PRESERVING) \
+                    and _compat.output_quantizer(layer)[0] is None:
+                grid = self._output_grid(layer)
+                if grid is not None:
+                    self.preserved[layer.name] = grid
+            if _bitpruned(layer) and isinstance(inner, SAME_SCALE) and not as_depthwise(layer):
                 grid = self._input_grid(layer)
                 if grid is not None:
                     self.same_scale[layer.name] = grid
@@ -154,7 +203,7 @@ class Plan:
                     and layer.name not in self.folded_bn):
                 m, c = bn_factors(inner, len(layer.get_input_shape_at(0)))
                 self.unfolded_bn[layer.name] = (m, c, bn_codes(m, c, self._input_grid(layer)))
-            if _bitpruned(layer) and (layer.name in self.unfolded_bn or as_depthwise(inner)):
+            if _bitpruned(layer) and (layer.name in self.unfolded_bn or as_depthwise(layer)):
                 # The depthwise conv reads its input on the grid Keras has it on (through a
                 # max pooling, say): without a fake quant there the converter picks a
                 # scale of its own for it and requantizes (23 % of DenseNet's first
@@ -291,6 +340,18 @@ class Plan:
             _, post = _compat.activation_vars(activations[-1])
             if post is not None:
                 return self.act(post)
+        return None
+
+    def _concat_grid(self, layer, users) -> Optional[ActivationExport]:
+        """The grid of ``layer``'s output quantizer, or of the concatenations it feeds alone."""
+        while _bitpruned(layer):
+            quantizer, variables = _compat.output_quantizer(layer)
+            if quantizer is not None:
+                return self.act(variables)
+            after = users.get(id(layer), [])
+            if len(after) != 1 or not isinstance(_compat.inner(after[0]), L.Concatenate):
+                return None
+            layer = after[0]
         return None
 
     def _limit_bias_codes(self, layer_name: str) -> None:
