@@ -69,3 +69,21 @@ def tfmot_activation_quantizers(wrapper) -> List[tuple]:
 def track(model, obj, name: str) -> None:
     """Makes ``obj`` a checkpoint dependency of a tf_keras ``model`` under ``name``."""
     model._track_trackable(obj, name=name)
+
+
+def tfmot_pre_quantize_also(predicate) -> None:
+    """Makes tfmot's quantize-aware activation quantize the input of activations for
+    which ``predicate(activation)`` holds, as well as its own list (sigmoid, softmax,
+    tanh); tfmot's decision for any other activation is unchanged. Idempotent."""
+    from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation
+
+    qaa = quantize_aware_activation.QuantizeAwareActivation
+    original = qaa._should_pre_quantize
+    if getattr(original, "_tf_bitpruning", False):
+        return
+
+    def _should_pre_quantize(self):
+        return original(self) or predicate(self.activation)
+
+    _should_pre_quantize._tf_bitpruning = True
+    qaa._should_pre_quantize = _should_pre_quantize

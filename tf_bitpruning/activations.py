@@ -19,7 +19,8 @@ own, and rounded float inputs before their preprocessing).
 from __future__ import annotations
 
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation as _qaa
+
+from tf_bitpruning import _compat
 
 # TFLite's int8 LOGISTIC output: scale 1/256, zero point -128.
 SIGMOID_STEP = 1.0 / 256.0
@@ -77,19 +78,4 @@ def pre_quantized(activation) -> bool:
     return bool(getattr(activation, "pre_quantize", False))
 
 
-def _install() -> None:
-    """tfmot's quantize-aware activation pre-quantizes activations marked by
-    :func:`quantize_aware` as well as its own list (only ours carry the mark)."""
-    qaa = _qaa.QuantizeAwareActivation
-    if getattr(qaa._should_pre_quantize, "_tf_bitpruning", False):
-        return
-    original = qaa._should_pre_quantize
-
-    def _should_pre_quantize(self):
-        return original(self) or pre_quantized(self.activation)
-
-    _should_pre_quantize._tf_bitpruning = True
-    qaa._should_pre_quantize = _should_pre_quantize
-
-
-_install()
+_compat.tfmot_pre_quantize_also(pre_quantized)
