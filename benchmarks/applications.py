@@ -50,6 +50,9 @@ FAMILIES = {
     "InceptionV3": (75, {}, False),
     "NASNetMobile": (32, {}, False),
 }
+# Adam's learning rate where 1e-3 does not train in a few hundred steps: VGG16 has no
+# BatchNormalization, and at 1e-3 its logits stay constant (every input a near-tie).
+LEARNING_RATE = {"VGG16": 1e-4}
 # Not in keras.applications: 12 residual blocks (conv-BN-ReLU-conv-BN + identity, ReLU) on
 # 8x8 digits, a cheap stand-in for ResNet50 when tracing where Keras and LiteRT part.
 EXTRA = {"ResidualStack12": (8, {}, False)}
@@ -247,7 +250,8 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         result["quantized_tensors"] = len(costs.quantized_tensors(bp))
         stage = "fit(BitBudget)"
         _log(name, stage)
-        bp.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
+        lr = LEARNING_RATE.get(name, 1e-3)
+        bp.compile(keras.optimizers.Adam(lr), loss, metrics=["accuracy"])
         per_epoch = len(xtr) // FLAGS.batch_size
         t0 = time.time()
         bp.fit(xtr, ytr, batch_size=FLAGS.batch_size, epochs=-(-FLAGS.steps // per_epoch),
@@ -259,7 +263,7 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         _log(name, stage)
         frozen = tfbp.freeze_bitlengths(bp)
         stage = "fit (fine-tune)"
-        frozen.compile(keras.optimizers.Adam(2e-4), loss, metrics=["accuracy"])
+        frozen.compile(keras.optimizers.Adam(lr / 5), loss, metrics=["accuracy"])
         frozen.fit(xtr, ytr, batch_size=FLAGS.batch_size, epochs=-(-FLAGS.finetune_steps // per_epoch),
                    steps_per_epoch=min(FLAGS.finetune_steps, per_epoch), verbose=0)
         x = xte[:FLAGS.eval_inputs]
