@@ -100,21 +100,44 @@ def test_summary_prints_every_layer_and_totals(learned):
 
 def test_multi_kernel_and_batchnorm_layers():
     L = keras.layers
-    model = keras.Sequential([keras.Input((8, 8, 3)), L.SeparableConv2D(4, 3), L.BatchNormalization(), L.ReLU(),
-                              L.GlobalAveragePooling2D(), L.Dense(10)])
+    model = keras.Sequential([keras.Input((8, 3)), L.SeparableConv1D(4, 3), L.BatchNormalization(), L.ReLU(),
+                              L.GlobalAveragePooling1D(), L.Dense(10)])
     bp = tfbp.bitprune_model(model, init_bits=6.0)
     report = tfbp.precision_report(bp)
     _check_totals(report)
-    sep = next(r for r in report["rows"] if r["layer"] == "separable_conv2d")
-    assert sep["parameters"] == 3 * 3 * 3 + 3 * 4 and sep["weight_bits"] == pytest.approx(6.0)
+    sep = next(r for r in report["rows"] if r["layer"] == "separable_conv1d")
+    assert sep["parameters"] == 3 * 3 + 3 * 4 and sep["weight_bits"] == pytest.approx(6.0)
     # BatchNormalization folds only into Conv/Depthwise/Dense kernels at export, so a
-    # SeparableConv2D quantizes its own output before the BN (the ReLU after it too).
+    # SeparableConv1D (not split, unlike a SeparableConv2D) quantizes its own output
+    # before the BN (the ReLU after it too).
     assert sep["activation_bits"] == pytest.approx(6.0)
-    precision = report["hls4ml"]["LayerName"]["separable_conv2d"]["Precision"]
+    precision = report["hls4ml"]["LayerName"]["separable_conv1d"]["Precision"]
     assert set(precision) == {"depthwise", "pointwise", "result"}
     # bias (4) + BN gamma, beta, mean, variance (4 x 4) + dense bias (10)
     assert report["totals"]["float_parameters"] == 4 + 16 + 10
     assert report["totals"]["compression_vs_float32"] == pytest.approx(32 / 6)
+
+
+def test_separable_conv2d_reports_as_its_two_convs():
+    """A SeparableConv2D is bit-pruned as <name>_depthwise -> <name>_pointwise: two rows,
+    the inner tensor as the depthwise row's output (its grid is the pointwise conv's
+    input), the BN folded into the pointwise conv (no output grid of its own)."""
+    L = keras.layers
+    model = keras.Sequential([keras.Input((8, 8, 3)), L.SeparableConv2D(4, 3, name="sep"), L.BatchNormalization(),
+                              L.ReLU(), L.GlobalAveragePooling2D(), L.Dense(10)])
+    report = tfbp.precision_report(tfbp.bitprune_model(model, init_bits=6.0))
+    _check_totals(report)
+    rows = {r["layer"]: r for r in report["rows"]}
+    depthwise, pointwise = rows["sep_depthwise"], rows["sep_pointwise"]
+    assert (depthwise["parameters"], pointwise["parameters"]) == (3 * 3 * 3, 3 * 4)
+    assert depthwise["activation_bits"] == pytest.approx(6.0) and pointwise["activation_bits"] is None
+    assert pointwise["input_bits"] == pytest.approx(6.0)
+    assert (depthwise["macs"], pointwise["macs"]) == (6 * 6 * 3 * 3 * 3, 6 * 6 * 3 * 4)
+    layers = report["hls4ml"]["LayerName"]
+    assert set(layers["sep_depthwise"]["Precision"]) == {"weight", "result"}
+    assert set(layers["sep_pointwise"]["Precision"]) == {"weight"}
+    # The same float parameters as before the split: bias (4), BN (4 x 4), dense bias (10).
+    assert report["totals"]["float_parameters"] == 4 + 16 + 10
 
 
 def test_not_bitpruned_model():

@@ -41,6 +41,97 @@ def test_separable_conv_has_two_kernels():
     assert config.weight_quantizers["depthwise_kernel"] is not config.weight_quantizers["pointwise_kernel"]
 
 
+def _xception_block(sequential=False):
+    """Xception's SeparableConv2D -> BN -> ReLU, twice (the second with a depth multiplier,
+    a bias and a fused relu), a Dense head."""
+    if sequential:
+        return keras.Sequential([keras.Input((8, 8, 3)), L.SeparableConv2D(8, 3, use_bias=False, name="sep"),
+                                 L.BatchNormalization(name="sep_bn"), L.ReLU(name="sep_act"),
+                                 L.GlobalAveragePooling2D(name="gap"), L.Dense(10, name="head")])
+    inputs = keras.Input((8, 8, 3))
+    x = L.SeparableConv2D(8, 3, padding="same", use_bias=False, name="block1_sepconv1")(inputs)
+    x = L.ReLU(name="block1_sepconv1_act")(L.BatchNormalization(name="block1_sepconv1_bn")(x))
+    x = L.SeparableConv2D(16, 3, strides=2, depth_multiplier=2, activation="relu", name="block1_sepconv2")(x)
+    return keras.Model(inputs, L.Dense(10, name="head")(L.GlobalAveragePooling2D(name="gap")(x)))
+
+
+def test_separable_conv2d_splits_into_depthwise_and_pointwise():
+    """A SeparableConv2D runs as <name>_depthwise -> <name>_pointwise (tfmot's 8-bit scheme
+    does the same), so the tensor between its kernels has a learned grid: the depthwise
+    output quantizer. The pointwise conv has the bias and activation, and the BN after it
+    folds into it (no output quantizer of its own). Weights are copied exactly."""
+    model = _xception_block()
+    bp = tfbp.bitprune_model(model, init_bits=8.0)
+    layers = {layer.name: layer for layer in bp.layers}
+    for name in ("block1_sepconv1", "block1_sepconv2"):
+        assert f"quant_{name}" not in layers
+        wrappers = layers[f"quant_{name}_depthwise"], layers[f"quant_{name}_pointwise"]
+        depthwise, pointwise = (wrapper.layer for wrapper in wrappers)
+        assert isinstance(depthwise, L.DepthwiseConv2D) and type(pointwise) is L.Conv2D
+        sep = model.get_layer(name)
+        # The wrappers hold the inner layers' variables (tfmot: quantizer variables are the wrapper's).
+        values = {w.name: w.numpy() for wrapper in wrappers for w in wrapper.weights}
+        copied = {"depthwise_kernel": f"{name}_depthwise/depthwise_kernel:0",
+                  "pointwise_kernel": f"{name}_pointwise/kernel:0", "bias": f"{name}_pointwise/bias:0"}
+        assert len(sep.weights) == 2 + sep.use_bias
+        for w in sep.weights:
+            np.testing.assert_array_equal(values[copied[w.name.split("/")[-1][:-2]]], w.numpy())
+        assert (depthwise.strides, depthwise.padding, depthwise.depth_multiplier, depthwise.use_bias) == (
+            sep.strides, sep.padding, sep.depth_multiplier, False)
+        assert pointwise.kernel_size == (1, 1) and pointwise.use_bias == sep.use_bias
+        activation = getattr(pointwise.activation, "activation", pointwise.activation)  # tfmot's wrapping
+        assert activation.__name__ == sep.activation.__name__
+    assert sorted(tfbp.bitlengths(bp)) == sorted([
+        "quantize_layer/activations",
+        "block1_sepconv1_depthwise/weights", "block1_sepconv1_depthwise/activations",  # the inner grid
+        "block1_sepconv1_pointwise/weights",  # its BN folds in: the ReLU's grid is its output's
+        "block1_sepconv1_act/activations",
+        "block1_sepconv2_depthwise/weights", "block1_sepconv2_depthwise/activations",
+        "block1_sepconv2_pointwise/weights", "block1_sepconv2_pointwise/activations",  # fused relu
+        "gap/activations", "head/weights", "head/activations"])
+    # The same function before training, up to 8-bit rounding.
+    x = np.random.RandomState(0).rand(16, 8, 8, 3).astype(np.float32)
+    ref = model(x).numpy()
+    assert np.abs(bp(x).numpy() - ref).max() <= 0.05 * np.ptp(ref)
+
+
+def test_separable_conv2d_split_in_a_sequential_model():
+    model = _xception_block(sequential=True)
+    bp = tfbp.bitprune_model(model)
+    assert [layer.name for layer in bp.layers][:3] == ["quantize_layer", "quant_sep_depthwise", "quant_sep_pointwise"]
+
+
+def test_separable_conv2d_of_the_user_or_skipped_stays_whole():
+    """A layer annotated with its own config, or left float, is not split; a split part's
+    name that is taken gets a suffix."""
+    model = _xception_block()
+    skipped = tfbp.bitprune_model(model, skip_layers=["block1_sepconv2"])
+    names = [layer.name for layer in skipped.layers]
+    assert "quant_block1_sepconv1_depthwise" in names and not any("block1_sepconv2_" in n for n in names)
+    # Float kernels (tfmot quantizes the output of a float layer that feeds a quantized one).
+    assert {n for n in tfbp.bitlengths(skipped) if n.startswith("block1_sepconv2")} <= {"block1_sepconv2/activations"}
+
+    own = tfbp.BitPruneQuantizeConfig(["depthwise_kernel", "pointwise_kernel"], ["activation"])
+
+    def annotate(layer):
+        if layer.name == "block1_sepconv1":
+            return tfbp.bitprune_annotate_layer(layer, own)
+        return layer
+
+    with tfbp.bitprune_scope():
+        annotated = tfbp.bitprune_annotate_model(keras.models.clone_model(model, clone_function=annotate))
+    bp = tfbp.bitprune_apply(annotated)
+    names = [layer.name for layer in bp.layers]
+    assert "quant_block1_sepconv1" in names and "quant_block1_sepconv2_depthwise" in names
+    assert {"block1_sepconv1/depthwise_kernel", "block1_sepconv1/pointwise_kernel"} <= set(tfbp.bitlengths(bp))
+
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(3, 1, name="sep_depthwise")(inputs)
+    model = keras.Model(inputs, L.SeparableConv2D(4, 3, name="sep")(x))
+    names = [layer.name for layer in tfbp.bitprune_model(model).layers]
+    assert names[-2:] == ["quant_sep_depthwise_1", "quant_sep_pointwise"], names
+
+
 def test_templates_reach_every_quantizer():
     config = _config(L.Conv2D(4, 3), weight_quantizer=WeightBitQuantizer(max_bits=6, bits_lr_multiplier=5.0),
                      activation_quantizer=ActivationBitQuantizer(init_bits=4.0))

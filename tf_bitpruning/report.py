@@ -24,7 +24,8 @@ from tf_bitpruning import _compat, costs
 from tf_bitpruning.scheme import builtin_kind
 
 KB_BITS = 8.0 * 1024.0
-# hls4ml's names for the kernels of layers with several (SeparableConv*).
+# hls4ml's names for the kernels of layers with several: SeparableConv1D, and a SeparableConv2D
+# annotated with a config of the user's own (bitprune_model splits the others into two convs).
 _HLS_WEIGHT_KEYS = {"depthwise_kernel": "depthwise", "pointwise_kernel": "pointwise"}
 
 

@@ -5,6 +5,13 @@ Placement of quantizers (what TFLite executes, as in tfmot's 8-bit scheme):
 - kernels of Dense, Conv1D/2D, Conv2DTranspose, DepthwiseConv2D and
   SeparableConv1D/2D get a :class:`WeightBitQuantizer` each (per-channel scale for
   convolutions, per-tensor for Dense);
+- a SeparableConv2D is split into ``<name>_depthwise`` (DepthwiseConv2D) and
+  ``<name>_pointwise`` (a 1x1 Conv2D with the bias and activation), as tfmot's
+  8-bit scheme does: the tensor between its kernels, which TFLite keeps between
+  two ops, gets a learned grid (the depthwise output quantizer) like any other.
+  A SeparableConv2D with a config of the user's own is left whole, and so is a
+  SeparableConv1D (its inner tensor stays float: its export needs
+  ``representative_dataset=``);
 - a layer's output activation gets an :class:`ActivationBitQuantizer`, except where
   its only consumer re-quantizes the same values right away in a way the exported
   file reproduces (ReLU, LeakyReLU, Concatenate; an Activation that TFLite fuses
@@ -27,9 +34,11 @@ Placement of quantizers (what TFLite executes, as in tfmot's 8-bit scheme):
 
 from __future__ import annotations
 
+import collections
 from typing import Dict, Optional, Tuple
 
 import tensorflow_model_optimization as tfmot
+import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layout_transform
@@ -109,6 +118,12 @@ _UNFUSED_PRODUCERS = frozenset({"Concatenate"})
 _FOLDABLE_PRODUCERS = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D", "Dense"})
 # ... an Activation that TFLite fuses into the producer, or that tfmot quantizes before.
 _FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax", "sigmoid", "tanh", "gelu"})
+
+# Layers split into a DepthwiseConv2D and a 1x1 Conv2D (:func:`separable_split`). SeparableConv1D
+# is left whole: tfmot's 8-bit scheme runs it as a SeparableConv2D between reshapes, and its
+# split would need those reshapes too; its inner tensor stays float (the export needs
+# ``representative_dataset=``).
+SPLIT_LAYERS = frozenset({"SeparableConv2D"})
 
 
 def builtin_kind(layer, exact: bool = True) -> Optional[str]:
@@ -220,6 +235,78 @@ class BitPruneQuantizeRegistry(quantize_registry.QuantizeRegistry):
                                       activation_quantizer=self.activation_quantizer)
 
 
+def unique_name(name: str, taken) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... : the first not in ``taken``."""
+    candidate, i = name, 0
+    while candidate in taken:
+        i += 1
+        candidate = f"{name}_{i}"
+    return candidate
+
+
+def separable_split(config: Dict, taken) -> Tuple[Dict, Dict]:
+    """The layer configs (tf_keras or Keras 3, as ``config``) of a DepthwiseConv2D and a
+    1x1 Conv2D that compute the SeparableConv2D of ``config`` one after the other:
+    ``<name>_depthwise`` (no bias, linear) and ``<name>_pointwise`` (the bias, the
+    activation, the activity regularizer), names not in ``taken``. Its weights are
+    ``[depthwise_kernel]`` and ``[pointwise_kernel(, bias)]``, in the SeparableConv's order."""
+    name = config["name"]
+    common = {key: config[key] for key in ("trainable", "dtype", "data_format") if key in config}
+    depthwise = dict(
+        common, name=unique_name(f"{name}_depthwise", taken), kernel_size=config["kernel_size"],
+        strides=config["strides"], padding=config["padding"], depth_multiplier=config["depth_multiplier"],
+        dilation_rate=config["dilation_rate"], activation="linear", use_bias=False,
+        depthwise_initializer=config["depthwise_initializer"],
+        depthwise_regularizer=config["depthwise_regularizer"],
+        depthwise_constraint=config["depthwise_constraint"])
+    pointwise = dict(
+        common, name=unique_name(f"{name}_pointwise", set(taken) | {depthwise["name"]}), filters=config["filters"],
+        kernel_size=(1, 1), strides=(1, 1), padding="valid", dilation_rate=(1, 1),
+        activation=config["activation"], use_bias=config["use_bias"],
+        kernel_initializer=config["pointwise_initializer"], bias_initializer=config["bias_initializer"],
+        kernel_regularizer=config["pointwise_regularizer"], bias_regularizer=config["bias_regularizer"],
+        activity_regularizer=config["activity_regularizer"],
+        kernel_constraint=config["pointwise_constraint"], bias_constraint=config["bias_constraint"])
+    return depthwise, pointwise
+
+
+class _SeparableConvSplit(transforms.Transform):
+    """SeparableConv2D => DepthwiseConv2D -> Conv2D(1x1) (see :func:`separable_split`), both to
+    be configured by the registry; one annotated with the user's own config is left whole
+    (tfmot's ``SeparableConvQuantize``, with readable names)."""
+
+    def __init__(self, taken: set):
+        super().__init__()
+        self._taken = taken  # layer names in use (the new ones are added)
+
+    def pattern(self):
+        return transforms.LayerPattern("|".join(sorted(SPLIT_LAYERS)))
+
+    def replacement(self, match_layer):
+        if match_layer.metadata.get("quantize_config") is not None:
+            return match_layer
+        depthwise, pointwise = separable_split(match_layer.layer["config"], self._taken)
+        self._taken.update((depthwise["name"], pointwise["name"]))
+        if match_layer.weights:
+            weights = dict(match_layer.weights)
+            values = [weights["depthwise_kernel:0"], weights["pointwise_kernel:0"]] + (
+                [weights["bias:0"]] if pointwise["use_bias"] else [])
+        else:
+            values = [w for _, w in match_layer.names_and_weights]
+        node = None
+        for cls, config, names, part in ((keras.layers.DepthwiseConv2D, depthwise, ["depthwise_kernel:0"], values[:1]),
+                                         (keras.layers.Conv2D, pointwise, ["kernel:0", "bias:0"], values[1:])):
+            layer_config = quantize_utils.serialize_layer(cls.from_config(config), use_legacy_format=True)
+            layer_config["name"] = config["name"]
+            # quantize_config None: the registry configures it (and the pass below may drop its output).
+            node = transforms.LayerNode(layer_config, weights=collections.OrderedDict(zip(names, part)),
+                                        input_layers=[node] if node else [], metadata={"quantize_config": None})
+        return node
+
+    def custom_objects(self):
+        return {}
+
+
 class _InputLayerQuantize(default_8bit_transforms.InputLayerQuantize):
     """InputLayer => InputLayer -> QuantizeLayer(ActivationBitQuantizer)."""
 
@@ -242,8 +329,8 @@ class _InputLayerQuantize(default_8bit_transforms.InputLayerQuantize):
 
 
 class BitPruneLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform):
-    """Adds the input quantizers and drops output quantizers that a consumer
-    re-quantizes right away (see the module docstring)."""
+    """Splits SeparableConv2D layers, adds the input quantizers and drops output
+    quantizers that a consumer re-quantizes right away (see the module docstring)."""
 
     def __init__(self, registry: BitPruneQuantizeRegistry, quantize_inputs: bool = True):
         self._registry = registry
@@ -253,9 +340,9 @@ class BitPruneLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform)
         chains = {name: chain for name, chain in
                   ((layer.name, preprocessing_chain(layer, layer_quantize_map)) for layer in model.layers
                    if builtin_kind(layer) == "InputLayer") if chain}
-        steps = []
+        steps = [_SeparableConvSplit({layer.name for layer in model.layers})]
         if self._quantize_inputs:
-            steps = [_InputLayerQuantize(self._registry.activation_quantizer, frozenset(chains))]
+            steps.append(_InputLayerQuantize(self._registry.activation_quantizer, frozenset(chains)))
         model, layer_quantize_map = model_transformer.ModelTransformer(
             model, steps, set(layer_quantize_map), layer_quantize_map).transform()
         for chain in chains.values():
@@ -285,11 +372,13 @@ def chain_configs(chain, registry: BitPruneQuantizeRegistry, quantize_inputs: bo
     return configs
 
 
-def output_requantized(layer, annotated) -> bool:
+def output_requantized(layer, annotated, producer=None) -> bool:
     """Whether ``layer``'s output quantizer is dropped: its only consumer (annotated,
-    a name in ``annotated``) re-quantizes it right away."""
+    a name in ``annotated``) re-quantizes it right away. ``producer``: the layer that
+    computes ``layer``'s output in the bit-pruned model, if another (a split's pointwise conv)."""
     consumers = _compat.consumers(layer)
-    return len(consumers) == 1 and _requantizes(consumers[0], layer) and consumers[0].name in annotated
+    return (len(consumers) == 1 and _requantizes(consumers[0], producer or layer)
+            and consumers[0].name in annotated)
 
 
 def is_quantizable(layer) -> bool:

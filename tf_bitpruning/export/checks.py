@@ -48,7 +48,7 @@ def check_full_integer(model_obj, float_preprocessing: bool = True, float_layers
     With ``float_preprocessing``, float elementwise ops computed from the model
     inputs and constants alone (before the input is quantized) are allowed.
     ``float_layers``: SeparableConv layers whose inner tensor has no learned grid
-    (named in the error).
+    (named in the error): SeparableConv1D, and a SeparableConv2D that was not split.
     """
     float_ops = []
     for sg in model_obj.subgraphs:
@@ -72,8 +72,8 @@ def check_full_integer(model_obj, float_preprocessing: bool = True, float_layers
         raise ExportError(
             f"the converted model still runs {sorted(set(n for n, _ in float_ops))} in float: some tensor "
             f"has no quantization range (a layer left in float with skip_layers, or the intermediate of a "
-            f"SeparableConv, which has no quantizer). The float ops and their tensors (named after "
-            f"the Keras layers): {where}{more}.{_separable_hint(float_layers)} Bit-prune every layer, or "
+            f"SeparableConv that was not split, which has no quantizer). The float ops and their tensors "
+            f"(named after the Keras layers): {where}{more}.{_separable_hint(float_layers)} Bit-prune every layer, or "
             f"pass representative_dataset=... so the converter calibrates those tensors at 8 bits.")
 
 
@@ -82,9 +82,11 @@ def _separable_hint(layers: Sequence[str]) -> str:
         return ""
     more = f" (and {len(layers) - 5} more)" if len(layers) > 5 else ""
     return (f" The tensor between the depthwise and pointwise kernels of the SeparableConv layers "
-            f"{', '.join(repr(n) for n in layers[:5])}{more} is float in Keras (no learned grid): "
-            f"pass representative_dataset=..., or build them as DepthwiseConv2D -> Conv2D(1x1), whose "
-            f"inner tensor is learned.")
+            f"{', '.join(repr(n) for n in layers[:5])}{more} is float in Keras (no learned grid; "
+            f"bitprune_model splits a SeparableConv2D into <name>_depthwise and <name>_pointwise, whose "
+            f"inner tensor is learned, unless it was annotated with a config of your own, and leaves a "
+            f"SeparableConv1D whole): pass representative_dataset=..., or build them as "
+            f"DepthwiseConv -> Conv(1x1).")
 
 
 def _text(name) -> str:

@@ -212,7 +212,9 @@ class Plan:
                 if grid is not None:
                     self.depthwise_input[layer.name] = grid
 
-        # SeparableConv layers: the tensor between their kernels has no learned grid.
+        # SeparableConv layers whose inner tensor (between their kernels) has no learned grid: a
+        # SeparableConv1D, or a SeparableConv2D the layout did not split (a config of the user's
+        # own, or a model bit-pruned before the split, scheme.SPLIT_LAYERS).
         self.separable = [layer.layer.name for layer in model.layers if _bitpruned(layer) and isinstance(
             _compat.inner(layer), (L.SeparableConv1D, L.SeparableConv2D))]
         # Several plain relu layers reading one tensor (NASNet's cells): each quantizes its

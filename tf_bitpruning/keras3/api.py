@@ -3,14 +3,15 @@
 The same decisions as tfmot's ``quantize_apply`` with ``BitPruneQuantizeScheme``:
 the registry gives each layer its config, an output quantizer is dropped where
 the only consumer re-quantizes right away, preprocessing after an input runs in
-float with the input quantizer at its end. Only the graph surgery differs: the
-model is re-run layer by layer (``keras.models.clone_model``'s mechanism) with
-wrapped copies of its layers.
+float with the input quantizer at its end, a SeparableConv2D runs as a depthwise
+and a pointwise conv (``<name>_depthwise``, ``<name>_pointwise``). Only the graph
+surgery differs: the model is re-run layer by layer (``keras.models.clone_model``'s
+mechanism) with wrapped copies of its layers.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import keras
 
@@ -68,9 +69,26 @@ def _clone(layer) -> keras.layers.Layer:
     return layer.__class__.from_config(layer.get_config())
 
 
-def _configs(graph, registry, skip: set, quantize_inputs: bool):
-    """``{layer name: config}`` for the layers to wrap, and the inputs whose own
-    quantizer moves to the end of their preprocessing chain (scheme's layout rules)."""
+def _splits(layers, skip: set) -> Dict[str, Tuple[keras.layers.Layer, keras.layers.Layer]]:
+    """``{SeparableConv2D name: (DepthwiseConv2D, Conv2D)}``: the (new, unbuilt) layers that
+    compute each SeparableConv2D that is bit-pruned, one after the other, so that the tensor
+    between its kernels gets a learned grid (``scheme.separable_split``, as on the tf_keras path)."""
+    taken = {layer.name for layer in layers}
+    splits = {}
+    for layer in layers:
+        if layer.name not in skip and scheme.builtin_kind(layer) in scheme.SPLIT_LAYERS:
+            depthwise, pointwise = scheme.separable_split(layer.get_config(), taken)
+            taken.update((depthwise["name"], pointwise["name"]))
+            splits[layer.name] = (keras.layers.DepthwiseConv2D.from_config(depthwise),
+                                  keras.layers.Conv2D.from_config(pointwise))
+    return splits
+
+
+def _configs(graph, registry, skip: set, quantize_inputs: bool, splits=None):
+    """``{layer name: config}`` for the layers to wrap (a split layer's by the names of its
+    parts, see :func:`_splits`), and the inputs whose own quantizer moves to the end of
+    their preprocessing chain (scheme's layout rules)."""
+    splits = splits or {}
     layers = _compat.graph_operations(graph)
     annotated = {layer.name for layer in layers if layer.name not in skip and scheme.is_quantizable(layer)}
     configs: Dict[str, BitPruneQuantizeConfig] = {}
@@ -81,7 +99,13 @@ def _configs(graph, registry, skip: set, quantize_inputs: bool):
             chained_inputs.add(layer.name)
             configs.update(zip([link.name for link in chain], scheme.chain_configs(chain, registry, quantize_inputs)))
     for layer in layers:
-        if layer.name in annotated and layer.name not in configs:
+        if layer.name in splits:
+            # The depthwise output (read by the pointwise conv alone) keeps its quantizer: the inner grid.
+            depthwise, pointwise = splits[layer.name]
+            configs[depthwise.name] = registry.get_quantize_config(depthwise)
+            configs[pointwise.name] = registry.get_quantize_config(
+                pointwise, quantize_outputs=not scheme.output_requantized(layer, annotated, producer=pointwise))
+        elif layer.name in annotated and layer.name not in configs:
             configs[layer.name] = registry.get_quantize_config(
                 layer, quantize_outputs=not scheme.output_requantized(layer, annotated))
     return configs, chained_inputs
@@ -105,7 +129,8 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
         raise ValueError(
             "bitprune_model: these layers cannot be bit-pruned automatically:\n" + "\n".join(problems)
             + "\nLeave them in float with skip_layers=[...names...].")
-    configs, chained = _configs(graph, registry, skip, quantize_inputs)
+    splits = _splits(layers, skip)
+    configs, chained = _configs(graph, registry, skip, quantize_inputs, splits)
     input_names = [x._keras_history.operation.name for x in graph.inputs]
     quantized = [name for name in input_names if quantize_inputs and name not in chained]
 
@@ -117,12 +142,20 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
                                       name="quantize_layer" + (f"_{index}" if index else ""))(inp)
 
     def twin_of(layer):
+        if layer.name in splits:
+            depthwise, pointwise = (BitPruneWrapper(part, configs[part.name]) for part in splits[layer.name])
+            return lambda x, **kwargs: pointwise(depthwise(x))
         config = configs.get(layer.name)
         return BitPruneWrapper(_clone(layer), config) if config is not None else _clone(layer)
 
     result, twins = rerun(graph, twin_of, entry, name=model.name)
     for layer in _compat.graph_operations(graph):
-        if layer.name in twins:
+        if layer.name in splits:
+            depthwise, pointwise = splits[layer.name]
+            weights = layer.get_weights()  # depthwise kernel, pointwise kernel (, bias)
+            depthwise.set_weights(weights[:1])
+            pointwise.set_weights(weights[1:])
+        elif layer.name in twins:
             twin = twins[layer.name]
             (twin.layer if isinstance(twin, BitPruneWrapper) else twin).set_weights(layer.get_weights())
     costs.attach_bit_loss(result, regularization, weighting)
