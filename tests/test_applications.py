@@ -19,7 +19,7 @@ import tf_keras as keras
 
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
-from tf_bitpruning.export import export_tflite
+from tf_bitpruning.export import ExportError, export_tflite
 from litert_run import output_step, run_tflite
 from tflite_checks import top1_agreement
 
@@ -32,10 +32,11 @@ SIZE, BATCH, STEPS, FINETUNE_STEPS = 32, 16, 8, 2
 # networks near their random start: gains are large and logits close, so hidden
 # midpoint flips (see below) move more than after the benchmark's hundreds of steps.
 # Measured on one 2-core machine: MobileNetV3Small 0.93, DenseNet121 0.93;
-# EfficientNetB0 0.39 (17 of 44), its largest difference 26 of 50 output steps (the
-# benchmark, 100 steps: all 20 decided inputs agree, largest difference 36 % of the
-# range): an open agreement problem (issue 8), reported as an expected failure
-# once the pipeline has run and the file is sane.
+# EfficientNetB0 0.66 (47 of 71; 0.39 before its swish/sigmoid became TFLite-exact
+# and its export stopped needing calibration data), its largest difference 40 of 58
+# output steps; traced, the error enters at the first squeeze-excite's se_reduce:
+# an open agreement problem (issue 8), reported as an expected failure once the
+# pipeline has run and the file is sane.
 MIN_AGREEMENT = {"MobileNetV3Small": 0.85, "EfficientNetB0": None, "DenseNet121": 0.85}
 
 
@@ -79,8 +80,13 @@ def test_application_end_to_end(name, digits, tmp_path):
     frozen.fit(xtr[:BATCH * FINETUNE_STEPS], ytr[:BATCH * FINETUNE_STEPS], batch_size=BATCH, verbose=0)
 
     path = tmp_path / f"{name}.tflite"
-    # Calibration data only for what has no learned range (e.g. inside hard_sigmoid).
-    export_tflite(frozen, path, representative_dataset=xtr[:32])
+    # Learned grids only; calibration data only where a tensor has none (inside
+    # hard_sigmoid), as benchmarks/applications.py does (with calibration data the
+    # converter also re-grids some layers' kernels and biases).
+    try:
+        export_tflite(frozen, path)
+    except ExportError:
+        export_tflite(frozen, path, representative_dataset=xtr[:32])
     assert tfbp.read_precision(path)
 
     ref = frozen(xte, training=False).numpy()
