@@ -102,6 +102,35 @@ def test_global_average_pooling_rounds_once_onto_its_grid(digits, tmp_path):
     assert steps.max() <= 1.0 + 1e-6 and np.mean(steps > 0.5) <= 0.002, (np.mean(steps > 0.5), steps.max())
 
 
+def test_global_average_pooling_with_a_clip_rounds_once_onto_its_grid(digits, tmp_path):
+    """A GAP whose grid starts above its input's (EfficientNet's squeeze of swish
+    outputs): TFLite ran MEAN on its input's grid, then the clip requantized onto the
+    pooling's, 19x finer in EfficientNetB0 (94 % of the squeeze's outputs off, by up
+    to 10 steps). Now MEAN writes the pooling's grid and the clip follows in int8."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(16, 3, padding="same")(inputs)           # linear: its grid reaches below 0
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    frozen = _frozen(keras.Model(inputs, L.Dense(10)(x)), digits)
+    (gap,) = [t for t in costs.quantized_tensors(frozen) if t.wrapper == "quant_gap" and t.kind == "activations"]
+    gap.variables["min"].assign(0.0)                       # the pooling's grid starts at 0: a clip
+    plan = Plan(frozen)
+    spec = _act_spec(frozen, plan, "quant_gap")
+    assert spec.lo == 0.0 and plan.lower_bound["quant_gap"] < 0.0
+    path = tmp_path / "gap_clip.tflite"
+    export_tflite(frozen, path)
+    it = _run(path, _rgb(digits[2][:64]))
+    (mean,) = _ops(it, "MEAN")
+    values, _ = _real(it, mean["inputs"][0])
+    _, mean_scale = _real(it, mean["outputs"][0])
+    assert np.isclose(mean_scale, spec.step, rtol=1e-5), (mean_scale, spec.step)
+    (clip,) = [op for op in it._get_ops_details() if mean["outputs"][0] in op["inputs"] and op["op_name"] != "DELEGATE"]
+    got, _ = _real(it, clip["outputs"][0])
+    want = spec.lo + spec.step * np.clip(np.round((values.mean(axis=(1, 2)) - spec.lo) / spec.step),
+                                         0, 2 ** spec.bits - 1)
+    steps = np.abs(got - want) / spec.step
+    assert steps.max() <= 1.0 + 1e-6 and np.mean(steps > 0.5) <= 0.002, (np.mean(steps > 0.5), steps.max())
+
+
 def test_global_average_pooling_of_one_element_keeps_its_requantization(digits, tmp_path):
     """Over a 1x1 map TFLite drops the MEAN; the pooling's own grid (a requantization of
     its input) must stay (Keras rounds onto it): the file's next conv reads a tensor

@@ -17,7 +17,7 @@ from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError, check_frozen
 from tf_bitpruning.export.grids import ActivationExport, WeightExport
-from tf_bitpruning.export.plan import VALUE_PRESERVING, Plan, as_depthwise, pool_bands
+from tf_bitpruning.export.plan import AVERAGES, VALUE_PRESERVING, Plan, as_depthwise, pool_bands
 
 L = keras.layers
 
@@ -109,7 +109,9 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
         quantizer, variables = _compat.output_quantizer(layer)
         if quantizer is not None:
             spec = plan.act(variables)
-            out = (spec(out, plan.lower_bound.get(layer.name), float_input=type(inner).__name__ in FLOAT_INPUT)
+            first = (type(inner).__name__ in FLOAT_INPUT
+                     or (isinstance(inner, AVERAGES) and layer.name in plan.lower_bound))
+            out = (spec(out, plan.lower_bound.get(layer.name), quantize_first=first)
                    if spec is not None
                    else quantizer(out, False, weights=variables))
         return out
@@ -254,7 +256,7 @@ def run_layer(layer, plan: Plan, args, kwargs):
     if isinstance(layer, _compat.QuantizeLayer) and layer.quantizer is not None:
         spec = plan.act(layer.quantizer_vars)
         if spec is not None:
-            return spec(args[0], float_input=True)
+            return spec(args[0], quantize_first=True)
     kwargs = dict(kwargs)
     kwargs.pop("training", None)
     return layer(*args, training=False, **kwargs) if _compat.accepts_training(layer) else layer(*args, **kwargs)
