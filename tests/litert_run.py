@@ -5,16 +5,23 @@ import numpy as np
 from tensorflow.lite.tools import flatbuffer_utils
 
 
-def run_tflite(path, x: np.ndarray) -> np.ndarray:
-    """The file's float output for a float batch ``x`` (LiteRT's default kernels)."""
+def invoke(path, x: np.ndarray, preserve_all_tensors: bool = False):
+    """The LiteRT interpreter (default kernels) after one run on the float batch ``x``;
+    with ``preserve_all_tensors`` every intermediate tensor can be read."""
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_path=str(path))
+    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=preserve_all_tensors)
     inp = it.get_input_details()[0]
     it.resize_tensor_input(inp["index"], x.shape)
     it.allocate_tensors()
     it.set_tensor(inp["index"], x.astype(np.float32))
     it.invoke()
+    return it
+
+
+def run_tflite(path, x: np.ndarray) -> np.ndarray:
+    """The file's float output for a float batch ``x`` (LiteRT's default kernels)."""
+    it = invoke(path, x)
     return it.get_tensor(it.get_output_details()[0]["index"])
 
 

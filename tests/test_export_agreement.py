@@ -27,8 +27,9 @@ import tf_bitpruning as tfbp
 from tf_bitpruning import costs
 from tf_bitpruning.export import export_tflite
 from tf_bitpruning.export.plan import Plan
+from litert_run import invoke
 
-Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+pytest.importorskip("ai_edge_litert.interpreter")
 L = keras.layers
 pytestmark = pytest.mark.slow  # trains (a few steps) and exports; ~1 minute for the module on 2 cores
 
@@ -48,13 +49,7 @@ def _frozen(model, digits, steps=8):
 
 
 def _run(path, x):
-    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
-    inp = it.get_input_details()[0]
-    it.resize_tensor_input(inp["index"], x.shape)
-    it.allocate_tensors()
-    it.set_tensor(inp["index"], x)
-    it.invoke()
-    return it
+    return invoke(path, x, preserve_all_tensors=True)
 
 
 def _ops(it, name):

@@ -18,7 +18,7 @@ import tf_keras as keras
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
 from tf_bitpruning.export import export_tflite
-from litert_run import output_step, run_tflite
+from litert_run import invoke, output_step, run_tflite
 from tflite_checks import top1_agreement
 
 pytest.importorskip("ai_edge_litert.interpreter")
@@ -165,7 +165,6 @@ def test_swish_and_sigmoid_export_without_calibration_and_agree(digits, tmp_path
     read 4x too large) and rounded the raw input before the Rescaling (2 % of the
     first tensor a step off). Sigmoids round onto TFLite's 1/256 LOGISTIC grid in Keras
     too: a swish layer's outputs were 0.02-0.4 % a step off, now they are the file's."""
-    from ai_edge_litert.interpreter import Interpreter
     from tf_bitpruning.export.plan import Plan
 
     inputs = keras.Input((8, 8, 3))
@@ -186,11 +185,7 @@ def test_swish_and_sigmoid_export_without_calibration_and_agree(digits, tmp_path
     export_tflite(frozen, path)  # no representative_dataset: every tensor has a learned grid
 
     x = (_rgb(digits[2][:128]) * 255.0).astype(np.float32)
-    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
-    it.resize_tensor_input(it.get_input_details()[0]["index"], x.shape)
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], x)
-    it.invoke()
+    it = invoke(path, x, preserve_all_tensors=True)
     details = {d["name"]: d for d in it.get_tensor_details()}
     # The swish's pre-activation inside se_reduce is on its learned grid in the file.
     (variables,) = [v for _, v in costs._activation_tensors(frozen.get_layer("quant_se_reduce"))
@@ -230,7 +225,6 @@ def test_separable_conv2d_exports_without_calibration_and_agrees(digits, tmp_pat
     used to calibrate that tensor at 8 bits, and NASNetMobile's file agreed with Keras on
     97.9 % of top-1), each DEPTHWISE_CONV_2D writes its learned grid, and the file computes
     the Keras model's outputs."""
-    from ai_edge_litert.interpreter import Interpreter
     from tf_bitpruning.export.plan import Plan
 
     xtr, ytr = _rgb(digits[0]), digits[1]
@@ -243,11 +237,7 @@ def test_separable_conv2d_exports_without_calibration_and_agrees(digits, tmp_pat
     export_tflite(frozen, path)  # no representative_dataset: every tensor has a learned grid
 
     x = _rgb(digits[2]).astype(np.float32)
-    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
-    it.resize_tensor_input(it.get_input_details()[0]["index"], x.shape)
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], x)
-    it.invoke()
+    it = invoke(path, x, preserve_all_tensors=True)
     details = {d["index"]: d for d in it.get_tensor_details()}
     plan = Plan(frozen)
     depthwise = [op for op in it._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D"]
