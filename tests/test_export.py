@@ -421,6 +421,11 @@ def test_nasnet_cell_exports_on_learned_grids(digits, tmp_path):
     x = digits[2]
     got, _ = run_tflite(path, x)
     ref = frozen.predict(x, verbose=0)
-    agreement = top1_agreement(got, ref, output_step(path))
-    assert agreement.rate >= 0.99 and agreement.decided >= 0.5 * len(x), agreement
+    step = output_step(path)
+    assert float(ref.max() - ref.min()) > 10 * step, "constant logits: the comparison would say nothing"
+    agreement = top1_agreement(got, ref, step)
+    # How many inputs Keras decides depends on the CPU the model trained on (oneDNN,
+    # threads: 7 to 300 of 360 seen); what holds everywhere is that each output is
+    # within a step of Keras' (midpoint flips aside) and the decided ones agree.
     assert agreement.off_grid_rate <= 0.02, agreement
+    assert agreement.decided >= 1 and agreement.rate >= 0.99, agreement

@@ -88,10 +88,12 @@ SAME_SCALE = (L.AveragePooling1D, L.AveragePooling2D)
 
 def as_depthwise(layer) -> bool:
     """A 2-D average pooling exported as depthwise convs (graph.avg_pool_as_depthwise):
-    'valid', or 'same' on an input of known height and width."""
+    'valid', or 'same' on an input of known height and width; equal strides."""
     pool = _compat.inner(layer)
     if not (isinstance(pool, L.AveragePooling2D) and pool.data_format == "channels_last"):
         return False
+    if pool.strides[0] != pool.strides[1]:
+        return False  # TensorFlow's CPU depthwise conv (without oneDNN) takes equal strides only
     if pool.padding == "valid":
         return True
     shape = layer.get_input_shape_at(0)
