@@ -182,7 +182,7 @@ class Plan:
         # (InceptionV3's mixed blocks).
         self.preserved: Dict[str, ActivationExport] = {}
         # The grid each concatenation quantizes its inputs onto: its own, or (its quantizer
-        # dropped, scheme.output_requantized) that of the concatenation it feeds
+        # dropped, layout.output_requantized) that of the concatenation it feeds
         # (InceptionV3's mixed9_0 inside mixed9), else its inputs reach the file in float.
         self.concat_grid: Dict[str, ActivationExport] = {}
         users = _compat.consumers(model)
@@ -216,7 +216,7 @@ class Plan:
 
         # SeparableConv layers whose inner tensor (between their kernels) has no learned grid: a
         # SeparableConv1D, or a SeparableConv2D the layout did not split (a config of the user's
-        # own, or a model bit-pruned before the split, scheme.SPLIT_LAYERS).
+        # own, or a model bit-pruned before the split, layout.SPLIT_LAYERS).
         self.separable = [layer.layer.name for layer in model.layers if _bitpruned(layer) and isinstance(
             _compat.inner(layer), (L.SeparableConv1D, L.SeparableConv2D))]
         # Several plain relu layers reading one tensor (NASNet's cells): each quantizes its

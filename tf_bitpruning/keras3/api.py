@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 
 import keras
 
-from tf_bitpruning import costs, scheme
+from tf_bitpruning import costs, layout, scheme
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
 from tf_bitpruning.keras3.layers import BitPrunedModel, BitPruneInputQuantizer, BitPruneWrapper
@@ -72,12 +72,12 @@ def _clone(layer) -> keras.layers.Layer:
 def _splits(layers, skip: set) -> Dict[str, Tuple[keras.layers.Layer, keras.layers.Layer]]:
     """``{SeparableConv2D name: (DepthwiseConv2D, Conv2D)}``: the (new, unbuilt) layers that
     compute each SeparableConv2D that is bit-pruned, one after the other, so that the tensor
-    between its kernels gets a learned grid (``scheme.separable_split``, as on the tf_keras path)."""
+    between its kernels gets a learned grid (``layout.separable_split``, as on the tf_keras path)."""
     taken = {layer.name for layer in layers}
     splits = {}
     for layer in layers:
-        if layer.name not in skip and scheme.builtin_kind(layer) in scheme.SPLIT_LAYERS:
-            depthwise, pointwise = scheme.separable_split(layer.get_config(), taken)
+        if layer.name not in skip and scheme.builtin_kind(layer) in layout.SPLIT_LAYERS:
+            depthwise, pointwise = layout.separable_split(layer.get_config(), taken)
             taken.update((depthwise["name"], pointwise["name"]))
             splits[layer.name] = (keras.layers.DepthwiseConv2D.from_config(depthwise),
                                   keras.layers.Conv2D.from_config(pointwise))
@@ -94,20 +94,20 @@ def _configs(graph, registry, skip: set, quantize_inputs: bool, splits=None):
     configs: Dict[str, BitPruneQuantizeConfig] = {}
     chained_inputs = set()
     for layer in layers:
-        chain = scheme.preprocessing_chain(layer, annotated) if scheme.builtin_kind(layer) == "InputLayer" else []
+        chain = layout.preprocessing_chain(layer, annotated) if scheme.builtin_kind(layer) == "InputLayer" else []
         if chain:
             chained_inputs.add(layer.name)
-            configs.update(zip([link.name for link in chain], scheme.chain_configs(chain, registry, quantize_inputs)))
+            configs.update(zip([link.name for link in chain], layout.chain_configs(chain, registry, quantize_inputs)))
     for layer in layers:
         if layer.name in splits:
             # The depthwise output (read by the pointwise conv alone) keeps its quantizer: the inner grid.
             depthwise, pointwise = splits[layer.name]
             configs[depthwise.name] = registry.get_quantize_config(depthwise)
             configs[pointwise.name] = registry.get_quantize_config(
-                pointwise, quantize_outputs=not scheme.output_requantized(layer, annotated, producer=pointwise))
+                pointwise, quantize_outputs=not layout.output_requantized(layer, annotated, producer=pointwise))
         elif layer.name in annotated and layer.name not in configs:
             configs[layer.name] = registry.get_quantize_config(
-                layer, quantize_outputs=not scheme.output_requantized(layer, annotated))
+                layer, quantize_outputs=not layout.output_requantized(layer, annotated))
     return configs, chained_inputs
 
 

@@ -1,0 +1,220 @@
+"""The layout pass of the scheme: what tfmot's layout transform changes before the
+registry configures each layer, and the rules it shares with the Keras 3 graph
+rebuild (:mod:`tf_bitpruning.keras3.api`).
+
+- a SeparableConv2D is split into ``<name>_depthwise -> <name>_pointwise``
+  (:func:`separable_split`), so the tensor between its kernels gets a learned grid;
+- each model input gets an input quantizer, after its preprocessing chain
+  (``Rescaling``, ``Normalization``: :func:`preprocessing_chain`);
+- an output quantizer is dropped where the only consumer re-quantizes the same
+  values right away (:func:`output_requantized`; see :mod:`tf_bitpruning.scheme`).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Dict, Tuple
+
+import tf_keras as keras
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layout_transform
+from tensorflow_model_optimization.python.core.quantization.keras import utils as quantize_utils
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_transforms
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import model_transformer
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import transforms
+
+from tf_bitpruning import _compat
+from tf_bitpruning.quantizers import ActivationBitQuantizer
+from tf_bitpruning.scheme import PREPROCESSING_LAYERS, BitPruneQuantizeRegistry, _activation_name, builtin_kind
+
+# A producer whose only consumer is one of these skips its own output quantizer
+# (the consumer's quantizer is the one TFLite keeps: a fused activation, a common
+# concatenation scale); BatchNormalization and Activation only where noted below.
+_REQUANTIZING_CONSUMERS = frozenset({"ReLU", "LeakyReLU", "Concatenate"})
+# ... except after these producers, into which TFLite fuses no activation (CONCATENATION):
+# their output needs a grid of its own;
+_UNFUSED_PRODUCERS = frozenset({"Concatenate"})
+# ... a BatchNormalization, when the exporter folds it into the producer's kernel;
+_FOLDABLE_PRODUCERS = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D", "Dense"})
+# ... an Activation that TFLite fuses into the producer, or that tfmot quantizes before.
+_FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax", "sigmoid", "tanh", "gelu"})
+
+# Layers split into a DepthwiseConv2D and a 1x1 Conv2D (:func:`separable_split`). SeparableConv1D
+# is left whole: tfmot's 8-bit scheme runs it as a SeparableConv2D between reshapes, and its
+# split would need those reshapes too; its inner tensor stays float (the export needs
+# ``representative_dataset=``).
+SPLIT_LAYERS = frozenset({"SeparableConv2D"})
+
+
+def unique_name(name: str, taken) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... : the first not in ``taken``."""
+    candidate, i = name, 0
+    while candidate in taken:
+        i += 1
+        candidate = f"{name}_{i}"
+    return candidate
+
+
+def separable_split(config: Dict, taken) -> Tuple[Dict, Dict]:
+    """The layer configs (tf_keras or Keras 3, as ``config``) of a DepthwiseConv2D and a
+    1x1 Conv2D that compute the SeparableConv2D of ``config`` one after the other:
+    ``<name>_depthwise`` (no bias, linear) and ``<name>_pointwise`` (the bias, the
+    activation, the activity regularizer), names not in ``taken``. Its weights are
+    ``[depthwise_kernel]`` and ``[pointwise_kernel(, bias)]``, in the SeparableConv's order."""
+    name = config["name"]
+    common = {key: config[key] for key in ("trainable", "dtype", "data_format") if key in config}
+    depthwise = dict(
+        common, name=unique_name(f"{name}_depthwise", taken), kernel_size=config["kernel_size"],
+        strides=config["strides"], padding=config["padding"], depth_multiplier=config["depth_multiplier"],
+        dilation_rate=config["dilation_rate"], activation="linear", use_bias=False,
+        depthwise_initializer=config["depthwise_initializer"],
+        depthwise_regularizer=config["depthwise_regularizer"],
+        depthwise_constraint=config["depthwise_constraint"])
+    pointwise = dict(
+        common, name=unique_name(f"{name}_pointwise", set(taken) | {depthwise["name"]}), filters=config["filters"],
+        kernel_size=(1, 1), strides=(1, 1), padding="valid", dilation_rate=(1, 1),
+        activation=config["activation"], use_bias=config["use_bias"],
+        kernel_initializer=config["pointwise_initializer"], bias_initializer=config["bias_initializer"],
+        kernel_regularizer=config["pointwise_regularizer"], bias_regularizer=config["bias_regularizer"],
+        activity_regularizer=config["activity_regularizer"],
+        kernel_constraint=config["pointwise_constraint"], bias_constraint=config["bias_constraint"])
+    return depthwise, pointwise
+
+
+class _SeparableConvSplit(transforms.Transform):
+    """SeparableConv2D => DepthwiseConv2D -> Conv2D(1x1) (see :func:`separable_split`), both to
+    be configured by the registry; one annotated with the user's own config is left whole
+    (tfmot's ``SeparableConvQuantize``, with readable names)."""
+
+    def __init__(self, taken: set):
+        super().__init__()
+        self._taken = taken  # layer names in use (the new ones are added)
+
+    def pattern(self):
+        return transforms.LayerPattern("|".join(sorted(SPLIT_LAYERS)))
+
+    def replacement(self, match_layer):
+        if match_layer.metadata.get("quantize_config") is not None:
+            return match_layer
+        depthwise, pointwise = separable_split(match_layer.layer["config"], self._taken)
+        self._taken.update((depthwise["name"], pointwise["name"]))
+        if match_layer.weights:
+            weights = dict(match_layer.weights)
+            values = [weights["depthwise_kernel:0"], weights["pointwise_kernel:0"]] + (
+                [weights["bias:0"]] if pointwise["use_bias"] else [])
+        else:
+            values = [w for _, w in match_layer.names_and_weights]
+        node = None
+        for cls, config, names, part in ((keras.layers.DepthwiseConv2D, depthwise, ["depthwise_kernel:0"], values[:1]),
+                                         (keras.layers.Conv2D, pointwise, ["kernel:0", "bias:0"], values[1:])):
+            layer_config = quantize_utils.serialize_layer(cls.from_config(config), use_legacy_format=True)
+            layer_config["name"] = config["name"]
+            # quantize_config None: the registry configures it (and the pass below may drop its output).
+            node = transforms.LayerNode(layer_config, weights=collections.OrderedDict(zip(names, part)),
+                                        input_layers=[node] if node else [], metadata={"quantize_config": None})
+        return node
+
+    def custom_objects(self):
+        return {}
+
+
+class _InputLayerQuantize(default_8bit_transforms.InputLayerQuantize):
+    """InputLayer => InputLayer -> QuantizeLayer(ActivationBitQuantizer)."""
+
+    def __init__(self, quantizer: ActivationBitQuantizer, skip: frozenset = frozenset()):
+        super().__init__()
+        self._quantizer = quantizer
+        self._skip = skip  # inputs whose preprocessing chain quantizes at its end
+
+    def replacement(self, match_layer):
+        if match_layer.layer["config"]["name"] in self._skip:
+            return match_layer
+        quant_layer = tfmot_quantize_layer.QuantizeLayer(self._quantizer)
+        layer_config = quantize_utils.serialize_layer(quant_layer, use_legacy_format=True)
+        layer_config["name"] = quant_layer.name
+        return transforms.LayerNode(layer_config, input_layers=[match_layer])
+
+    def custom_objects(self):
+        return {"QuantizeLayer": tfmot_quantize_layer.QuantizeLayer,
+                "ActivationBitQuantizer": ActivationBitQuantizer}
+
+
+class BitPruneLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform):
+    """Splits SeparableConv2D layers, adds the input quantizers and drops output
+    quantizers that a consumer re-quantizes right away (see the module docstring)."""
+
+    def __init__(self, registry: BitPruneQuantizeRegistry, quantize_inputs: bool = True):
+        self._registry = registry
+        self._quantize_inputs = quantize_inputs
+
+    def apply(self, model, layer_quantize_map):
+        chains = {name: chain for name, chain in
+                  ((layer.name, preprocessing_chain(layer, layer_quantize_map)) for layer in model.layers
+                   if builtin_kind(layer) == "InputLayer") if chain}
+        steps = [_SeparableConvSplit({layer.name for layer in model.layers})]
+        if self._quantize_inputs:
+            steps.append(_InputLayerQuantize(self._registry.activation_quantizer, frozenset(chains)))
+        model, layer_quantize_map = model_transformer.ModelTransformer(
+            model, steps, set(layer_quantize_map), layer_quantize_map).transform()
+        for chain in chains.values():
+            for layer, config in zip(chain, chain_configs(chain, self._registry, self._quantize_inputs)):
+                entry = layer_quantize_map[layer.name]
+                if entry.get("quantize_config") is None:
+                    entry["quantize_config"] = config
+        for layer in model.layers:
+            entry = layer_quantize_map.get(layer.name)
+            if entry is None or entry.get("quantize_config") is not None:
+                continue  # not annotated, or the user chose the config
+            if output_requantized(layer, layer_quantize_map) and self._registry.supports(layer):
+                entry["quantize_config"] = self._registry.get_quantize_config(layer, quantize_outputs=False)
+        return model, layer_quantize_map
+
+
+# The layout rules, shared by tfmot's transform above and the Keras 3 graph rebuild.
+
+def chain_configs(chain, registry: BitPruneQuantizeRegistry, quantize_inputs: bool) -> list:
+    """Configs of a preprocessing chain: float, except the last layer, which quantizes
+    its output as the input would (if inputs are quantized)."""
+    configs = []
+    for i, layer in enumerate(chain):
+        config = registry.get_quantize_config(layer)
+        last = i == len(chain) - 1 and quantize_inputs
+        configs.append(config if last else config.replace(quantize_output=False))
+    return configs
+
+
+def output_requantized(layer, annotated, producer=None) -> bool:
+    """Whether ``layer``'s output quantizer is dropped: its only consumer (annotated,
+    a name in ``annotated``) re-quantizes it right away. ``producer``: the layer that
+    computes ``layer``'s output in the bit-pruned model, if another (a split's pointwise conv)."""
+    consumers = _compat.consumers(layer)
+    return (len(consumers) == 1 and _requantizes(consumers[0], producer or layer)
+            and consumers[0].name in annotated)
+
+
+def _requantizes(consumer, producer) -> bool:
+    """Whether ``consumer`` re-quantizes ``producer``'s output right away, in a way the
+    exported file reproduces (see ``_REQUANTIZING_CONSUMERS``)."""
+    consumer_kind = builtin_kind(consumer, exact=False)
+    if consumer_kind == "BatchNormalization":
+        return (builtin_kind(producer, exact=False) in _FOLDABLE_PRODUCERS
+                and _activation_name(getattr(producer, "activation", None)) in ("linear", "NoneType"))
+    if consumer_kind == "Concatenate":
+        return True
+    if builtin_kind(producer, exact=False) in _UNFUSED_PRODUCERS:
+        return False
+    if consumer_kind == "Activation":
+        return _activation_name(consumer.activation) in _FUSED_ACTIVATIONS
+    return consumer_kind in _REQUANTIZING_CONSUMERS
+
+
+def preprocessing_chain(input_layer, layer_quantize_map) -> list:
+    """The annotated preprocessing layers that follow ``input_layer`` one after another."""
+    chain, layer = [], input_layer
+    while True:
+        consumers = _compat.consumers(layer)
+        if (len(consumers) != 1 or builtin_kind(consumers[0], exact=False) not in PREPROCESSING_LAYERS
+                or consumers[0].name not in layer_quantize_map):
+            return chain
+        layer = consumers[0]
+        chain.append(layer)
