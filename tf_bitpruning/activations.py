@@ -54,7 +54,7 @@ def _pre_quantized_swish(x):
 
 
 _pre_quantized_swish.__name__ = "swish"
-# Read by the quantize-aware activation (patched below) and the Keras 3 wrapper.
+# Read by tfmot's quantize-aware activation (the hook at the end) and the Keras 3 wrapper.
 _pre_quantized_swish.pre_quantize = True
 
 

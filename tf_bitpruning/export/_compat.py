@@ -86,10 +86,14 @@ def consumers(model: keras.Model) -> Dict[int, List[Any]]:
     return found
 
 
+def calls(layer) -> int:
+    """How many times ``layer`` is called in the model graph."""
+    return len(layer._inbound_nodes)
+
+
 def producers(layer) -> List[Any]:
     """The layers feeding ``layer`` (empty when it is called more than once or is an input)."""
-    nodes = layer._inbound_nodes
-    return list(tf.nest.flatten(nodes[0].inbound_layers)) if len(nodes) == 1 else []
+    return list(tf.nest.flatten(layer._inbound_nodes[0].inbound_layers)) if calls(layer) == 1 else []
 
 
 def output_layers(model: keras.Model) -> List[Any]:

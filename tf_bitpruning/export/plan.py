@@ -222,8 +222,8 @@ class Plan:
         # Several plain relu layers reading one tensor (NASNet's cells): each quantizes its
         # input onto its own output grid before the relu (ActivationExport.relu).
         self.relu_first: Dict[str, ActivationExport] = {}
-        for users in _compat.consumers(model).values():
-            grids = {user.name: self._relu_grid(user) for user in users}
+        for readers in users.values():
+            grids = {reader.name: self._relu_grid(reader) for reader in readers}
             grids = {name: grid for name, grid in grids.items() if grid is not None}
             if len(grids) > 1:
                 self.relu_first.update(grids)
@@ -232,7 +232,7 @@ class Plan:
         """The output grid of a bit-pruned plain relu layer (``Activation("relu")``, a
         ``ReLU()`` without options) called once, else None."""
         inner = _compat.inner(layer)
-        if not _bitpruned(layer) or len(layer._inbound_nodes) != 1:
+        if not _bitpruned(layer) or _compat.calls(layer) != 1:
             return None
         if isinstance(inner, L.Activation):
             if getattr(_compat.plain_activation(inner.activation), "__name__", "") != "relu":
