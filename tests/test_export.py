@@ -105,7 +105,8 @@ def test_full_integer_on_the_b_bit_grids(name, frozen_models, exported, digits):
             types = {sg.tensors[i].type for i in list(op.inputs) + list(op.outputs) if i >= 0}
             assert types <= {schema.TensorType.INT8, schema.TensorType.INT32}, (op_name, types)
 
-    # Weights: at most 2^b - 1 int8 values, all within ±(2^(b-1) - 1).
+    # Weights: b-bit integers (at most 2^b - 1 values, within ±(2^(b-1) - 1)) times each
+    # channel's code multiplier.
     info = read_metadata(exported[name, "int8"])
     tensors = {t.name: sg.tensors[i] for i, t in enumerate(sg.tensors)}
     checked = 0
@@ -114,11 +115,11 @@ def test_full_integer_on_the_b_bit_grids(name, frozen_models, exported, digits):
             continue
         t = tensors[entry["tflite_tensor"].encode()]
         values = np.frombuffer(bytes(fb.buffers[t.buffer].data), np.int8)
-        b, multiplier = entry["bits"], entry["code_multiplier"]
+        b = entry["bits"]
         assert values.size == entry["elements"]
-        assert len(np.unique(values)) <= 2 ** b - 1
-        assert np.all(values.astype(int) % multiplier == 0)  # b-bit integer × 2^j
-        assert np.abs(values.astype(int) // multiplier).max() <= 2 ** (b - 1) - 1
+        ints = _b_bit_integers(t, values, entry["code_multiplier"])
+        assert len(np.unique(ints)) <= 2 ** b - 1
+        assert np.abs(ints).max() <= 2 ** (b - 1) - 1
         checked += 1
     assert checked == sum(1 for t in costs.quantized_tensors(model) if t.kind == "weights")
 
@@ -145,6 +146,17 @@ def test_full_integer_on_the_b_bit_grids(name, frozen_models, exported, digits):
     assert seen >= len(grids) - 1  # the output's grid may only exist before softmax
 
 
+def _b_bit_integers(tensor, values: np.ndarray, multiplier) -> np.ndarray:
+    """A filter's stored codes divided by their channel's code multiplier (checked exact)."""
+    multiplier = np.asarray(multiplier).reshape(-1)
+    codes = values.astype(int).reshape(-1, 1)
+    if multiplier.size > 1:  # per output channel: TFLite's quantized dimension
+        codes = np.moveaxis(codes.reshape(tensor.shape), tensor.quantization.quantizedDimension, -1)
+        codes = codes.reshape(-1, multiplier.size)
+    assert np.all(codes % multiplier == 0)  # b-bit integer × multiplier
+    return codes // multiplier
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_int4_filters_are_packed_and_run_identically(name, frozen_models, exported, digits, tmp_path):
@@ -164,7 +176,8 @@ def test_int4_filters_are_packed_and_run_identically(name, frozen_models, export
             assert data.size == (entry["elements"] + 1) // 2
             values = np.frombuffer(bytes(fb8.buffers[t8.buffer].data), np.int8)
             np.testing.assert_array_equal(tflite_export.unpack_int4_values(data, values.size), values)
-            assert len(np.unique(values)) <= 2 ** entry["bits"] - 1 and np.abs(values.astype(int)).max() <= 7
+            ints = _b_bit_integers(t8, values, entry["code_multiplier"])
+            assert len(np.unique(ints)) <= 2 ** entry["bits"] - 1 and np.abs(values.astype(int)).max() <= 7
             packed_ops.update(flatbuffer_utils.opcode_to_name(fb4, op.opcodeIndex) for op in sg4.operators
                               if len(op.inputs) > 1 and op.inputs[1] == index)
         else:

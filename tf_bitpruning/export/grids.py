@@ -89,6 +89,7 @@ class WeightExport:
     scale: np.ndarray         # int8 step: scalar, or one per output channel (layout below)
     channel_axes: Tuple[int, ...]  # kernel axes of the output channels (per-channel scale)
     multiplier: np.ndarray    # stored code = b-bit integer × multiplier (like scale)
+    max_multiplier: Optional[np.ndarray] = None  # the largest the container holds (like scale)
 
     def tensor(self, shape: Optional[Sequence[int]] = None) -> tf.Tensor:
         """The fake-quantized kernel (reshaped to ``shape``, output channels last)."""
@@ -147,7 +148,9 @@ def weight_export(quantizer: WeightBitQuantizer, variables, weight: tf.Variable,
 
     The scale is the b-bit step divided by a power of two ``2^j``, the largest with
     ``(2^(b-1) - 1)·2^j <= code_limit`` (``None``: ``j = 0``): the stored codes are
-    the b-bit integers times ``2^j``, the same ``2^b - 1`` values at most.
+    the b-bit integers times ``2^j``, the same ``2^b - 1`` values at most. Any
+    multiplier up to ``max_multiplier`` fits the container (the plan picks, per
+    channel, the one whose bias grid suits the bias: ``Plan._fit_bias_codes``).
     """
     bits = int_bits(quantizer, variables)
     if bits.max() > 8:
@@ -165,10 +168,12 @@ def weight_export(quantizer: WeightBitQuantizer, variables, weight: tf.Variable,
     levels = 2.0 ** (bits.astype(np.float64) - 1.0) - 1.0
     multiplier = np.ones_like(levels) if code_limit is None else \
         2.0 ** np.maximum(np.floor(np.log2(code_limit / levels)), 0.0)
+    largest = multiplier if code_limit is None else np.maximum(np.floor(code_limit / levels), 1.0)
     if per_channel:
         shape = [kernel.shape[a] if a in channel else 1 for a in range(rank)]
         scale = np.broadcast_to(scale, shape)
         multiplier = np.broadcast_to(multiplier, shape)
+        largest = np.broadcast_to(largest, shape)
         # A channel of zeros: any step represents it; keep the bias scale sane.
         zero = np.max(np.abs(kernel), axis=reduce, keepdims=True) == 0
         scale = np.where(zero, 1.0, scale)
@@ -177,10 +182,10 @@ def weight_export(quantizer: WeightBitQuantizer, variables, weight: tf.Variable,
             kernel = kernel * factor
             scale = scale * np.maximum(np.abs(factor), 1e-30)
         channels = [kernel.shape[a] for a in channel]
-        scale, multiplier = scale.reshape(channels), multiplier.reshape(channels)
+        scale, multiplier, largest = scale.reshape(channels), multiplier.reshape(channels), largest.reshape(channels)
     else:
-        scale, multiplier = scale.reshape(()), multiplier.reshape(())
+        scale, multiplier, largest = scale.reshape(()), multiplier.reshape(()), largest.reshape(())
     return WeightExport(kernel.astype(np.float32), (scale / multiplier).astype(np.float32), channel,
-                         multiplier.astype(np.int64))
+                        multiplier.astype(np.int64), largest.astype(np.int64))
 
 

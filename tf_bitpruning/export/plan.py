@@ -154,6 +154,7 @@ class Plan:
                     self.input_grid[layer.name] = grid
                 self.bias[layer.name] = (self.fold_into[layer.name] if layer.name in self.fold_into
                                          else inner.bias.numpy().astype(np.float32))
+                self._fit_bias_codes(layer.name)
                 self._limit_bias_codes(layer.name)
         # A global average of values that cannot fall below its learned grid's min (of
         # ReLU outputs, say) needs no clip op: TFLite would run MEAN on its input's
@@ -358,6 +359,33 @@ class Plan:
             layer = after[0]
         return None
 
+    def _fit_bias_codes(self, layer_name: str) -> None:
+        """Per output channel, the code multiplier ``k`` (up to what the container holds)
+        whose int32 bias grid, ``input step × b-bit step / k``, rounds the float bias
+        closest (the largest ``k`` of equals). TFLite adds the bias on that grid, and a
+        bias off it moves outputs near a rounding midpoint to the other side: with the
+        largest power of two alone, 3e-4 of a MobileNetV3's conv outputs, one-step flips
+        that grow with depth. Only with ``fine_bias`` and per-channel scales."""
+        grid, bias = self.input_grid.get(layer_name), self.bias.get(layer_name)
+        if grid is None or bias is None or not self.fine_bias:
+            return
+        in_step = grid.step / 2.0 ** grid.refine_shift  # fine_bias's refined input (fine_bias.py)
+        b = bias.astype(np.float64).reshape(-1)
+        for key, spec in self.weights.items():
+            if key[0] != layer_name or spec.max_multiplier is None or spec.scale.size != b.size \
+                    or spec.scale.ndim == 0:
+                continue
+            step = spec.scale.astype(np.float64) * spec.multiplier  # each channel's b-bit step
+            best, error = spec.multiplier.astype(np.float64), np.full(b.shape, np.inf)
+            for k in range(1, int(spec.max_multiplier.max()) + 1):
+                unit = in_step * step.reshape(-1) / k
+                e = np.abs(b - np.round(b / unit) * unit)
+                better = (k <= spec.max_multiplier.reshape(-1)) & (e <= error * (1.0 + 1e-9))
+                best = np.where(better.reshape(best.shape), k, best)
+                error = np.where(better, e, error)
+            spec.multiplier = best.astype(np.int64)
+            spec.scale = (step / best).astype(np.float32)
+
     def _limit_bias_codes(self, layer_name: str) -> None:
         """Keeps the int32 bias codes (bias / (input scale × weight scale)) below
         2^30 by lowering the weight code multiplier where a bias is very large."""
@@ -373,7 +401,7 @@ class Plan:
                 worst = np.max(np.abs(bias) / (grid.step * step / mult))
                 if worst < 2.0 ** 30 or np.all(mult <= 1):
                     break
-                mult = np.maximum(mult / 2.0, 1.0)
+                mult = np.maximum(np.floor(mult / 2.0), 1.0)
             spec.multiplier = mult.astype(np.int64)
             spec.scale = (step / mult).astype(np.float32)
 
