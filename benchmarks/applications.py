@@ -50,16 +50,19 @@ FAMILIES = {
     "InceptionV3": (75, {}, False),
     "NASNetMobile": (32, {}, False),
 }
-# Adam's learning rate where not 1e-3: VGG16 has no BatchNormalization (float, 1e-4: 38 % test
-# accuracy after 100 steps here; bit-pruned it has not trained yet, README).
-LEARNING_RATE = {"VGG16": 1e-4}
+# (learning steps, fine-tuning steps, Adam's learning rate) per family where not the default:
+# two epochs of the digits' 89 batches of 16, then 40 steps. MobileNet/MobileNetV2 take three
+# epochs (after two they decide fewer inputs, 222 and 190 of 256: the same one-step differences
+# on closer logits). VGG16 has no BatchNormalization: Adam 1e-3 does not train it (README).
+DEFAULT_RECIPE = (178, 40, 1e-3)
+RECIPE = {"MobileNet": (267, 89, 1e-3), "MobileNetV2": (267, 89, 1e-3), "VGG16": (356, 178, 1e-4)}
 # Not in keras.applications: 12 residual blocks (conv-BN-ReLU-conv-BN + identity, ReLU) on
 # 8x8 digits, a cheap stand-in for ResNet50 when tracing where Keras and LiteRT part.
 EXTRA = {"ResidualStack12": (8, {}, False)}
 
 flags.DEFINE_list("families", list(FAMILIES), "Families to run.")
-flags.DEFINE_integer("steps", 180, "Learning-phase steps (BitBudget).")
-flags.DEFINE_integer("finetune_steps", 90, "Fine-tuning steps at frozen bitlengths.")
+flags.DEFINE_integer("steps", None, "Learning-phase steps (BitBudget); default: RECIPE.")
+flags.DEFINE_integer("finetune_steps", None, "Fine-tuning steps at frozen bitlengths; default: RECIPE.")
 flags.DEFINE_integer("batch_size", 16, "Batch size.")
 flags.DEFINE_float("target_bits", 6.0, "BitBudget target (uniform average bits).")
 flags.DEFINE_integer("eval_inputs", 256, "Inputs compared between Keras and LiteRT.")
@@ -235,6 +238,31 @@ def run_tfmot(name: str, xtr, ytr, workdir: str) -> dict:
     return result
 
 
+def recipe(name: str):
+    """(learning steps, fine-tuning steps, learning rate): the flags where given, else RECIPE."""
+    steps, finetune_steps, lr = RECIPE.get(name, DEFAULT_RECIPE)
+    return (FLAGS.steps if FLAGS.steps is not None else steps,
+            FLAGS.finetune_steps if FLAGS.finetune_steps is not None else finetune_steps, lr)
+
+
+def schedule(steps: int, examples: int) -> dict:
+    """``fit`` arguments for exactly ``steps`` batches: the fewest epochs, equal lengths."""
+    per_epoch = examples // FLAGS.batch_size
+    epochs = -(-steps // per_epoch)
+    if steps % epochs:
+        raise SystemExit(f"--steps={steps}: not a whole number of equal epochs of at most {per_epoch} batches.")
+    return {"epochs": epochs, "steps_per_epoch": steps // epochs}
+
+
+def commit() -> str:
+    """The code a row was run with: ``git describe`` of the tree (``-dirty`` if edited)."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
     import tf_keras as keras
 
@@ -250,13 +278,12 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         result["quantized_tensors"] = len(costs.quantized_tensors(bp))
         stage = "fit(BitBudget)"
         _log(name, stage)
-        lr = LEARNING_RATE.get(name, 1e-3)
+        steps, finetune_steps, lr = recipe(name)
+        result.update(steps=steps, finetune_steps=finetune_steps, learning_rate=lr)
         bp.compile(keras.optimizers.Adam(lr), loss, metrics=["accuracy"])
-        per_epoch = len(xtr) // FLAGS.batch_size
         t0 = time.time()
-        bp.fit(xtr, ytr, batch_size=FLAGS.batch_size, epochs=-(-FLAGS.steps // per_epoch),
-               steps_per_epoch=min(FLAGS.steps, per_epoch), callbacks=[tfbp.BitBudget(FLAGS.target_bits)],
-               verbose=0)
+        bp.fit(xtr, ytr, batch_size=FLAGS.batch_size, callbacks=[tfbp.BitBudget(FLAGS.target_bits)],
+               verbose=0, **schedule(steps, len(xtr)))
         result["learn_s"] = round(time.time() - t0, 1)
         result["avg_bits"] = round(tfbp.average_bits(bp), 2)
         stage = "freeze_bitlengths"
@@ -264,8 +291,7 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         frozen = tfbp.freeze_bitlengths(bp)
         stage = "fit (fine-tune)"
         frozen.compile(keras.optimizers.Adam(lr / 5), loss, metrics=["accuracy"])
-        frozen.fit(xtr, ytr, batch_size=FLAGS.batch_size, epochs=-(-FLAGS.finetune_steps // per_epoch),
-                   steps_per_epoch=min(FLAGS.finetune_steps, per_epoch), verbose=0)
+        frozen.fit(xtr, ytr, batch_size=FLAGS.batch_size, verbose=0, **schedule(finetune_steps, len(xtr)))
         x = xte[:FLAGS.eval_inputs]
         result["accuracy"] = round(float(frozen.evaluate(xte, yte, verbose=0)[1]), 4)
         stage = "export_tflite"
@@ -299,7 +325,7 @@ def run_one(name: str) -> dict:
     keras.utils.set_random_seed(0)
     size, _, raw = {**FAMILIES, **EXTRA}[name]
     xtr, ytr, xte, yte = digits(size, raw)
-    result = {"family": name, "input": size}
+    result = {"family": name, "input": size, "commit": commit()}
     with tempfile.TemporaryDirectory() as workdir:
         result.update(run_tfmot(name, xtr, ytr, workdir))
         keras.backend.clear_session()
@@ -354,7 +380,10 @@ def main(argv):
                               capture_output=True, text=True)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if lines:
-            results[name] = json.loads(lines[-1][len("RESULT "):])
+            row = json.loads(lines[-1][len("RESULT "):])
+            if not FLAGS.tfmot:  # tfmot's columns stay those of the last run that tried it
+                row.update({k: v for k, v in results.get(name, {}).items() if k.startswith("tfmot")})
+            results[name] = row
         else:
             results[name] = {"family": name, "input": {**FAMILIES, **EXTRA}[name][0], "ours": "no", "ours_stage": "crash",
                              "ours_error": proc.stderr[-400:].replace("\n", " ")}

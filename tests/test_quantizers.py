@@ -76,8 +76,25 @@ def test_per_channel_scale_quantizes_each_output_channel_on_its_own_grid():
     assert np.abs(got[:, 0]).max() == pytest.approx(1.0) and np.abs(got[:, 1]).max() == pytest.approx(10.0)
 
 
-def test_activation_range_starts_at_the_first_batch_then_follows_the_ema():
+def test_activation_range_expands_at_once_and_shrinks_at_the_ema_rate():
+    """The default range takes in a batch beyond it at once: values outside get no
+    gradient, so a range that lagged would cap how fast activations grow (VGG16 stayed
+    at chance with tfmot's moving average, README)."""
     q = ActivationBitQuantizer(init_bits=8.0, ema_decay=0.9)
+    assert q.range_update == "expand"
+    variables = _built(q, (None, 4), "post_activation")
+    q(tf.constant([[-1.0, 0.5, 2.0, 3.0]]), True, variables)
+    assert (float(variables["min"]), float(variables["max"])) == (-1.0, 3.0)
+    q(tf.constant([[0.5, 1.0, 4.0, 13.0]]), True, variables)
+    assert float(variables["max"]) == 13.0  # at once, not 0.9 * 3 + 0.1 * 13
+    assert float(variables["min"]) == pytest.approx(-0.9)  # batch min 0 (kept representable): shrinks
+    q(tf.constant([[-3.0, 1.0]]), True, variables)
+    assert (float(variables["min"]), float(variables["max"])) == pytest.approx((-3.0, 0.9 * 13.0 + 0.1 * 1.0))
+    assert q.get_config()["range_update"] == "expand"
+
+
+def test_activation_range_starts_at_the_first_batch_then_follows_the_ema():
+    q = ActivationBitQuantizer(init_bits=8.0, ema_decay=0.9, range_update="ema")
     variables = _built(q, (None, 4), "post_activation")
     assert variables["bits"].trainable and not variables["min"].trainable and not variables["max"].trainable
     first = tf.constant([[-1.0, 0.5, 2.0, 3.0]])
@@ -107,7 +124,8 @@ def test_frozen_range_does_not_move_and_output_is_on_the_grid():
 @pytest.mark.parametrize("quantizer", [
     WeightBitQuantizer(min_bits=3, max_bits=6, init_bits=4.5, bits_lr_multiplier=5.0, per_channel_scale=True,
                        per_channel_bits=True, channel_axes=(2, 3), frozen=True),
-    ActivationBitQuantizer(min_bits=2, max_bits=7, init_bits=3.0, ema_decay=0.5, freeze_range=True),
+    ActivationBitQuantizer(min_bits=2, max_bits=7, init_bits=3.0, ema_decay=0.5, freeze_range=True,
+                           range_update="ema"),
 ])
 def test_quantizer_config_round_trip(quantizer):
     config = quantizer.get_config()
@@ -150,6 +168,7 @@ def test_config_errors_name_the_layer_and_attribute():
     (lambda: WeightBitQuantizer(init_bits=9.0), "init_bits=9.0 is outside"),
     (lambda: ActivationBitQuantizer(bits_lr_multiplier=0.0), "bits_lr_multiplier must be > 0"),
     (lambda: ActivationBitQuantizer(ema_decay=1.0), r"ema_decay must be in \[0, 1\)"),
+    (lambda: ActivationBitQuantizer(range_update="max"), r"range_update must be one of \('expand', 'ema'\), got 'max'"),
 ])
 def test_invalid_quantizer_arguments(make, match):
     with pytest.raises(ValueError, match=match):

@@ -231,25 +231,34 @@ class WeightBitQuantizer(BitlengthQuantizer):
 
 
 class ActivationBitQuantizer(BitlengthQuantizer):
-    """Asymmetric activation quantizer with a learned bitlength and a
-    moving-average ``[min, max]`` range (0 kept representable).
+    """Asymmetric activation quantizer with a learned bitlength and a tracked
+    ``[min, max]`` range (0 kept representable).
 
-    The range starts at the first training batch's min/max and then follows an
-    exponential moving average (``ema_decay``). ``freeze_range=True`` stops the
-    updates (useful when fine-tuning a frozen model). Before the first training
-    step the range is empty and the quantizer passes values through.
+    The range starts at the first training batch's min/max. ``range_update="expand"``
+    (the default) then takes in at once any batch value beyond it and shrinks back at
+    the moving-average rate (``ema_decay``); ``"ema"`` moves both ways at that rate,
+    as tfmot's ``MovingAverageQuantizer`` does. Values beyond the range are clipped and
+    get no gradient, so an ``"ema"`` range caps how fast activations can grow: a
+    network without normalization trained from random weights (VGG16) whose logits
+    must grow a thousandfold stays at chance. ``freeze_range=True`` stops the updates
+    (useful when fine-tuning a frozen model). Before the first training step the range
+    is empty and the quantizer passes values through.
     """
 
     kind = "activations"
+    RANGE_UPDATES = ("expand", "ema")
 
     def __init__(self, min_bits: int = 1, max_bits: int = 8, init_bits: Optional[float] = None,
                  bits_lr_multiplier: float = 10.0, ema_decay: float = 0.99,
-                 freeze_range: bool = False, frozen: bool = False):
+                 freeze_range: bool = False, frozen: bool = False, range_update: str = "expand"):
         super().__init__(min_bits, max_bits, init_bits, bits_lr_multiplier, frozen)
         if not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
+        if range_update not in self.RANGE_UPDATES:
+            raise ValueError(f"range_update must be one of {self.RANGE_UPDATES}, got {range_update!r}.")
         self.ema_decay = float(ema_decay)
         self.freeze_range = bool(freeze_range)
+        self.range_update = range_update
 
     def build(self, tensor_shape, name, layer):
         def range_var(suffix):
@@ -281,8 +290,12 @@ class ActivationBitQuantizer(BitlengthQuantizer):
         old_min, old_max = weights["min"], weights["max"]
         started = old_max > old_min
         d = self.ema_decay
-        new_min = tf.where(started, d * old_min + (1.0 - d) * batch_min, batch_min)
-        new_max = tf.where(started, d * old_max + (1.0 - d) * batch_max, batch_max)
+        new_min = d * old_min + (1.0 - d) * batch_min
+        new_max = d * old_max + (1.0 - d) * batch_max
+        if self.range_update == "expand":
+            new_min, new_max = tf.minimum(new_min, batch_min), tf.maximum(new_max, batch_max)
+        new_min = tf.where(started, new_min, batch_min)
+        new_max = tf.where(started, new_max, batch_max)
         return old_min.assign(new_min), old_max.assign(new_max)
 
     @_not_converted
@@ -310,5 +323,6 @@ class ActivationBitQuantizer(BitlengthQuantizer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(ema_decay=self.ema_decay, freeze_range=self.freeze_range)
+        config.update(ema_decay=self.ema_decay, freeze_range=self.freeze_range,
+                      range_update=self.range_update)
         return config
