@@ -1,5 +1,5 @@
-"""The private Keras graph access that the package needs outside the exporter, in one
-place, for both Kerases: tf_keras (Keras 2, through tfmot) and Keras 3.
+"""The private Keras graph access and tfmot internals that the package needs outside
+the exporter, in one place, for both Kerases: tf_keras (Keras 2, through tfmot) and Keras 3.
 
 When tf_keras or Keras 3 is upgraded, this module (with ``export/_compat.py`` and
 ``keras3/_compat.py``) is where to look.
@@ -8,6 +8,36 @@ When tf_keras or Keras 3 is upgraded, this module (with ``export/_compat.py`` an
 from __future__ import annotations
 
 from typing import Any, List, Optional
+
+# tfmot's internals (``tensorflow_model_optimization.python...``, not its public API): the
+# classes our wrappers, registry and layout transform build on. Imported here only.
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_annotate as _annotate
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation as _qaa
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as _quantize_layer
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layout_transform as _layout
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_registry as _registry
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper as _wrapper
+from tensorflow_model_optimization.python.core.quantization.keras import utils as _utils
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_transforms as _d8
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
+    model_transformer as _model_transformer, transforms as _transforms)
+
+QuantizeAnnotate = _annotate.QuantizeAnnotate
+QuantizeAwareActivation = _qaa.QuantizeAwareActivation
+QuantizeLayer = _quantize_layer.QuantizeLayer
+QuantizeWrapper = _wrapper.QuantizeWrapper
+QuantizeWrapperV2 = _wrapper.QuantizeWrapperV2
+QuantizeRegistry = _registry.QuantizeRegistry
+QuantizeLayoutTransform = _layout.QuantizeLayoutTransform
+InputLayerQuantize = _d8.InputLayerQuantize
+ModelTransformer = _model_transformer.ModelTransformer
+Transform, LayerPattern, LayerNode = _transforms.Transform, _transforms.LayerPattern, _transforms.LayerNode
+serialize_layer = _utils.serialize_layer
+
+# tf_keras' layers for TF functions called on Keras tensors (``x + 3``), not exported by tf_keras.
+from tf_keras.src.layers.core import tf_op_layer as _tf_op_layer  # noqa: E402
+
+TFOpLambda, SlicingOpLambda = _tf_op_layer.TFOpLambda, _tf_op_layer.SlicingOpLambda
 
 
 def is_keras3(obj: Any) -> bool:
@@ -75,9 +105,7 @@ def tfmot_pre_quantize_also(predicate) -> None:
     """Makes tfmot's quantize-aware activation quantize the input of activations for
     which ``predicate(activation)`` holds, as well as its own list (sigmoid, softmax,
     tanh); tfmot's decision for any other activation is unchanged. Idempotent."""
-    from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation
-
-    qaa = quantize_aware_activation.QuantizeAwareActivation
+    qaa = QuantizeAwareActivation
     original = qaa._should_pre_quantize
     if getattr(original, "_tf_bitpruning", False):
         return

@@ -7,8 +7,6 @@ from typing import Optional, Sequence, Tuple
 
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_annotate as tfmot_annotate
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper as tfmot_wrapper
 
 from tf_bitpruning import _compat, costs, op_lambdas, scheme
 from tf_bitpruning.configs import BitPruneQuantizeConfig
@@ -89,7 +87,7 @@ def bitprune_annotate_model(to_annotate: keras.Model, skip_layers: Sequence[str]
     registry = BitPruneQuantizeRegistry()
     problems = []
     for layer in to_annotate.layers:
-        if layer.name in skip or isinstance(layer, tfmot_annotate.QuantizeAnnotate):
+        if layer.name in skip or isinstance(layer, _compat.QuantizeAnnotate):
             continue
         reason = registry.unsupported_reason(layer)
         if reason:
@@ -103,11 +101,11 @@ def bitprune_annotate_model(to_annotate: keras.Model, skip_layers: Sequence[str]
 
     def annotate(layer):
         if (layer.name in skip or scheme.is_pass_through(layer)
-                or isinstance(layer, (tfmot_annotate.QuantizeAnnotate, keras.layers.InputLayer))):
+                or isinstance(layer, (_compat.QuantizeAnnotate, keras.layers.InputLayer))):
             return layer
         if scheme.op_lambda_function(layer) is not None:
             return op_lambdas.annotate(layer)
-        return tfmot_annotate.QuantizeAnnotate(layer)
+        return _compat.QuantizeAnnotate(layer)
 
     with bitprune_scope():
         return keras.models.clone_model(to_annotate, input_tensors=None, clone_function=annotate)
@@ -155,7 +153,7 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
     costs.check_regularization(regularization)
     costs.check_weighting(weighting)
     _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip)
-    if not any(isinstance(layer, tfmot_annotate.QuantizeAnnotate) for layer in model.layers):
+    if not any(isinstance(layer, _compat.QuantizeAnnotate) for layer in model.layers):
         raise ValueError("bitprune_apply: no layer is annotated. Call tfbp.bitprune_annotate_model(model) "
                          "first, or use tfbp.bitprune_model(model) which does both.")
     scheme = BitPruneQuantizeScheme(
@@ -216,7 +214,7 @@ def bitprune_model(to_prune: keras.Model, regularization: float = 0.05, weightin
     return bitprune_apply(annotated, regularization, weighting, **options)
 
 
-class QuantizeWrapperV2(tfmot_wrapper.QuantizeWrapperV2):
+class QuantizeWrapperV2(_compat.QuantizeWrapperV2):
     """tfmot's wrapper, loaded so that its weights keep their saved order.
 
     tfmot lists a wrapper's own trainable variables (the bitlengths) before the

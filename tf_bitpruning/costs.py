@@ -20,8 +20,6 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
 
 from tf_bitpruning import _compat
 from tf_bitpruning.keras3 import layers as k3
@@ -77,9 +75,9 @@ def _activation_tensors(layer) -> List[tuple]:
     """(quantizer, variables) of the activation quantizers a layer owns."""
     if _compat.is_keras3(layer):
         return k3.activation_quantizers(layer)
-    if isinstance(layer, tfmot_quantize_layer.QuantizeLayer):
+    if isinstance(layer, _compat.QuantizeLayer):
         return [(layer.quantizer, layer.quantizer_vars)] if layer.quantizer else []
-    if not isinstance(layer, quantize_wrapper.QuantizeWrapper):
+    if not isinstance(layer, _compat.QuantizeWrapper):
         return []
     return _compat.tfmot_activation_quantizers(layer)
 
@@ -88,7 +86,7 @@ def _weight_tensors(layer) -> List[tuple]:
     """(weight, quantizer, variables, attribute) of the kernels a layer quantizes."""
     if _compat.is_keras3(layer):
         return k3.weight_quantizers(layer)
-    if isinstance(layer, quantize_wrapper.QuantizeWrapper):
+    if isinstance(layer, _compat.QuantizeWrapper):
         return _compat.tfmot_weight_quantizers(layer)
     return []
 
@@ -97,12 +95,12 @@ def is_input_quantizer(layer) -> bool:
     """Whether ``layer`` quantizes a model input (tfmot's ``QuantizeLayer`` or ours)."""
     if _compat.is_keras3(layer):
         return isinstance(layer, k3.BitPruneInputQuantizer)
-    return isinstance(layer, tfmot_quantize_layer.QuantizeLayer)
+    return isinstance(layer, _compat.QuantizeLayer)
 
 
 def _user_layer(layer):
     """The user's layer inside a wrapper (tfmot's or ours), or the layer itself."""
-    if isinstance(layer, quantize_wrapper.QuantizeWrapper):
+    if isinstance(layer, _compat.QuantizeWrapper):
         return layer.layer
     if _compat.is_keras3(layer):
         return k3.user_layer(layer)

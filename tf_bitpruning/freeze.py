@@ -8,8 +8,6 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
 
 from tf_bitpruning import _compat, costs
 from tf_bitpruning.api import bitprune_scope
@@ -114,12 +112,12 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
 
     def clone(layer):
         freeze_layer_ranges = freeze_ranges and layer.name not in uncalibrated
-        if isinstance(layer, quantize_wrapper.QuantizeWrapper):
+        if isinstance(layer, _compat.QuantizeWrapper):
             inner = layer.layer.__class__.from_config(layer.layer.get_config())
-            return quantize_wrapper.QuantizeWrapperV2(
+            return _compat.QuantizeWrapperV2(
                 inner, _freeze_config(layer.quantize_config, freeze_layer_ranges), name=layer.name)
-        if isinstance(layer, tfmot_quantize_layer.QuantizeLayer) and isinstance(layer.quantizer, BitlengthQuantizer):
-            return tfmot_quantize_layer.QuantizeLayer(_frozen(layer.quantizer, freeze_layer_ranges),
+        if isinstance(layer, _compat.QuantizeLayer) and isinstance(layer.quantizer, BitlengthQuantizer):
+            return _compat.QuantizeLayer(_frozen(layer.quantizer, freeze_layer_ranges),
                                                       name=layer.name)
         return layer.__class__.from_config(layer.get_config())
 

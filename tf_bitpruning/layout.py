@@ -16,12 +16,6 @@ import collections
 from typing import Dict, Tuple
 
 import tf_keras as keras
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layout_transform
-from tensorflow_model_optimization.python.core.quantization.keras import utils as quantize_utils
-from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_transforms
-from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import model_transformer
-from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import transforms
 
 from tf_bitpruning import _compat
 from tf_bitpruning.quantizers import ActivationBitQuantizer
@@ -81,7 +75,7 @@ def separable_split(config: Dict, taken) -> Tuple[Dict, Dict]:
     return depthwise, pointwise
 
 
-class _SeparableConvSplit(transforms.Transform):
+class _SeparableConvSplit(_compat.Transform):
     """SeparableConv2D => DepthwiseConv2D -> Conv2D(1x1) (see :func:`separable_split`), both to
     be configured by the registry; one annotated with the user's own config is left whole
     (tfmot's ``SeparableConvQuantize``, with readable names)."""
@@ -91,7 +85,7 @@ class _SeparableConvSplit(transforms.Transform):
         self._taken = taken  # layer names in use (the new ones are added)
 
     def pattern(self):
-        return transforms.LayerPattern("|".join(sorted(SPLIT_LAYERS)))
+        return _compat.LayerPattern("|".join(sorted(SPLIT_LAYERS)))
 
     def replacement(self, match_layer):
         if match_layer.metadata.get("quantize_config") is not None:
@@ -107,10 +101,10 @@ class _SeparableConvSplit(transforms.Transform):
         node = None
         for cls, config, names, part in ((keras.layers.DepthwiseConv2D, depthwise, ["depthwise_kernel:0"], values[:1]),
                                          (keras.layers.Conv2D, pointwise, ["kernel:0", "bias:0"], values[1:])):
-            layer_config = quantize_utils.serialize_layer(cls.from_config(config), use_legacy_format=True)
+            layer_config = _compat.serialize_layer(cls.from_config(config), use_legacy_format=True)
             layer_config["name"] = config["name"]
             # quantize_config None: the registry configures it (and the pass below may drop its output).
-            node = transforms.LayerNode(layer_config, weights=collections.OrderedDict(zip(names, part)),
+            node = _compat.LayerNode(layer_config, weights=collections.OrderedDict(zip(names, part)),
                                         input_layers=[node] if node else [], metadata={"quantize_config": None})
         return node
 
@@ -118,7 +112,7 @@ class _SeparableConvSplit(transforms.Transform):
         return {}
 
 
-class _InputLayerQuantize(default_8bit_transforms.InputLayerQuantize):
+class _InputLayerQuantize(_compat.InputLayerQuantize):
     """InputLayer => InputLayer -> QuantizeLayer(ActivationBitQuantizer)."""
 
     def __init__(self, quantizer: ActivationBitQuantizer, skip: frozenset = frozenset()):
@@ -129,17 +123,17 @@ class _InputLayerQuantize(default_8bit_transforms.InputLayerQuantize):
     def replacement(self, match_layer):
         if match_layer.layer["config"]["name"] in self._skip:
             return match_layer
-        quant_layer = tfmot_quantize_layer.QuantizeLayer(self._quantizer)
-        layer_config = quantize_utils.serialize_layer(quant_layer, use_legacy_format=True)
+        quant_layer = _compat.QuantizeLayer(self._quantizer)
+        layer_config = _compat.serialize_layer(quant_layer, use_legacy_format=True)
         layer_config["name"] = quant_layer.name
-        return transforms.LayerNode(layer_config, input_layers=[match_layer])
+        return _compat.LayerNode(layer_config, input_layers=[match_layer])
 
     def custom_objects(self):
-        return {"QuantizeLayer": tfmot_quantize_layer.QuantizeLayer,
+        return {"QuantizeLayer": _compat.QuantizeLayer,
                 "ActivationBitQuantizer": ActivationBitQuantizer}
 
 
-class BitPruneLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform):
+class BitPruneLayoutTransform(_compat.QuantizeLayoutTransform):
     """Splits SeparableConv2D layers, adds the input quantizers and drops output
     quantizers that a consumer re-quantizes right away (see the module docstring)."""
 
@@ -154,7 +148,7 @@ class BitPruneLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform)
         steps = [_SeparableConvSplit({layer.name for layer in model.layers})]
         if self._quantize_inputs:
             steps.append(_InputLayerQuantize(self._registry.activation_quantizer, frozenset(chains)))
-        model, layer_quantize_map = model_transformer.ModelTransformer(
+        model, layer_quantize_map = _compat.ModelTransformer(
             model, steps, set(layer_quantize_map), layer_quantize_map).transform()
         for chain in chains.values():
             for layer, config in zip(chain, chain_configs(chain, self._registry, self._quantize_inputs)):

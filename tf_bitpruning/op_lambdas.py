@@ -2,8 +2,7 @@
 
 Keras records TF functions called on Keras tensors as ``TFOpLambda`` layers,
 with the constant operands as call keywords. Two things keep tfmot from
-wrapping them, fixed here (the only module that imports Keras' private
-``tf_op_layer``):
+wrapping them, fixed here:
 
 - tfmot's ``QuantizeAnnotate`` serializes its call with the first argument in a
   list, which the ``TFOpLambda`` then receives as a list: :class:`OpLambdaAnnotate`
@@ -16,11 +15,10 @@ wrapping them, fixed here (the only module that imports Keras' private
 
 from __future__ import annotations
 
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_annotate as tfmot_annotate
-from tf_keras.src.layers.core import tf_op_layer
+from tf_bitpruning import _compat
 
-TFOpLambda = tf_op_layer.TFOpLambda
-SlicingOpLambda = tf_op_layer.SlicingOpLambda
+TFOpLambda = _compat.TFOpLambda
+SlicingOpLambda = _compat.SlicingOpLambda
 
 
 class ElementwiseOpLambda(TFOpLambda):
@@ -30,7 +28,7 @@ class ElementwiseOpLambda(TFOpLambda):
         return input_shape
 
 
-class OpLambdaAnnotate(tfmot_annotate.QuantizeAnnotate):
+class OpLambdaAnnotate(_compat.QuantizeAnnotate):
     """tfmot's annotation of a ``TFOpLambda``, serialized like the ``TFOpLambda``
     itself (first argument as given, constants by keyword)."""
 

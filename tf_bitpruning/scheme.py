@@ -37,8 +37,6 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_registry
 
 from tf_bitpruning import _compat
 from tf_bitpruning.configs import BitPruneQuantizeConfig
@@ -131,12 +129,12 @@ def is_pass_through(layer) -> bool:
 
 
 def _supported_activation(activation) -> bool:
-    aw = quantize_aware_activation.QuantizeAwareActivation
+    aw = _compat.QuantizeAwareActivation
     return _activation_name(activation) in (
         aw._PRE_QUANT_ACTIVATIONS | aw._POST_QUANT_ACTIVATIONS | aw._NO_QUANTIZE_ACTIVATIONS)
 
 
-class BitPruneQuantizeRegistry(quantize_registry.QuantizeRegistry):
+class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
     """Maps built-in Keras layers to :class:`BitPruneQuantizeConfig`s.
 
     Args:

@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import keras
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation as _qaa
 
+from tf_bitpruning import _compat as _tfmot_compat
 from tf_bitpruning import activations
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
@@ -22,7 +22,7 @@ from tf_bitpruning.quantizers import ActivationBitQuantizer
 from tf_bitpruning.scheme import _activation_name
 
 _PACKAGE = "tf_bitpruning"
-_QAA = _qaa.QuantizeAwareActivation
+_QAA = _tfmot_compat.QuantizeAwareActivation
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
