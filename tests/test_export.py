@@ -394,6 +394,33 @@ def test_float_ops_left_by_the_converter_are_named(tmp_path):
     assert not path.exists()
 
 
+def test_a_merge_of_three_tensors_is_named_with_what_to_do(tmp_path):
+    """Add([a, b, c]): TFLite's integer ADD takes two tensors, the partial sum has no grid.
+    The error names the layer and says to nest two-input Adds; nested, it exports."""
+    import tf_bitpruning as tfbp
+    from tf_bitpruning.export import ExportError
+
+    def model(nested: bool):
+        L = keras.layers
+        inputs = keras.Input((6,))
+        a, b, c = (L.Dense(4, name=f"d{i}")(inputs) for i in range(3))
+        total = L.Add(name="sum3")([L.Add(name="sum2")([a, b]), c] if nested else [a, b, c])
+        return keras.Model(inputs, L.Dense(3)(total))
+
+    for nested in (False, True):
+        bp = tfbp.bitprune_model(model(nested))
+        bp.compile("adam", "mse")
+        bp.fit(np.random.RandomState(0).rand(32, 6), np.zeros((32, 3)), epochs=1, verbose=0)
+        path = tmp_path / f"nested{nested}.tflite"
+        if nested:
+            tfbp.export_tflite(tfbp.freeze_bitlengths(bp), path)  # full integer
+            assert path.exists()
+        else:
+            with pytest.raises(ExportError, match=r"'sum3' take more than two tensors.*Add\(\)\(\[Add\(\)"):
+                tfbp.export_tflite(tfbp.freeze_bitlengths(bp), path)
+            assert not path.exists()
+
+
 def _nasnet_cell():
     """NASNet's cell pattern: a BN output read by several Activation("relu") layers
     (each on its own grid), the adjust block's strided 1x1 poolings (one through

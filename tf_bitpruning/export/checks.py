@@ -42,13 +42,15 @@ _PREPROCESSING_OPS = ("MUL", "ADD", "SUB", "DIV", "SQRT", "RSQRT", "MAXIMUM", "M
                       "RELU6", "RELU_0_TO_1", "RELU_N1_TO_1")
 
 
-def check_full_integer(model_obj, float_preprocessing: bool = True, float_layers: Sequence[str] = ()) -> None:
+def check_full_integer(model_obj, float_preprocessing: bool = True, float_layers: Sequence[str] = (),
+                       wide_merges: Sequence[str] = ()) -> None:
     """Every op of the converted model runs on integer tensors (I/O conversion aside).
 
     With ``float_preprocessing``, float elementwise ops computed from the model
     inputs and constants alone (before the input is quantized) are allowed.
     ``float_layers``: SeparableConv layers whose inner tensor has no learned grid
     (named in the error): SeparableConv1D, and a SeparableConv2D that was not split.
+    ``wide_merges``: merge layers of more than two tensors (named in the error).
     """
     float_ops = []
     for sg in model_obj.subgraphs:
@@ -73,7 +75,7 @@ def check_full_integer(model_obj, float_preprocessing: bool = True, float_layers
             f"the converted model still runs {sorted(set(n for n, _ in float_ops))} in float: some tensor "
             f"has no quantization range (a layer left in float with skip_layers, or the intermediate of a "
             f"SeparableConv that was not split, which has no quantizer). The float ops and their tensors "
-            f"(named after the Keras layers): {where}{more}.{_separable_hint(float_layers)} Bit-prune every layer, or "
+            f"(named after the Keras layers): {where}{more}.{_separable_hint(float_layers)}{_merge_hint(wide_merges)} Bit-prune every layer, or "
             f"pass representative_dataset=... so the converter calibrates those tensors at 8 bits.")
 
 
@@ -87,6 +89,16 @@ def _separable_hint(layers: Sequence[str]) -> str:
             f"inner tensor is learned, unless it was annotated with a config of your own, and leaves a "
             f"SeparableConv1D whole): pass representative_dataset=..., or build them as "
             f"DepthwiseConv -> Conv(1x1).")
+
+
+def _merge_hint(layers: Sequence[str]) -> str:
+    if not layers:
+        return ""
+    more = f" (and {len(layers) - 5} more)" if len(layers) > 5 else ""
+    return (f" The merge layers {', '.join(repr(n) for n in layers[:5])}{more} take more than two tensors; "
+            f"TFLite's integer ADD/MUL/MAXIMUM/MINIMUM take two, so the converter chains them and the partial "
+            f"results have no learned grid: build each as nested two-input layers (Add()([Add()([a, b]), c])), "
+            f"bit-prune and train again, so that every partial result learns its grid.")
 
 
 def _text(name) -> str:

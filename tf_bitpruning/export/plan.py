@@ -220,6 +220,11 @@ class Plan:
         # own, or a model bit-pruned before the split, layout.SPLIT_LAYERS).
         self.separable = [layer.layer.name for layer in model.layers if _bitpruned(layer) and isinstance(
             _compat.inner(layer), (L.SeparableConv1D, L.SeparableConv2D))]
+        # Merges of more than two tensors: TFLite's integer ADD, MUL, MAXIMUM, MINIMUM take two, so
+        # the converter chains them and the partial results have no grid (named in the error).
+        self.wide_merges = [layer.layer.name for layer in model.layers if _bitpruned(layer) and isinstance(
+            _compat.inner(layer), (L.Add, L.Multiply, L.Maximum, L.Minimum, L.Average))
+            and len(_compat.producers(layer)) > 2]
         # Several plain relu layers reading one tensor (NASNet's cells): each quantizes its
         # input onto its own output grid before the relu (ActivationExport.relu).
         self.relu_first: Dict[str, ActivationExport] = {}

@@ -117,7 +117,9 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     content = convert(model, export_graph(model, plan), representative_dataset,
                       inference_input_type, inference_output_type)
     model_obj = read(content)
-    check_full_integer(model_obj, float_layers=() if representative_dataset is not None else plan.separable)
+    calibrated = representative_dataset is not None
+    check_full_integer(model_obj, float_layers=() if calibrated else plan.separable,
+                       wide_merges=() if calibrated else plan.wide_merges)
 
     kernels = {(t.wrapper, t.attr): t for t in tensors if t.kind == "weights"}
     names = {key: kernels[key].name for key in plan.weights}
