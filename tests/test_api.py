@@ -187,10 +187,18 @@ def test_unbuilt_model_is_rejected():
     (dict(init_bits=9), "init_bits=9 is outside"),
     (dict(init_bits=1.5), "init_bits=1.5 is outside weight_bits"),
     (dict(bits_lr_multiplier=0), "bits_lr_multiplier"),
+    (dict(activation_range="minmax"), "activation_range.*'expand', 'ema'.*'minmax'"),
 ])
 def test_invalid_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tfbp.bitprune_model(small_cnn(), **kwargs)
+
+
+def test_activation_range_option_reaches_every_activation_quantizer():
+    for choice in ("expand", "ema"):
+        bp = tfbp.bitprune_model(small_cnn(), activation_range=choice)
+        kinds = {t.quantizer.range_update for t in costs.quantized_tensors(bp) if t.kind == "activations"}
+        assert kinds == {choice}
 
 
 def test_apply_without_annotation_and_double_pruning():

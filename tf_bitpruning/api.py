@@ -127,7 +127,7 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
                    weight_bits: Tuple[int, int] = (2, 8), activation_bits: Tuple[int, int] = (1, 8),
                    init_bits: Optional[float] = None, bits_lr_multiplier: float = 10.0,
                    per_channel_bits: bool = False, quantize_inputs: bool = True,
-                   weight_clip: str = "max") -> keras.Model:
+                   weight_clip: str = "max", activation_range: str = "expand") -> keras.Model:
     """Turns an annotated model into a bit-pruned one (tfmot's ``quantize_apply``
     with :class:`BitPruneQuantizeScheme`) and attaches the bit loss.
 
@@ -145,6 +145,11 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
         paper's min-max) or ``"mse"`` (the clip with the least squared error at
         each integer bitlength; far better for ternary kernels, not always at 3
         bits), see ``WeightBitQuantizer``.
+      activation_range: how each activation range follows the training batches,
+        ``"expand"`` (at once to take in a batch beyond it, back at the moving-average
+        rate) or ``"ema"`` (tfmot's moving average both ways, which keeps activations
+        of a network without normalization from growing: VGG16 does not train), see
+        ``ActivationBitQuantizer``.
 
     Returns:
       A new tf_keras model; compile and fit it as usual.
@@ -152,12 +157,14 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
     _check_model(model, "bitprune_apply")
     costs.check_regularization(regularization)
     costs.check_weighting(weighting)
-    _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip)
+    _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip,
+                activation_range)
     if not any(isinstance(layer, _compat.QuantizeAnnotate) for layer in model.layers):
         raise ValueError("bitprune_apply: no layer is annotated. Call tfbp.bitprune_annotate_model(model) "
                          "first, or use tfbp.bitprune_model(model) which does both.")
     scheme = BitPruneQuantizeScheme(
-        *_quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip),
+        *_quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip,
+                     activation_range),
         quantize_inputs=quantize_inputs)
     with bitprune_scope():
         quantized = _tfq.quantize_apply(model, scheme)
@@ -165,7 +172,8 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
     return quantized
 
 
-def _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip="max"):
+def _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip="max",
+                activation_range="expand"):
     """The weight and activation quantizer templates of ``bitprune_apply``'s options (checked)."""
     w_lo, w_hi = _check_bits("weight_bits", weight_bits, 2)
     a_lo, a_hi = _check_bits("activation_bits", activation_bits, 1)
@@ -174,7 +182,7 @@ def _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per
             raise ValueError(f"init_bits={init_bits} is outside {what}=({lo}, {hi}).")
     return (WeightBitQuantizer(w_lo, w_hi, init_bits, bits_lr_multiplier, per_channel_bits=per_channel_bits,
                                clip=weight_clip),
-            ActivationBitQuantizer(a_lo, a_hi, init_bits, bits_lr_multiplier))
+            ActivationBitQuantizer(a_lo, a_hi, init_bits, bits_lr_multiplier, range_update=activation_range))
 
 
 def bitprune_model(to_prune: keras.Model, regularization: float = 0.05, weighting: str = "uniform", *,
@@ -206,7 +214,8 @@ def bitprune_model(to_prune: keras.Model, regularization: float = 0.05, weightin
             raise TypeError(f"bitprune_model: unexpected options {sorted(unknown)}.")
         weights, activations = _quantizers(options["weight_bits"], options["activation_bits"],
                                            options["init_bits"], options["bits_lr_multiplier"],
-                                           options["per_channel_bits"], options["weight_clip"])
+                                           options["per_channel_bits"], options["weight_clip"],
+                                           options["activation_range"])
         return keras3_api.bitprune_model(to_prune, regularization, weighting, skip_layers=skip_layers,
                                          weight_quantizer=weights, activation_quantizer=activations,
                                          quantize_inputs=options["quantize_inputs"])

@@ -255,7 +255,8 @@ class ActivationBitQuantizer(BitlengthQuantizer):
         if not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
         if range_update not in self.RANGE_UPDATES:
-            raise ValueError(f"range_update must be one of {self.RANGE_UPDATES}, got {range_update!r}.")
+            raise ValueError(f"range_update (bitprune_model's activation_range) must be one of "
+                             f"{self.RANGE_UPDATES}, got {range_update!r}.")
         self.ema_decay = float(ema_decay)
         self.freeze_range = bool(freeze_range)
         self.range_update = range_update
