@@ -70,6 +70,8 @@ flags.DEFINE_float("tie_margin", 0.05, "Near-tie: Keras top-2 margin below this 
 flags.DEFINE_bool("tfmot", True, "Also try tfmot's 8-bit QAT.")
 flags.DEFINE_enum("int4", "auto", ["auto", "true", "false"], "export_tflite(int4=...).")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "applications"), "Output prefix (.json, .md).")
+flags.DEFINE_enum("activation_range", "expand", ["expand", "ema"],
+                  "bitprune_model(activation_range=...): these networks train from random weights (README).")
 flags.DEFINE_bool("trace", False, "Per quantized layer: share of elements LiteRT puts on another grid point than Keras.")
 flags.DEFINE_string("one", None, "Internal: run one family in this process, print its JSON.")
 FLAGS = flags.FLAGS
@@ -274,7 +276,8 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
     stage = "bitprune_model"
     result = {}
     try:
-        bp = tfbp.bitprune_model(build(name), regularization=0.01)
+        bp = tfbp.bitprune_model(build(name), regularization=0.01, activation_range=FLAGS.activation_range)
+        result["activation_range"] = FLAGS.activation_range
         result["quantized_tensors"] = len(costs.quantized_tensors(bp))
         stage = "fit(BitBudget)"
         _log(name, stage)

@@ -44,6 +44,7 @@ flags.DEFINE_bool("exact", True, "Freeze with target_bits (the deployed model is
 flags.DEFINE_bool("per_channel_bits", False, "One learned bitlength per output channel (bitprune_model option).")
 flags.DEFINE_list("weight_clip", ["max"], "bitprune_model(weight_clip=...), one BitPruning run per value and "
                   "budget: max (max|w|, the spec's min-max) and/or mse (the least-squared-error clip).")
+flags.DEFINE_enum("activation_range", "ema", ["ema", "expand"], "bitprune_model(activation_range=...).")
 flags.DEFINE_bool("calibrate", True, "Give BitBudget and freeze_bitlengths 256 training inputs as calibration_data.")
 flags.DEFINE_bool("quick", False, "Few epochs, for a smoke run.")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "comparison"), "Output prefix (.md, .json, .png).")
@@ -221,7 +222,8 @@ def run_task(name, load, build, seed, tmp):
     for target, clip in [(t, c) for c in FLAGS.weight_clip for t in FLAGS.budgets]:
         keras.utils.set_random_seed(seed)
         bp = tfbp.bitprune_model(base, bits_lr_multiplier=FLAGS.bits_lr_multiplier,
-                                 per_channel_bits=FLAGS.per_channel_bits, weight_clip=clip)
+                                 per_channel_bits=FLAGS.per_channel_bits, weight_clip=clip,
+                                 activation_range=FLAGS.activation_range)
         calibration = xtr[:256] if FLAGS.calibrate else None
         learn_acc = fit(bp, 1e-3, ep["learn"], [tfbp.BitBudget(target_bits=float(target), weighting=FLAGS.weighting,
                                                                anneal=FLAGS.anneal, calibration_data=calibration)])

@@ -127,7 +127,7 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
                    weight_bits: Tuple[int, int] = (2, 8), activation_bits: Tuple[int, int] = (1, 8),
                    init_bits: Optional[float] = None, bits_lr_multiplier: float = 10.0,
                    per_channel_bits: bool = False, quantize_inputs: bool = True,
-                   weight_clip: str = "max", activation_range: str = "expand") -> keras.Model:
+                   weight_clip: str = "max", activation_range: str = "ema") -> keras.Model:
     """Turns an annotated model into a bit-pruned one (tfmot's ``quantize_apply``
     with :class:`BitPruneQuantizeScheme`) and attaches the bit loss.
 
@@ -145,11 +145,12 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
         paper's min-max) or ``"mse"`` (the clip with the least squared error at
         each integer bitlength; far better for ternary kernels, not always at 3
         bits), see ``WeightBitQuantizer``.
-      activation_range: how each activation range follows the training batches,
-        ``"expand"`` (at once to take in a batch beyond it, back at the moving-average
-        rate) or ``"ema"`` (tfmot's moving average both ways, which keeps activations
-        of a network without normalization from growing: VGG16 does not train), see
-        ``ActivationBitQuantizer``.
+      activation_range: how each activation range follows the training batches:
+        ``"ema"`` (tfmot's moving average) or ``"expand"`` (at once to take in a batch
+        beyond it, back at the moving-average rate). Train deep networks from random
+        weights with ``"expand"`` (VGG16 does not train otherwise; ResNet50 reaches
+        90 % instead of 36 % on digits); ``"ema"`` holds more accuracy at 2-3 bits.
+        See ``ActivationBitQuantizer``.
 
     Returns:
       A new tf_keras model; compile and fit it as usual.
@@ -173,7 +174,7 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
 
 
 def _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip="max",
-                activation_range="expand"):
+                activation_range="ema"):
     """The weight and activation quantizer templates of ``bitprune_apply``'s options (checked)."""
     w_lo, w_hi = _check_bits("weight_bits", weight_bits, 2)
     a_lo, a_hi = _check_bits("activation_bits", activation_bits, 1)

@@ -234,15 +234,18 @@ class ActivationBitQuantizer(BitlengthQuantizer):
     """Asymmetric activation quantizer with a learned bitlength and a tracked
     ``[min, max]`` range (0 kept representable).
 
-    The range starts at the first training batch's min/max. ``range_update="expand"``
-    (the default) then takes in at once any batch value beyond it and shrinks back at
-    the moving-average rate (``ema_decay``); ``"ema"`` moves both ways at that rate,
-    as tfmot's ``MovingAverageQuantizer`` does. Values beyond the range are clipped and
-    get no gradient, so an ``"ema"`` range caps how fast activations can grow: a
-    network without normalization trained from random weights (VGG16) whose logits
-    must grow a thousandfold stays at chance. ``freeze_range=True`` stops the updates
-    (useful when fine-tuning a frozen model). Before the first training step the range
-    is empty and the quantizer passes values through.
+    The range starts at the first training batch's min/max. ``range_update="ema"``
+    (the default, as tfmot's ``MovingAverageQuantizer``) then follows the batches'
+    min/max at the moving-average rate (``ema_decay``); ``"expand"`` takes in at once
+    any batch value beyond the range and shrinks back at that rate. Values beyond the
+    range are clipped and get no gradient, so a moving-average range caps how fast
+    activations can grow: a network trained from random weights whose activations
+    must grow a lot (VGG16, no normalization: logits near 1e-3 at the start) stays at
+    chance unless ranges expand. Expanded ranges sit at the batches' largest values,
+    a coarser grid: at 2-3 bits on small networks they cost accuracy (README).
+    ``freeze_range=True`` stops the updates (useful when fine-tuning a frozen model).
+    Before the first training step the range is empty and the quantizer passes values
+    through.
     """
 
     kind = "activations"
@@ -250,7 +253,7 @@ class ActivationBitQuantizer(BitlengthQuantizer):
 
     def __init__(self, min_bits: int = 1, max_bits: int = 8, init_bits: Optional[float] = None,
                  bits_lr_multiplier: float = 10.0, ema_decay: float = 0.99,
-                 freeze_range: bool = False, frozen: bool = False, range_update: str = "expand"):
+                 freeze_range: bool = False, frozen: bool = False, range_update: str = "ema"):
         super().__init__(min_bits, max_bits, init_bits, bits_lr_multiplier, frozen)
         if not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
