@@ -342,9 +342,9 @@ def _ratio(a, b) -> str:
 
 
 def table(results: dict) -> str:
-    head = ("| family | input | tfmot int8 | ours | quantized tensors | avg bits | agreement % (confident) "
-            "| near-ties | max logit diff / range | size / tfmot int8 | size / float32 |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| family | input | tfmot int8 | ours | quantized tensors | avg bits | test top-1 % "
+            "| agreement % (confident) | near-ties | max logit diff / range | size / tfmot int8 | size / float32 |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     rows = []
     for name in list(FAMILIES) + list(EXTRA):
         r = results.get(name)
@@ -356,8 +356,9 @@ def table(results: dict) -> str:
         agree = (f"{100 * r['agreement']:.1f} ({r['confident']})"
                  if r.get("agreement") is not None and r["agreement"] == r["agreement"] else "–")
         diff = f"{r['max_diff_over_range']:.3f}" if "max_diff_over_range" in r else "–"
+        accuracy = f"{100 * r['accuracy']:.1f}" if r.get("accuracy") is not None else "–"
         rows.append(f"| {name} | {r['input']} | {r.get('tfmot', '–')} | {ours} | {r.get('quantized_tensors', '–')} "
-                    f"| {r.get('avg_bits', '–')} | {agree} | {r.get('near_ties', '–')} | {diff} "
+                    f"| {r.get('avg_bits', '–')} | {accuracy} | {agree} | {r.get('near_ties', '–')} | {diff} "
                     f"| {_ratio(r.get('ours_bytes'), r.get('tfmot_bytes'))} "
                     f"| {_ratio(r.get('ours_bytes'), r.get('float32_bytes'))} |")
     errors = [f"- {n}: tfmot: {r['tfmot_error']}" for n, r in results.items() if r.get("tfmot_error")]
