@@ -17,7 +17,7 @@ from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError, check_frozen
 from tf_bitpruning.export.grids import ActivationExport, WeightExport
-from tf_bitpruning.export.plan import AVERAGES, VALUE_PRESERVING, Plan, as_depthwise, pool_bands
+from tf_bitpruning.export.plan import AVERAGES, VALUE_PRESERVING, Plan, as_depthwise, coarsens, pool_bands
 
 L = keras.layers
 
@@ -69,6 +69,9 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
         saved.setdefault(attr, old)
 
     try:
+        if layer.name in plan.relu_rescaled:  # one rounding, in a depthwise conv (plan.coarsens)
+            return plan.relu_rescaled[layer.name].relu(identity_depthwise(plan, layer.name, inputs),
+                                                       quantize_first=False)
         if layer.name in plan.relu_first:
             return plan.relu_first[layer.name].relu(inputs)
         if layer.name in plan.folded_bn:
@@ -140,15 +143,31 @@ def _on_output_grid(layer, plan: Plan, inputs):
     out = []
     for i, x in enumerate(inputs):
         producer = producers[i] if len(producers) == len(inputs) else None
-        if (producer is not None and isinstance(_compat.inner(producer), VALUE_PRESERVING)
-                and not isinstance(producer, _compat.QuantizeLayer)):
-            grid = plan._output_grid(producer)
-            if grid is not None and x.shape.rank is not None and 2 <= x.shape.rank <= 4 \
-                    and x.shape[-1] is not None and not np.isclose(grid.step, spec.step, rtol=1e-6):
-                channels = int(x.shape[-1])
-                x = bn_as_depthwise(f"{layer.name}/input_{i}", np.ones(channels), np.zeros(channels), x)
+        if producer is not None and x.shape.rank is not None and 2 <= x.shape.rank <= 4 \
+                and x.shape[-1] is not None:
+            grid, stored = plan._output_grid(producer), plan._output_grid(producer, stored=True)
+            preserved = (isinstance(_compat.inner(producer), VALUE_PRESERVING)
+                         and not isinstance(producer, _compat.QuantizeLayer))
+            # A grid change the converter would move, or a QUANTIZE that would round twice.
+            if (preserved and grid is not None and not np.isclose(grid.step, spec.step, rtol=1e-6)) \
+                    or (stored is not None and coarsens(stored, spec)):
+                x = identity_depthwise(plan, f"{layer.name}/input_{i}", x)
         out.append(spec(x))
     return out
+
+
+def identity_depthwise(plan: Plan, name: str, x: tf.Tensor) -> tf.Tensor:
+    """``x`` through a 1x1 DEPTHWISE_CONV_2D of ones (int8 code ``k``, step ``1/k``: exact),
+    where the file changes its grid: TFLite requantizes the int32 accumulator ``k·x``,
+    rounding once up to ``2^-8`` of an output step, where a QUANTIZE or RELU of the
+    int8 codes would round twice (``plan.coarsens``). Each such conv of one tensor gets a
+    code of its own (127, 126, ...): identical ones would be merged, and the merged output
+    requantized again for all but one of its grids."""
+    codes = plan.identity_codes.setdefault(x.ref(), [])
+    k = 127 - len(codes)
+    codes.append(k)
+    channels = int(x.shape[-1])
+    return bn_as_depthwise(name, np.ones(channels), np.zeros(channels), x, np.full(channels, k))
 
 
 def dense_as_conv(inner: L.Dense, x: tf.Tensor, spec: WeightExport) -> tf.Tensor:

@@ -61,12 +61,16 @@ class ActivationExport:
             x = tf.nn.relu(x) if self.lo == 0.0 else tf.maximum(x, self.lo)
         return self._fake_quant(x)
 
-    def relu(self, x: tf.Tensor) -> tf.Tensor:
+    def relu(self, x: tf.Tensor, quantize_first: bool = True) -> tf.Tensor:
         """``relu(x)`` quantized onto the grid, with ``x`` quantized onto it first (exact:
         ``0`` and ``lo`` are grid points). Several layers that take the relu of one
         tensor onto grids of their own then run RELU ops of their own: identical RELU
-        ops would be merged into one, whose output has no range (it runs in float)."""
-        x = self._fake_quant(tf.cast(x, tf.float32))
+        ops would be merged into one, whose output has no range (it runs in float).
+        Without ``quantize_first`` (``x`` from an op of the layer's own, which the relu
+        fuses into): one rounding, at the end."""
+        x = tf.cast(x, tf.float32)
+        if quantize_first:
+            x = self._fake_quant(x)
         x = tf.nn.relu(x) if self.lo <= 0.0 else tf.maximum(x, self.lo)
         return self._fake_quant(x)
 

@@ -74,6 +74,13 @@ def bn_codes(m: np.ndarray, c: np.ndarray, grid: Optional[ActivationExport]) -> 
     return codes
 
 
+def coarsens(source: ActivationExport, target: ActivationExport) -> bool:
+    """Whether TFLite requantizes int8 codes from ``source`` onto ``target`` with a
+    multiplier below 1/2 (``source.step / target.step``), which it rounds twice: once to an
+    integer at ``2^s`` times the output precision, then in the right shift by ``s``."""
+    return source.step < 0.5 * target.step * (1.0 + 1e-6)
+
+
 def is_linear(activation) -> bool:
     activation = _compat.plain_activation(activation)
     return activation is None or getattr(activation, "__name__", "") == "linear"
@@ -137,6 +144,7 @@ class Plan:
         self.input_grid: Dict[str, ActivationExport] = {}     # kernel layer -> grid of its input
         self.bias: Dict[str, np.ndarray] = {}                 # kernel layer -> float bias (folded)
         self.layers = {layer.name: layer for layer in model.layers}
+        self.identity_codes: Dict = {}  # tensor ref -> codes of its identity convs (graph.identity_depthwise)
         folds = self._find_folds(model)
         for layer in model.layers:
             if isinstance(layer, _compat.QuantizeLayer):
@@ -233,6 +241,22 @@ class Plan:
             grids = {name: grid for name, grid in grids.items() if grid is not None}
             if len(grids) > 1:
                 self.relu_first.update(grids)
+        # Plain relu layers whose input is stored on a grid less than half as fine as their
+        # own: TFLite requantizes int8 codes (RELU, QUANTIZE) with MultiplyByQuantizedMultiplier,
+        # which for a multiplier below 1/2 rounds x·2^s·multiplier to an integer before the
+        # right shift by s: twice (30 % of a NASNet cell's relu outputs a step off). These run
+        # as a 1x1 identity depthwise conv with the relu fused (graph.identity_depthwise): the
+        # accumulator is 127·x, so the first rounding is 2^-8 of an output step.
+        self.relu_rescaled: Dict[str, ActivationExport] = {}
+        for layer in model.layers:
+            grid = self._relu_grid(layer)
+            producers = _compat.producers(layer) if grid is not None else []
+            shape = layer.get_input_shape_at(0) if grid is not None else None
+            if len(producers) != 1 or shape is None or not 2 <= len(shape) <= 4 or shape[-1] is None:
+                continue
+            source = self._output_grid(producers[0], stored=True)
+            if source is not None and coarsens(source, grid):
+                self.relu_rescaled[layer.name] = grid
 
     def _relu_grid(self, layer) -> Optional[ActivationExport]:
         """The output grid of a bit-pruned plain relu layer (``Activation("relu")``, a
@@ -330,8 +354,9 @@ class Plan:
         grid = self._input_grid(layer)
         return None if grid is None else grid.lo
 
-    def _output_grid(self, producer) -> Optional[ActivationExport]:
-        """The b-bit grid ``producer``'s output is on (through value-preserving layers), if any."""
+    def _output_grid(self, producer, stored: bool = False) -> Optional[ActivationExport]:
+        """The b-bit grid ``producer``'s output is on (through value-preserving layers), if any;
+        ``stored``: also a folded BN's own output grid (the kernel writes it in the file)."""
         while isinstance(_compat.inner(producer), VALUE_PRESERVING) \
                 and not isinstance(producer, _compat.QuantizeLayer):
             producers = _compat.producers(producer)
@@ -340,7 +365,8 @@ class Plan:
             producer = producers[0]
         if isinstance(producer, _compat.QuantizeLayer):
             return self.act(producer.quantizer_vars) if producer.quantizer is not None else None
-        if not isinstance(producer, _compat.QuantizeWrapper) or producer.name in self.folded_bn:
+        if not isinstance(producer, _compat.QuantizeWrapper) or (producer.name in self.folded_bn
+                                                                 and not stored):
             return None
         quantizer, variables = _compat.output_quantizer(producer)
         if quantizer is not None:
