@@ -4,12 +4,15 @@
   b-bit grids (int8 containers, ≤ 4-bit filters packed as INT4 where LiteRT
   runs them as fast: ``int4="auto"``), with the learned precision of every
   tensor in its metadata (the pipeline: :mod:`.tflite`);
+- :func:`align_to_tflite`: moves the model's biases onto the int32 values its file
+  adds, so that Keras computes what the file computes (:mod:`.align`);
 - :func:`read_precision` / :func:`read_metadata`: read that metadata back;
 - :func:`save_model` / :func:`load_model` / :func:`restore_bit_loss`: SavedModel
   and h5 round trips that bring the bit loss back (see :mod:`.persistence`);
 - ``python -m tf_bitpruning.export SAVED_MODEL OUT.tflite``: the export from a shell.
 """
 
+from tf_bitpruning.export.align import align_to_tflite
 from tf_bitpruning.export.metadata import (METADATA_NAME, PrecisionMetadataError, precision_table,
                                            read_metadata, read_precision)
 from tf_bitpruning.export.persistence import load_model, restore_bit_loss, save_model
@@ -19,6 +22,7 @@ __all__ = [
     "METADATA_NAME",
     "ExportError",
     "PrecisionMetadataError",
+    "align_to_tflite",
     "export_graph",
     "export_tflite",
     "load_model",

@@ -1,0 +1,75 @@
+"""align_to_tflite: the Keras model adds the biases its file adds (int32 grid)."""
+
+import numpy as np
+import pytest
+import tf_keras as keras
+from tensorflow.lite.tools import flatbuffer_utils
+
+import tf_bitpruning as tfbp
+from litert_run import output_step, run_tflite
+
+L = keras.layers
+
+
+def _model():
+    """A folded conv -> BN, a conv with its own bias, a BN alone (after an Add: a 1x1
+    depthwise conv in the file) and a dense layer: every way a bias reaches the file."""
+    inputs = keras.Input((8, 8, 1))
+    x = L.ReLU()(L.BatchNormalization(name="bn_folded")(L.Conv2D(8, 3, padding="same", use_bias=False,
+                                                                  name="conv_bn")(inputs)))
+    y = L.Conv2D(8, 3, padding="same", activation="relu", name="conv_bias")(x)
+    z = L.BatchNormalization(name="bn_alone")(L.Add()([x, y]))
+    return keras.Model(inputs, L.Dense(10, name="head")(L.GlobalAveragePooling2D()(L.ReLU()(z))))
+
+
+def _biases(path):
+    model_obj = flatbuffer_utils.read_model(str(path))
+    sg = model_obj.subgraphs[0]
+    return [np.frombuffer(bytes(model_obj.buffers[sg.tensors[op.inputs[2]].buffer].data), np.int32)
+            for op in sg.operators if len(op.inputs) > 2 and op.inputs[2] >= 0]
+
+
+@pytest.fixture(scope="module")
+def exported(digits, tmp_path_factory):
+    keras.utils.set_random_seed(0)  # module scope: before the per-test seed
+    bp = tfbp.bitprune_model(_model(), regularization=0.0, init_bits=4.0)
+    bp.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    bp.fit(digits[0], digits[1], batch_size=64, epochs=2, verbose=0)
+    frozen = tfbp.freeze_bitlengths(bp)
+    path = tmp_path_factory.mktemp("align") / "m.tflite"
+    tfbp.export_tflite(frozen, path)
+    return frozen, path
+
+
+def test_keras_adds_what_the_file_adds(exported, digits):
+    frozen, path = exported
+    x = digits[2]
+    got, before = run_tflite(path, x), frozen.predict(x, verbose=0)
+    moved = tfbp.align_to_tflite(frozen, path)
+    # Every bias the file adds: the folded BN's beta, the conv's and dense's bias, the lone BN's beta.
+    assert set(moved) == {"quant_conv_bn", "quant_conv_bias", "quant_bn_alone", "quant_head"}
+    assert max(moved.values()) <= 0.5 + 1e-3 and max(moved.values()) > 0.05  # half a bias step at most
+    after = frozen.predict(x, verbose=0)
+    step = output_step(path)
+    assert float(after.max() - after.min()) > 10 * step, "constant logits: the comparison would say nothing"
+    # Float rounding aside, Keras and the file now compute the same integers: a value within
+    # float error of a midpoint can still round apart, so a few elements are allowed.
+    off = np.abs(got - after) > 0.5 * step
+    assert off.mean() <= 1e-3, (off.mean(), float(np.mean(np.abs(got - before) > 0.5 * step)))
+    # Aligned again, nothing moves beyond float rounding, and the file it exports is the same.
+    again = tfbp.align_to_tflite(frozen, path)
+    assert max(again.values()) <= 0.01, again
+    path2 = path.parent / "again.tflite"
+    tfbp.export_tflite(frozen, path2)
+    for a, b in zip(_biases(path), _biases(path2)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_file_of_another_model_is_refused(exported, digits, tmp_path):
+    frozen, path = exported
+    other = tfbp.bitprune_model(keras.Sequential([keras.Input((8, 8, 1)), L.Flatten(), L.Dense(3, name="head")]))
+    other.compile("adam", "mse")
+    other.fit(digits[0][:64], np.zeros((64, 3)), verbose=0)
+    other = tfbp.freeze_bitlengths(other)
+    with pytest.raises(ValueError, match="'quant_head' has 3 biases, the file 10"):
+        tfbp.align_to_tflite(other, path)
