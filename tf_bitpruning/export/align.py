@@ -31,8 +31,10 @@ def align_to_tflite(model: keras.Model, path: Union[str, os.PathLike]) -> Dict[s
     offset ``beta``, where one follows) onto the int32 values its exported file at
     ``path`` adds, in place, so that Keras computes what the file computes.
 
-    >>> tfbp.export_tflite(frozen, "model.tflite")
-    >>> moved = tfbp.align_to_tflite(frozen, "model.tflite")  # Keras now mirrors the file
+    Usage (``frozen`` fine-tuned at its frozen bitlengths)::
+
+        tfbp.export_tflite(frozen, "model.tflite")
+        tfbp.align_to_tflite(frozen, "model.tflite")  # Keras now computes what the file does
 
     Call it after the last training step and export; exporting again gives the same
     file. Returns, per moved layer, the largest move relative to its bias step (at
