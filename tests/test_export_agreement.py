@@ -191,14 +191,26 @@ def _dense_block(digits):
     return _frozen(model, digits, steps=4)
 
 
+def _identity_conv(it, detail, inputs) -> bool:
+    """A 1x1 DEPTHWISE_CONV_2D of one code per filter (k, step 1/k) and no bias: the
+    exporter's exact change of grid (graph.identity_depthwise)."""
+    if len(inputs) < 3 or list(detail[inputs[1]]["shape"][:3]) != [1, 1, 1]:
+        return False
+    codes, scales = it.get_tensor(inputs[1]), detail[inputs[1]]["quantization_parameters"]["scales"]
+    return (len(np.unique(codes)) == 1 and not it.get_tensor(inputs[2]).any()
+            and np.allclose(codes.reshape(-1) * scales, 1.0, rtol=1e-6))
+
+
 def _requantizations(it):
     """(input codes, input (scale, zero), output codes, output (scale, zero)) of every
-    op that only changes an int8 tensor's grid: QUANTIZE, or MUL by the constant one."""
+    op that only changes an int8 tensor's grid: QUANTIZE, MUL by the constant one, or
+    an identity depthwise conv."""
     detail = {d["index"]: d for d in it.get_tensor_details()}
     found = []
     for op in it._get_ops_details():
         inputs = [i for i in op["inputs"] if i >= 0]
-        if op["op_name"] == "QUANTIZE" or (op["op_name"] == "MUL" and detail[inputs[1]]["name"] == "tf_bitpruning/one"):
+        if op["op_name"] == "QUANTIZE" or (op["op_name"] == "MUL" and detail[inputs[1]]["name"] == "tf_bitpruning/one") \
+                or (op["op_name"] == "DEPTHWISE_CONV_2D" and _identity_conv(it, detail, inputs)):
             src, dst = detail[inputs[0]], detail[op["outputs"][0]]
             if src["dtype"] == np.int8 and dst["dtype"] == np.int8:
                 found.append((it.get_tensor(src["index"]).astype(np.int64), src["quantization"],
@@ -209,8 +221,9 @@ def _requantizations(it):
 def test_changes_of_grid_round_exactly(digits, tmp_path):
     """A concatenation input on another grid is requantized onto the concatenation's.
     As an int8 -> int8 QUANTIZE, LiteRT's default (XNNPACK) kernel multiplies by
-    ``round(256 · ratio) / 256``: 0.3-0.9 % of the values land a step off. Every change
-    of grid in the file now rounds the exact value."""
+    ``round(256 · ratio) / 256``: 0.3-0.9 % of the values land a step off; onto a grid
+    more than twice as coarse it rounds twice (an identity depthwise conv there). Every
+    change of grid in the file now rounds the exact value."""
     frozen = _dense_block(digits)
     path = tmp_path / "dense.tflite"
     export_tflite(frozen, path)
@@ -239,7 +252,8 @@ def test_batch_normalization_without_a_kernel_rounds_like_keras(digits, tmp_path
     detail = {d["index"]: d for d in it.get_tensor_details()}
     checked = 0
     for op in _ops(it, "DEPTHWISE_CONV_2D"):
-        if list(detail[op["inputs"][1]]["shape"][:3]) != [1, 1, 1]:
+        if list(detail[op["inputs"][1]]["shape"][:3]) != [1, 1, 1] \
+                or _identity_conv(it, detail, [i for i in op["inputs"] if i >= 0]):
             continue
         x, _ = _real(it, op["inputs"][0])
         q_out = it.get_tensor(op["outputs"][0]).astype(np.int64)
