@@ -36,8 +36,8 @@ def align_to_tflite(model: keras.Model, path: Union[str, os.PathLike]) -> Dict[s
         tfbp.export_tflite(frozen, "model.tflite")
         tfbp.align_to_tflite(frozen, "model.tflite")  # Keras now computes what the file does
 
-    Call it after the last training step and export; exporting again gives the same
-    file. Returns, per moved layer, the largest move relative to its bias step (at
+    Call it after the last training step and export; exporting again adds the same
+    biases. Returns, per moved layer, the largest move relative to its bias step (at
     most 0.5). A file of another model, or of this one before more training, raises.
     """
     if is_keras3(model):
