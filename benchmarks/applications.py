@@ -397,12 +397,12 @@ def main(argv):
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if lines:
             row = json.loads(lines[-1][len("RESULT "):])
-            if not FLAGS.tfmot:  # tfmot's columns stay those of the last run that tried it
-                row.update({k: v for k, v in results.get(name, {}).items() if k.startswith("tfmot")})
-            results[name] = row
         else:
-            results[name] = {"family": name, "input": {**FAMILIES, **EXTRA}[name][0], "ours": "no", "ours_stage": "crash",
-                             "ours_error": proc.stderr[-400:].replace("\n", " ")}
+            row = {"family": name, "input": {**FAMILIES, **EXTRA}[name][0], "ours": "no", "ours_stage": "crash",
+                   "ours_error": proc.stderr[-400:].replace("\n", " ")}
+        if not FLAGS.tfmot or not lines:  # tfmot's columns stay those of the last run that tried it
+            row.update({k: v for k, v in results.get(name, {}).items() if k.startswith("tfmot")})
+        results[name] = row
         results[name]["seconds"] = round(time.time() - t0)
         print(f"{name}: {json.dumps(results[name])}", flush=True)
         if proc.returncode and not lines:
