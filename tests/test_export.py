@@ -421,6 +421,15 @@ def test_a_merge_of_three_tensors_is_named_with_what_to_do(tmp_path):
             assert not path.exists()
 
 
+def _file_and_keras(frozen, path, x):
+    """The file's and Keras' outputs on ``x`` and the output step (logits not constant)."""
+    got, _ = run_tflite(path, x)
+    ref = frozen.predict(x, verbose=0)
+    step = output_step(path)
+    assert float(ref.max() - ref.min()) > 10 * step, "constant logits: the comparison would say nothing"
+    return got, ref, step
+
+
 def _nasnet_cell():
     """NASNet's cell pattern: a BN output read by several Activation("relu") layers
     (each on its own grid), the adjust block's strided 1x1 poolings (one through
@@ -464,11 +473,7 @@ def test_nasnet_cell_exports_on_learned_grids(digits, tmp_path):
                  and b"activation" in sg.tensors[op.outputs[0]].name)]  # (a relu onto a coarser grid)
     assert len(relus) >= 4  # one per relu layer that reads a tensor with another (no merged one)
     assert _requantized_coarser(path) == []
-    x = digits[2]
-    got, _ = run_tflite(path, x)
-    ref = frozen.predict(x, verbose=0)
-    step = output_step(path)
-    assert float(ref.max() - ref.min()) > 10 * step, "constant logits: the comparison would say nothing"
+    got, ref, step = _file_and_keras(frozen, path, digits[2])
     # A wrong grid, scale or fold moves nearly every output by a step or more. Before relus
     # onto a coarser grid rounded once (test_relu_onto_a_coarser_grid_rounds_once), the
     # model trained on one thread with oneDNN had 26 % of its inputs an output 2-6 steps
@@ -526,11 +531,7 @@ def test_relu_onto_a_coarser_grid_rounds_once(digits, tmp_path):
     path = tmp_path / "coarser_relus.tflite"
     export_tflite(frozen, path)
     assert _requantized_coarser(path) == []
-    x = digits[2]
-    got, _ = run_tflite(path, x)
-    ref = frozen.predict(x, verbose=0)
-    step = output_step(path)
-    assert float(ref.max() - ref.min()) > 10 * step, "constant logits: the comparison would say nothing"
+    got, ref, step = _file_and_keras(frozen, path, digits[2])
     a = top1_agreement(got, ref, step)
     # Rounded twice: 80 % of the outputs 2 or more steps off, 122 of 141 decided inputs agreed.
     assert float(np.mean(np.abs(got - ref) > 1.5 * step)) == 0.0, a

@@ -79,12 +79,17 @@ def check_full_integer(model_obj, float_preprocessing: bool = True, float_layers
             f"pass representative_dataset=... so the converter calibrates those tensors at 8 bits.")
 
 
+def _names(layers: Sequence[str]) -> str:
+    """Up to five layer names for an error message, and how many more."""
+    more = f" (and {len(layers) - 5} more)" if len(layers) > 5 else ""
+    return f"{', '.join(repr(n) for n in layers[:5])}{more}"
+
+
 def _separable_hint(layers: Sequence[str]) -> str:
     if not layers:
         return ""
-    more = f" (and {len(layers) - 5} more)" if len(layers) > 5 else ""
     return (f" The tensor between the depthwise and pointwise kernels of the SeparableConv layers "
-            f"{', '.join(repr(n) for n in layers[:5])}{more} is float in Keras (no learned grid; "
+            f"{_names(layers)} is float in Keras (no learned grid; "
             f"bitprune_model splits a SeparableConv2D into <name>_depthwise and <name>_pointwise, whose "
             f"inner tensor is learned, unless it was annotated with a config of your own, and leaves a "
             f"SeparableConv1D whole): pass representative_dataset=..., or build them as "
@@ -94,8 +99,7 @@ def _separable_hint(layers: Sequence[str]) -> str:
 def _merge_hint(layers: Sequence[str]) -> str:
     if not layers:
         return ""
-    more = f" (and {len(layers) - 5} more)" if len(layers) > 5 else ""
-    return (f" The merge layers {', '.join(repr(n) for n in layers[:5])}{more} take more than two tensors; "
+    return (f" The merge layers {_names(layers)} take more than two tensors; "
             f"TFLite's integer ADD/MUL/MAXIMUM/MINIMUM take two, so the converter chains them and the partial "
             f"results have no learned grid: build each as nested two-input layers (Add()([Add()([a, b]), c])), "
             f"bit-prune and train again, so that every partial result learns its grid.")
