@@ -250,9 +250,10 @@ class Plan:
         self.relu_rescaled: Dict[str, ActivationExport] = {}
         for layer in model.layers:
             grid = self._relu_grid(layer)
-            producers = _compat.producers(layer) if grid is not None else []
-            shape = layer.get_input_shape_at(0) if grid is not None else None
-            if len(producers) != 1 or shape is None or not 2 <= len(shape) <= 4 or shape[-1] is None:
+            if grid is None:
+                continue
+            producers, shape = _compat.producers(layer), layer.get_input_shape_at(0)
+            if len(producers) != 1 or not 2 <= len(shape) <= 4 or shape[-1] is None:
                 continue
             source = self._output_grid(producers[0], stored=True)
             if source is not None and coarsens(source, grid):
