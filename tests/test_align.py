@@ -10,6 +10,8 @@ from litert_run import output_step, run_tflite
 
 L = keras.layers
 
+pytestmark = pytest.mark.slow  # trains, exports and runs LiteRT
+
 
 def _model():
     """A folded conv -> BN, a conv with its own bias, a BN alone (after an Add: a 1x1
@@ -80,3 +82,32 @@ def test_a_file_of_another_model_is_refused(exported, digits, tmp_path):
     other = tfbp.freeze_bitlengths(other)
     with pytest.raises(ValueError, match="'quant_head' has 3 biases, the file 10"):
         tfbp.align_to_tflite(other, path)
+
+
+def test_a_file_of_this_model_before_more_training_is_refused(digits, tmp_path):
+    """Exported, then trained further: the file's biases are many grid steps from the
+    model's, so aligning onto them would undo the training: refused, the model unchanged."""
+    keras.utils.set_random_seed(0)
+    bp = tfbp.bitprune_model(_model(), regularization=0.0, init_bits=4.0)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    bp.compile(keras.optimizers.Adam(1e-2), loss)
+    bp.fit(digits[0], digits[1], batch_size=64, epochs=1, verbose=0)
+    frozen = tfbp.freeze_bitlengths(bp)
+    path = tmp_path / "old.tflite"
+    tfbp.export_tflite(frozen, path)
+    frozen.compile(keras.optimizers.Adam(1e-2), loss)
+    frozen.fit(digits[0], digits[1], batch_size=64, epochs=1, verbose=0)
+    weights = [w.copy() for w in frozen.get_weights()]
+    with pytest.raises(ValueError, match=r"was not exported from .* as it is now.*export again after training"):
+        tfbp.align_to_tflite(frozen, path)
+    for a, b in zip(weights, frozen.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_keras3_model_is_refused(tmp_path):
+    import keras as keras3
+
+    model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
+    frozen = tfbp.freeze_bitlengths(tfbp.bitprune_model(model))
+    with pytest.raises(ValueError, match="a Keras 3 model exports through a tf_keras twin"):
+        tfbp.align_to_tflite(frozen, tmp_path / "m.tflite")

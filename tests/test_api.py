@@ -218,3 +218,23 @@ def test_init_bits_defaults_to_the_top_of_each_range():
     bp = tfbp.bitprune_model(small_cnn(), weight_bits=(2, 6), activation_bits=(1, 5))
     bits = tfbp.bitlengths(bp)
     assert bits["conv2d/weights"] == pytest.approx(6.0) and bits["conv2d/activations"] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("keras_name", ["tf_keras", "keras3"])
+def test_quantize_inputs_false_leaves_the_inputs_float(keras_name):
+    """quantize_inputs=False: no input quantizer (nor one moved past preprocessing); the
+    same tensors as the default otherwise, under both Kerases."""
+    import importlib
+
+    k = importlib.import_module("tf_keras" if keras_name == "tf_keras" else "keras")
+
+    def model():
+        inputs = k.Input((8, 8, 1))
+        x = k.layers.Rescaling(2.0, name="rescaling")(inputs)
+        x = k.layers.Flatten(name="flatten")(k.layers.Conv2D(4, 3, name="conv")(x))
+        return k.Model(inputs, k.layers.Dense(3, name="head")(x))
+
+    default = set(tfbp.bitlengths(tfbp.bitprune_model(model())))
+    floats = set(tfbp.bitlengths(tfbp.bitprune_model(model(), quantize_inputs=False)))
+    assert "rescaling/activations" in default  # the input quantizer, moved past the preprocessing
+    assert default - floats == {"rescaling/activations"}, (default, floats)

@@ -76,12 +76,42 @@ def test_cheapest_tensor_is_lowered_first(learned):
     assert all(bits[t] == 5.0 for t in tensors[1:])
 
 
-def test_calibration_data_measures_the_output_change(learned):
+def test_calibration_data_measures_the_output_change(learned, monkeypatch):
+    """With calibration data, the cost of lowering a tensor is the mean squared change of
+    the model's outputs on that data (per sample) against the learned model, measured
+    here independently: a frozen copy with that one tensor lowered."""
+    from tf_bitpruning import freeze
+
     bp = learned["functional"]
     x = np.random.default_rng(1).uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
     target = tfbp.average_bits(tfbp.freeze_bitlengths(bp)) - 0.5
+    measured = {}
+    real_fit_budget = freeze.fit_budget
+
+    def spy(tensors, start, target_bits, weighting, kind, cost, *args, **kwargs):
+        # The costs as fit_budget first sees them: every other tensor at its start.
+        measured.update({t: (start[t] - 1.0, cost(t, start[t] - 1.0)) for t in tensors
+                         if float(np.min(start[t])) > 2.0})
+        return real_fit_budget(tensors, start, target_bits, weighting, kind, cost, *args, **kwargs)
+
+    monkeypatch.setattr(freeze, "fit_budget", spy)
     frozen = tfbp.freeze_bitlengths(bp, target_bits=target, calibration_data=x)
     assert tfbp.average_bits(frozen) <= target + 1e-6
+    reference = bp(x, training=False).numpy()
+    plain = tfbp.freeze_bitlengths(bp)  # every tensor at its rounded-up integer: the start
+    twins = {t.name: t for t in costs.quantized_tensors(plain)}
+    proxy = rounding.distance_cost(rounding.learned_bits(list(measured)))
+    checked = 0
+    for t, (lower, cost) in measured.items():
+        twin = twins[t.name]
+        twin_bits = twin.bits_variable.numpy()
+        twin.bits_variable.assign(np.reshape(lower, twin_bits.shape) / twin.quantizer.bits_lr_multiplier)
+        change = float(np.sum(np.square(plain(x, training=False).numpy() - reference))) / len(x)
+        twin.bits_variable.assign(twin_bits)
+        assert cost == pytest.approx(change, rel=1e-4, abs=1e-9), t.name
+        assert cost != pytest.approx(proxy(t, lower)), t.name  # not the label-free proxy
+        checked += 1
+    assert checked >= 3
 
 
 def test_kind_and_weighting_default_to_the_bit_loss():

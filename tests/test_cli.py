@@ -99,11 +99,11 @@ def test_cli_is_quiet_by_default(frozen_models, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "conv2d" in proc.stdout and f"wrote {out}" in proc.stdout
     assert not NATIVE_LOG.search(proc.stderr), proc.stderr  # loading TF, the SavedModel, the converter
-    # --verbosity brings TensorFlow's lines back where it prints any (here: oneDNN and
-    # CPU-feature lines when it loads; not every machine has them).
     failed = _cli(str(tmp_path / "nothing"), str(out))
-    loud = _cli(str(tmp_path / "nothing"), str(out), "--verbosity=0")
-    for run in (failed, loud):
-        assert run.returncode == 1 and "SAVED_MODEL: no such file or directory" in run.stderr
+    assert failed.returncode == 1 and "SAVED_MODEL: no such file or directory" in failed.stderr
     assert not NATIVE_LOG.search(failed.stderr), failed.stderr
-    assert len(loud.stderr) >= len(failed.stderr)
+    # --verbosity brings TensorFlow's lines back: the converter logs at INFO on every machine
+    # (its MLIR passes, the quantizer), where the default run above printed none.
+    loud = _cli(str(saved), str(tmp_path / "loud.tflite"), "--verbosity=0")
+    assert loud.returncode == 0, loud.stderr
+    assert NATIVE_LOG.search(loud.stderr), loud.stderr[-2000:]

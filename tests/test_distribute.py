@@ -60,6 +60,11 @@ def keras3_runs(all_runs):
     return result
 
 
+
+def _largest_difference(a, b):
+    """The largest absolute difference over every variable (printed: docs/distributed.md)."""
+    return max(float(np.max(np.abs(np.asarray(a[n]) - np.asarray(b[n])))) for n in b)
+
 def test_two_replicas_really_ran(runs):
     assert runs["replicas"] == 2
     assert len(runs["devices"]) == 2
@@ -90,6 +95,7 @@ def test_same_variables_and_predictions_as_one_device(runs):
     for name, value in single["variables"].items():
         np.testing.assert_allclose(mirrored["variables"][name], value, rtol=0, atol=1e-4, err_msg=name)
     np.testing.assert_allclose(mirrored["predictions"], single["predictions"], rtol=0, atol=1e-5)
+    print(f"mirrored: largest variable difference {_largest_difference(mirrored['variables'], single['variables']):.1e}")
 
 
 def test_two_workers_really_ran(workers):
@@ -116,6 +122,8 @@ def test_two_workers_train_like_one_device(runs, workers):
         for name, value in single["variables"].items():
             np.testing.assert_allclose(w["variables"][name], value, rtol=0, atol=1e-4, err_msg=name)
         np.testing.assert_allclose(w["predictions"], single["predictions"], rtol=0, atol=1e-5)
+        print(f"worker {w['worker']}: largest variable difference "
+              f"{_largest_difference(w['variables'], single['variables']):.1e}")
     # Mirrored variables: both workers hold exactly the same values.
     assert workers[0]["variables"] == workers[1]["variables"]
     assert workers[0]["bit_lambda"] == workers[1]["bit_lambda"]
@@ -132,6 +140,8 @@ def test_keras3_mirrored_trains_like_one_device(keras3_runs):
     for name, value in single["variables"].items():
         np.testing.assert_allclose(mirrored["variables"][name], value, rtol=0, atol=1e-4, err_msg=name)
     np.testing.assert_allclose(mirrored["predictions"], single["predictions"], rtol=0, atol=1e-5)
+    print(f"keras3 mirrored: largest variable difference "
+          f"{_largest_difference(mirrored['variables'], single['variables']):.1e}")
 
 
 def test_keras3_trains_like_tf_keras(runs, keras3_runs):

@@ -394,6 +394,7 @@ def test_float_ops_left_by_the_converter_are_named(tmp_path):
     assert not path.exists()
 
 
+@pytest.mark.slow
 def test_a_merge_of_three_tensors_is_named_with_what_to_do(tmp_path):
     """Add([a, b, c]): TFLite's integer ADD takes two tensors, the partial sum has no grid.
     The error names the layer and says to nest two-input Adds; nested, it exports."""
@@ -452,6 +453,7 @@ def _nasnet_cell():
     return keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling2D()(x)))
 
 
+@pytest.mark.slow
 def test_nasnet_cell_exports_on_learned_grids(digits, tmp_path):
     """Relu layers reading one tensor onto grids of their own (the converter merged
     their RELU ops into one without a range: a float RELU), and a Concatenate before
@@ -499,6 +501,7 @@ def _requantized_coarser(path) -> list:
             and scale(op.inputs[0]) and scale(op.outputs[0]) and scale(op.inputs[0]) < 0.5 * scale(op.outputs[0])]
 
 
+@pytest.mark.slow
 def test_relu_onto_a_coarser_grid_rounds_once(digits, tmp_path):
     """A relu whose grid steps more than twice its input's: TFLite's RELU (and QUANTIZE)
     requantizes int8 codes with a multiplier below 1/2 in two roundings (x·2^s·m to an

@@ -50,6 +50,7 @@ def test_pool_bands_cover_every_output_once():
                            for first, window, n in bands), (size, pool, stride, bands)
 
 
+@pytest.mark.slow
 def test_concatenation_inside_a_concatenation_is_integer(tmp_path):
     """Below 8 bits the outer concatenation clips (a RELU) before its fake quant, which
     the converter does not move through the inner one: its convs stayed float

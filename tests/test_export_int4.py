@@ -195,3 +195,25 @@ def test_export_without_litert_warns_or_refuses(int4_model, tmp_path, monkeypatc
         export_tflite(int4_model, tmp_path / "unchecked.tflite", verify_int4=False)
         export_tflite(int4_model, tmp_path / "int8.tflite", int4=False, verify_int4=True)  # nothing packed
     assert read_metadata(tmp_path / "unchecked.tflite")["layers"] == read_metadata(path)["layers"]
+
+
+@pytest.mark.slow
+def test_an_int4_file_that_computes_otherwise_is_refused(int4_model, tmp_path, monkeypatch):
+    """verify_int4 compares the INT4 file with its INT8 twin in LiteRT: a packing that
+    changes one filter code is an ExportError, and no file is left behind."""
+    pytest.importorskip("ai_edge_litert.interpreter")
+    real_pack = int4_pass.pack_int4_values
+
+    def off_by_one(values):
+        v = np.array(values, np.int8).reshape(-1)
+        v[0] = 1 if v[0] != 1 else 2  # one code moved: another product in every output
+        return real_pack(v)
+
+    monkeypatch.setattr(int4_pass, "pack_int4_values", off_by_one)
+    path = tmp_path / "wrong.tflite"
+    with pytest.raises(ExportError, match="does not reproduce the INT8 model's outputs"):
+        export_tflite(int4_model, path, int4=True, verify_int4=True)
+    assert not path.exists()
+    monkeypatch.undo()
+    export_tflite(int4_model, path, int4=True, verify_int4=True)  # the real packing passes
+    assert path.exists()

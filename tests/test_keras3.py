@@ -235,6 +235,58 @@ def test_keras3_errors_name_the_problem():
         tfbp.bitprune_model(keras3.Sequential([keras3.Input((4,)), L.Dense(2)]), skip_layers=["nope"])
 
 
+def test_keras3_needs_the_tensorflow_backend_and_a_recent_keras(monkeypatch):
+    model = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
+    monkeypatch.setattr(keras3.backend, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError, match="TensorFlow backend only.*KERAS_BACKEND=tensorflow"):
+        tfbp.bitprune_model(model)
+    monkeypatch.undo()
+    monkeypatch.setattr(keras3, "__version__", "3.9.2")
+    with pytest.raises(RuntimeError, match=r"Keras >= 3\.10.*3\.9\.2"):
+        tfbp.bitprune_model(model)
+
+
+@pytest.mark.slow
+def test_keras3_backup_and_restore_resumes_exactly(digits, tmp_path):
+    """Keras 3's BackupAndRestore with BitBudget: a run stopped after 2 of 4 epochs and
+    resumed ends where an uninterrupted run ends (λ path, annealing, weights): the
+    budget's state is among BitPrunedModel's own saved variables."""
+    xtr, ytr = digits[0][:640], digits[1][:640]
+
+    class Stop(Exception):
+        pass
+
+    class StopAfter(keras3.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise Stop()
+
+    def run(backup=None, stop=False):
+        keras3.backend.clear_session()
+        keras3.utils.set_random_seed(0)
+        bp = tfbp.bitprune_model(cnn(keras3), regularization=0.05, bits_lr_multiplier=20.0)
+        bp.compile(keras3.optimizers.Adam(1e-3), _loss(keras3))
+        callbacks = [tfbp.BitBudget(target_bits=3.0)]
+        callbacks += [keras3.callbacks.BackupAndRestore(backup)] if backup else []
+        callbacks += [StopAfter()] if stop else []
+        history = bp.fit(xtr, ytr, epochs=4, batch_size=32, shuffle=False, verbose=0, callbacks=callbacks)
+        return bp, history.history
+
+    reference, history = run()
+    backup = str(tmp_path / "backup")
+    with pytest.raises(Stop):
+        run(backup, stop=True)
+    resumed, resumed_history = run(backup)
+    assert len(resumed_history["loss"]) == 2  # it did resume at epoch 3
+    # Annealing (the last quarter of the 4 epochs' steps) happened after the resume: the
+    # comparison covers the restored λ and annealing state, not only the weights.
+    assert history["bit_lambda"][0] != history["bit_lambda"][-1]
+    assert resumed_history["bit_lambda"] == history["bit_lambda"][2:]
+    assert list(tfbp.bitlengths(resumed).values()) == list(tfbp.bitlengths(reference).values())
+    for a, b in zip(reference.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_keras3_sequential_and_skip_layers():
     L = keras3.layers
     model = keras3.Sequential([keras3.Input((6,)), L.Dense(8, activation="relu", name="hidden"),
@@ -332,32 +384,22 @@ def test_keras3_layers_are_registered_for_a_plain_load(tmp_path):
     assert "BitPrunedModel ['head/activations', 'head/weights', 'quantize_layer/activations']" in out.stdout
 
 
-@pytest.mark.slow
-def test_keras3_layer_kinds_export_and_agree(digits, tmp_path):
-    """Keras 3 layers of every kind the registry knows, through the whole pipeline:
-    preprocessing, swish/gelu/sigmoid inside kernels, separable and depthwise convs,
-    BN, relu6/hard_sigmoid/gelu Activations, squeeze-excite (Multiply), padding,
-    concatenation, pooling, reshape. The twin must compute exactly what the Keras 3
-    model computes (hard_sigmoid differs between the Kerases: Keras 3's is kept)."""
-    from tests.litert_run import output_step, run_tflite
-    from tf_bitpruning.keras3.bridge import to_tf_keras
-
-    xtr, ytr, xte, _ = digits
-
-    def up(x):  # 16x16 RGB in [0, 255]
-        return np.repeat(np.kron(x, np.ones((1, 2, 2, 1))), 3, axis=-1).astype("float32") * 255.0
-
-    xtr, xte = up(xtr), up(xte)
+def _zoo(xtr, ytr, calibrated_kinds: bool):
+    """Keras 3 layers of every kind the registry knows: preprocessing, swish/sigmoid inside
+    kernels, separable and depthwise convs, BN, relu6 Activations, squeeze-excite (Multiply),
+    padding, concatenation, pooling, reshape; with ``calibrated_kinds`` also the kinds whose
+    inner tensors have no learned grid (hard_sigmoid, gelu), which the converter calibrates."""
     keras3.utils.set_random_seed(0)
     L = keras3.layers
+    side, last = ("hard_sigmoid", "gelu") if calibrated_kinds else ("relu", "swish")
     inputs = keras3.Input((16, 16, 3))
     x = L.Rescaling(1 / 255.0)(inputs)
     x = L.Conv2D(8, 3, padding="same", activation="swish")(x)
     a = L.Activation("relu6")(L.BatchNormalization()(L.SeparableConv2D(8, 3, padding="same")(x)))
-    b = L.Activation("hard_sigmoid")(L.DepthwiseConv2D(3)(L.ZeroPadding2D(1)(x)))
+    b = L.Activation(side)(L.DepthwiseConv2D(3)(L.ZeroPadding2D(1)(x)))
     se = L.Conv2D(8, 1, activation="sigmoid")(L.GlobalAveragePooling2D(keepdims=True)(a))
     x = L.AveragePooling2D(2)(L.Concatenate()([L.Multiply()([a, se]), b]))
-    x = L.Activation("gelu")(L.Conv2D(4, 1, activation="gelu")(x))
+    x = L.Activation(last)(L.Conv2D(4, 1, activation=last)(x))
     x = L.Reshape((-1,))(L.MaxPooling2D(4)(x))
     model = keras3.Model(inputs, L.Dense(10)(x))
     bp = tfbp.bitprune_model(model, regularization=0.02)
@@ -367,24 +409,50 @@ def test_keras3_layer_kinds_export_and_agree(digits, tmp_path):
     frozen = tfbp.freeze_bitlengths(bp)
     frozen.compile(keras3.optimizers.Adam(3e-4), _loss(keras3))
     frozen.fit(xtr, ytr, epochs=1, batch_size=64, verbose=0)
+    return frozen
+
+
+def _up(x):  # 16x16 RGB in [0, 255]
+    return np.repeat(np.kron(x, np.ones((1, 2, 2, 1))), 3, axis=-1).astype("float32") * 255.0
+
+
+def _zoo_agreement(digits, tmp_path, calibrated_kinds: bool):
+    from tests.litert_run import output_step, run_tflite
+    from tests.tflite_checks import top1_agreement
+    from tf_bitpruning.keras3.bridge import to_tf_keras
+
+    xtr, ytr, xte = _up(digits[0]), digits[1], _up(digits[2])
+    frozen = _zoo(xtr, ytr, calibrated_kinds)
     ref = frozen.predict(xte, verbose=0)
+    # The twin is exactly this model (hard_sigmoid differs between the Kerases: Keras 3's is kept).
     np.testing.assert_allclose(to_tf_keras(frozen).predict(xte, verbose=0), ref, atol=1e-5)
     path = str(tmp_path / "zoo.tflite")
-    # The float intermediates (hard_sigmoid's and gelu's internals) have no learned grid:
-    # the converter calibrates them at 8 bits (the SeparableConv2D is split, its inner
-    # tensor on a learned grid).
-    tfbp.export_tflite(frozen, path, representative_dataset=xtr[:128])
+    # Calibration data only where a tensor has no learned grid (hard_sigmoid's and gelu's internals).
+    tfbp.export_tflite(frozen, path, representative_dataset=xtr[:128] if calibrated_kinds else None)
     got = run_tflite(path, xte)
     assert got.shape == ref.shape and np.isfinite(got).all()
-    # What LiteRT computes is the exporter's business and the twin is exactly this model, so
-    # the per-kind agreement tests of tests/test_layers.py hold for it. Composed, the
-    # calibrated intermediates (hard_sigmoid's and gelu's) move many
-    # outputs by several steps (measured: median 4 steps, 20 % of the logit range), an open
-    # export issue (README): asserted here is that the file's output is the model's output
-    # tensor, on its learned grid.
     (head,) = [t for t in costs.quantized_tensors(frozen) if t.kind == "activations"
                and t.wrapper == frozen.layers[-1].name]
     grid = activation_export(head.quantizer, head.variables, head.wrapper)
     assert np.isclose(output_step(path), grid.step, rtol=1e-5), (output_step(path), grid.step)
-    codes = (got - grid.lo) / grid.step
-    assert np.allclose(codes, np.round(codes), atol=1e-3) and codes.min() > -0.5 and codes.max() < 2 ** grid.bits - 0.5
+    # Top-1 where Keras decides (top-2 margin above two output steps); every decided input
+    # must agree and there must be some (tests/tflite_checks.py).
+    agreement = top1_agreement(got, ref, output_step(path))
+    assert agreement.decided >= len(ref) // 10, agreement
+    assert agreement.rate >= 0.995, agreement
+
+
+@pytest.mark.slow
+def test_keras3_layer_kinds_export_and_agree(digits, tmp_path):
+    """Every layer kind with a learned grid, Keras 3 through the whole pipeline: the
+    file agrees with the model in LiteRT."""
+    _zoo_agreement(digits, tmp_path, calibrated_kinds=False)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "hard_sigmoid's and gelu's inner tensors have no learned grid: the converter calibrates them at "
+    "8 bits and, composed, they move outputs by several steps (measured: median 4 steps, 20 % of the "
+    "logit range). Open: export them on grids of their own (issue 19)."))
+def test_keras3_layer_kinds_with_calibrated_intermediates_agree(digits, tmp_path):
+    _zoo_agreement(digits, tmp_path, calibrated_kinds=True)

@@ -158,6 +158,7 @@ def test_layer_kind_exports_and_agrees(name, digits, tmp_path):
     assert a.tie_rate <= 0.4, a
 
 
+@pytest.mark.slow
 def test_swish_and_sigmoid_export_without_calibration_and_agree(digits, tmp_path):
     """EfficientNet's squeeze-excite behind a Rescaling. A swish inside a conv now has a
     learned grid before it too, so the file needs no calibration data: with it the
@@ -219,6 +220,7 @@ def xception_block():
     return keras.Model(inputs, L.Dense(10, name="logits")(L.GlobalAveragePooling2D()(x)))
 
 
+@pytest.mark.slow
 def test_separable_conv2d_exports_without_calibration_and_agrees(digits, tmp_path):
     """SeparableConv2D runs as <name>_depthwise -> <name>_pointwise, so the tensor between
     its kernels has a learned grid: the file needs no calibration data (the converter

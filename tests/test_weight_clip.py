@@ -44,6 +44,7 @@ def test_quantizer_option_and_config():
         tfbp.bitprune_model(small_cnn(), weight_clip="nope")
 
 
+@pytest.mark.slow
 def test_mse_clip_model_trains_freezes_and_exports_the_same_grid(digits, tmp_path):
     from litert_run import output_step, run_tflite
     from tflite_checks import top1_agreement

@@ -51,6 +51,7 @@ def align_to_tflite(model: keras.Model, path: Union[str, os.PathLike]) -> Dict[s
     model_obj = flatbuffer_utils.read_model(os.fspath(path))
     sg = model_obj.subgraphs[0]
     moved: Dict[str, float] = {}
+    moves = []
     for op in sg.operators:
         if flatbuffer_utils.opcode_to_name(model_obj, op.opcodeIndex) not in _BIASED_OPS \
                 or len(op.inputs) < 3 or op.inputs[2] < 0:
@@ -83,9 +84,11 @@ def align_to_tflite(model: keras.Model, path: Union[str, os.PathLike]) -> Dict[s
         if bn is not None:
             if not bn.center:
                 continue  # no beta to move: that layer keeps its float offset
-            bn.beta.assign((bn.beta.numpy().astype(np.float64) + (added - keras_value)).astype(np.float32))
+            moves.append((bn.beta, (bn.beta.numpy().astype(np.float64) + (added - keras_value)).astype(np.float32)))
         else:
             inner = _compat.inner(layer)
-            inner.bias.assign(added.reshape(inner.bias.shape).astype(np.float32))
+            moves.append((inner.bias, added.reshape(inner.bias.shape).astype(np.float32)))
         moved[layer.name] = float(off.max())
+    for variable, value in moves:  # only once every layer matched: a refusal changes nothing
+        variable.assign(value)
     return moved
