@@ -24,7 +24,6 @@ freezing costs no accuracy.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from typing import Dict, Optional, Tuple
@@ -133,7 +132,7 @@ class BitBudget(keras.callbacks.Callback):
         self.calibration_data, self.speed_floor, self.verbose = calibration_data, 0.25, int(verbose)
         self.stopped_epoch: Optional[int] = None
         self._state = BudgetState()
-        self._bits: Optional[BudgetedModel] = None  # set by set_model
+        self._budgeted: Optional[BudgetedModel] = None  # set by set_model
         self._speed, self._step = 0.01, 0  # this epoch's speed; the step of the last measurement
         self._epoch, self._batches = 0, 0  # the current epoch and its batches so far
         self._annealing = False  # this batch trains with an anneal weight > 0
@@ -147,16 +146,16 @@ class BitBudget(keras.callbacks.Callback):
 
     def set_model(self, model: keras.Model) -> None:
         super().set_model(model)
-        self._bits = BudgetedModel(model, self.target_bits, self.weighting, self.kind, self.anneal > 0)
-        self._state.track(self._bits.bit_loss)
+        self._budgeted = BudgetedModel(model, self.target_bits, self.weighting, self.kind, self.anneal > 0)
+        self._state.track(self._budgeted.bit_loss)
 
     def _measure(self) -> Dict[str, float]:
-        step, values = self._bits.measure()
+        step, values = self._budgeted.measure()
         self._step = step if step is not None else self._step + 1
         return values
 
     def _assign(self, log_lambda: float) -> None:
-        self._bits.regularization = self._controller.regularization(log_lambda)
+        self._budgeted.regularization = self._controller.regularization(log_lambda)
 
     def _resume_state(self) -> bool:
         """Takes over a state restored from a checkpoint (and its λ)."""
@@ -168,7 +167,7 @@ class BitBudget(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         start = self.initial_regularization
         if start is None:
-            start = self._bits.regularization
+            start = self._budgeted.regularization
         self._state.met_epochs, self.stopped_epoch = 0, None
         # Traces the measurement now (not inside the first batch) and sets the baseline.
         self._state.control = self._controller.start(start, self._measure()["avg_bits"], self._step)
@@ -182,7 +181,7 @@ class BitBudget(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._resume_state()  # a BackupAndRestore after this callback restores in its on_train_begin
-        self._speed = self.speed if self.speed is not None else self._bits.default_speed()
+        self._speed = self.speed if self.speed is not None else self._budgeted.default_speed()
         self._epoch, self._batches = epoch, 0
 
     def anneal_progress(self, epoch: int, batch: int) -> float:
@@ -196,9 +195,9 @@ class BitBudget(keras.callbacks.Callback):
             return
         p = self.anneal_progress(self._epoch, batch)
         self._annealing = p > 0
-        if p > 0 and self._bits.anneal_weight == 0.0:
-            self._bits.choose_integers(self.target_bits, self.calibration_data)
-        self._bits.anneal_weight = p
+        if p > 0 and self._budgeted.anneal_weight == 0.0:
+            self._budgeted.choose_integers(self.target_bits, self.calibration_data)
+        self._budgeted.anneal_weight = p
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches = batch + 1
@@ -209,17 +208,17 @@ class BitBudget(keras.callbacks.Callback):
             if self._state.control.log_lambda != before.log_lambda:
                 self._assign(self._state.control.log_lambda)
         if logs is not None:
-            logs.update(values, bit_lambda=self._bits.regularization)
+            logs.update(values, bit_lambda=self._budgeted.regularization)
         self._state.save()
 
     def on_epoch_end(self, epoch, logs=None):
         state = self._state
         state.steps_per_epoch = self._batches or state.steps_per_epoch
-        values, lam = self._measure(), self._bits.regularization
+        values, lam = self._measure(), self._budgeted.regularization
         if logs is not None:
             logs.update(values, bit_lambda=lam)
         if self._writer is not None:
-            tensorboard.write_bitlengths(self._writer, self._bits.tensors, epoch, values, lam, self.target_bits)
+            tensorboard.write_bitlengths(self._writer, self._budgeted.tensors, epoch, values, lam, self.target_bits)
         met = abs(values["avg_bits"] - self.target_bits) <= self.tolerance
         state.met_epochs = state.met_epochs + 1 if met else 0
         if self.stop_when_met and state.schedule.active:
@@ -249,8 +248,8 @@ class BitBudget(keras.callbacks.Callback):
             warnings.warn(f"BitBudget: training ended before the bitlengths were annealed to integers "
                           f"({100 * done:.0f} % done); freezing may cost accuracy. Train the planned "
                           f"epochs, or fine-tune after freeze_bitlengths.", stacklevel=2)
-        if self._bits.anneal_weight >= 1.0:
-            self._bits.write_integers()  # the model saved, reloaded or frozen has exactly them
+        if self._budgeted.anneal_weight >= 1.0:
+            self._budgeted.write_integers()  # the model saved, reloaded or frozen has exactly them
         if self._writer is not None:
             self._writer.close()
             self._writer = None
