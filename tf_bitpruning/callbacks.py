@@ -154,8 +154,10 @@ class BitBudget(keras.callbacks.Callback):
         self._step = step if step is not None else self._step + 1
         return values
 
-    def _assign(self, log_lambda: float) -> None:
-        self._budgeted.regularization = self._controller.regularization(log_lambda)
+    def _assign(self, log_lambda: float) -> float:
+        value = self._controller.regularization(log_lambda)
+        self._budgeted.regularization = value
+        return value
 
     def _resume_state(self) -> bool:
         """Takes over a state restored from a checkpoint (and its λ)."""
