@@ -13,7 +13,7 @@ from tf_bitpruning import costs
 from tf_bitpruning.export import ExportError, _compat
 from conftest import small_cnn
 
-hls4ml = pytest.importorskip("hls4ml", reason="hls4ml is not installed (pip install 'tf_bitpruning[hls4ml]')")
+# CI installs hls4ml (.ci/run: the `hls4ml` extra); the refusal tests below do not need it.
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None,
                                reason="g++ is missing: hls4ml's C++ emulation (hls_model.compile) needs it")
 # hls4ml's softmax: exp and 1/x from 4096-entry tables of 18-bit values (measured: < 0.005).
