@@ -27,6 +27,7 @@ setup(
     ],
     extras_require={
         "litert": ["ai-edge-litert"],
+        "hls4ml": ["hls4ml>=1.3"],
         "examples": ["scikit-learn", "matplotlib", "ai-edge-litert"],
         "tests": ["pytest", "scikit-learn", "ai-edge-litert", "nbclient", "nbformat", "ipykernel", "matplotlib"],
     },

@@ -18,7 +18,7 @@ from tf_bitpruning.api import (bitprune_annotate_layer, bitprune_annotate_model,
 from tf_bitpruning.callbacks import BitBudget
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.costs import average_bits, bitlengths
-from tf_bitpruning.export import align_to_tflite, export_tflite, load_model, read_precision, save_model
+from tf_bitpruning.export import align_to_hls4ml, align_to_tflite, export_hls4ml, export_tflite, load_model, read_precision, save_model
 # Keras 3 (import keras): registers its layers, so keras.saving.load_model finds them.
 from tf_bitpruning import keras3
 from tf_bitpruning.freeze import freeze_bitlengths
@@ -34,6 +34,7 @@ __all__ = [
     "BitPruneQuantizeConfig",
     "BitPruneQuantizeScheme",
     "WeightBitQuantizer",
+    "align_to_hls4ml",
     "align_to_tflite",
     "average_bits",
     "bitlengths",
@@ -42,6 +43,7 @@ __all__ = [
     "bitprune_apply",
     "bitprune_model",
     "bitprune_scope",
+    "export_hls4ml",
     "export_tflite",
     "keras3",
     "freeze_bitlengths",

@@ -127,7 +127,8 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
                    weight_bits: Tuple[int, int] = (2, 8), activation_bits: Tuple[int, int] = (1, 8),
                    init_bits: Optional[float] = None, bits_lr_multiplier: float = 10.0,
                    per_channel_bits: bool = False, quantize_inputs: bool = True,
-                   weight_clip: str = "max", activation_range: str = "ema") -> keras.Model:
+                   weight_clip: str = "max", activation_range: str = "ema",
+                   grid: str = "minmax") -> keras.Model:
     """Turns an annotated model into a bit-pruned one (tfmot's ``quantize_apply``
     with :class:`BitPruneQuantizeScheme`) and attaches the bit loss.
 
@@ -151,6 +152,11 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
         weights with ``"expand"`` (VGG16 does not train otherwise; ResNet50 reaches
         90 % instead of 36 % on digits); ``"ema"`` holds more accuracy at 2-3 bits.
         See ``ActivationBitQuantizer``.
+      grid: ``"minmax"`` (the spec's grids) or ``"pow2"``: every step rounded up to a
+        power of two (bitlengths still learned), so that fixed-point hardware holds
+        each grid exactly as a ``fixed<b, I>``/``ufixed<b, I>`` type
+        (:func:`tf_bitpruning.export_hls4ml`). Kernels then get one step per tensor
+        (one type per layer) instead of one per output channel.
 
     Returns:
       A new tf_keras model; compile and fit it as usual.
@@ -159,13 +165,13 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
     costs.check_regularization(regularization)
     costs.check_weighting(weighting)
     _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip,
-                activation_range)
+                activation_range, grid)
     if not any(isinstance(layer, _compat.QuantizeAnnotate) for layer in model.layers):
         raise ValueError("bitprune_apply: no layer is annotated. Call tfbp.bitprune_annotate_model(model) "
                          "first, or use tfbp.bitprune_model(model) which does both.")
     scheme = BitPruneQuantizeScheme(
         *_quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip,
-                     activation_range),
+                     activation_range, grid),
         quantize_inputs=quantize_inputs)
     with bitprune_scope():
         quantized = _tfq.quantize_apply(model, scheme)
@@ -174,7 +180,7 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
 
 
 def _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip="max",
-                activation_range="ema"):
+                activation_range="ema", grid="minmax"):
     """The weight and activation quantizer templates of ``bitprune_apply``'s options (checked)."""
     w_lo, w_hi = _check_bits("weight_bits", weight_bits, 2)
     a_lo, a_hi = _check_bits("activation_bits", activation_bits, 1)
@@ -182,8 +188,9 @@ def _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per
         if init_bits is not None and not lo <= float(init_bits) <= hi:
             raise ValueError(f"init_bits={init_bits} is outside {what}=({lo}, {hi}).")
     return (WeightBitQuantizer(w_lo, w_hi, init_bits, bits_lr_multiplier, per_channel_bits=per_channel_bits,
-                               clip=weight_clip),
-            ActivationBitQuantizer(a_lo, a_hi, init_bits, bits_lr_multiplier, range_update=activation_range))
+                               clip=weight_clip, grid=grid),
+            ActivationBitQuantizer(a_lo, a_hi, init_bits, bits_lr_multiplier, range_update=activation_range,
+                                   grid=grid))
 
 
 def bitprune_model(to_prune: keras.Model, regularization: float = 0.05, weighting: str = "uniform", *,
@@ -216,7 +223,7 @@ def bitprune_model(to_prune: keras.Model, regularization: float = 0.05, weightin
         weights, activations = _quantizers(options["weight_bits"], options["activation_bits"],
                                            options["init_bits"], options["bits_lr_multiplier"],
                                            options["per_channel_bits"], options["weight_clip"],
-                                           options["activation_range"])
+                                           options["activation_range"], options["grid"])
         return keras3_api.bitprune_model(to_prune, regularization, weighting, skip_layers=skip_layers,
                                          weight_quantizer=weights, activation_quantizer=activations,
                                          quantize_inputs=options["quantize_inputs"])

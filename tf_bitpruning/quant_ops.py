@@ -9,6 +9,10 @@ differentiable blend between the two integers around a real bitlength ``n``
 Rounding uses a straight-through estimator; ``∂Q̂/∂n = Q(x; b+1) - Q(x; b)`` is
 exact. Every function here accepts ``bits`` as a Python number or a tensor that
 broadcasts against the quantized tensor (one bitlength per tensor or per channel).
+
+Grids (``grid=``): ``"minmax"`` (the default; steps ``max|w| / (2^(b-1)-1)`` and
+``(max - min) / (2^b - 1)``) or ``"pow2"``: the same grids with the step rounded
+up to a power of two, so that a ``fixed<b, I>`` type holds them exactly (hls4ml).
 """
 
 from __future__ import annotations
@@ -38,10 +42,33 @@ def max_abs(w: tf.Tensor, reduce_axes: Optional[Sequence[int]] = None) -> tf.Ten
     return tf.maximum(tf.stop_gradient(m), 1e-12)
 
 
+# The grids a quantizer can use (see the module doc); the first is the default.
+GRIDS = ("minmax", "pow2")
+
+
+def check_grid(grid: str) -> str:
+    """``grid`` if it is one of :data:`GRIDS`, else a ``ValueError``."""
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}.")
+    return grid
+
+
+def pow2_ceil(x: tf.Tensor) -> tf.Tensor:
+    """The smallest power of two ``>= x`` (``x > 0``; no gradient), exact for every
+    float32 ``x`` (``log2`` alone is off by one at some powers of two)."""
+    x = tf.stop_gradient(tf.cast(x, tf.float32))
+    e = tf.math.ceil(tf.math.log(x) / tf.math.log(2.0))
+    e = tf.where(tf.pow(2.0, e - 1.0) >= x, e - 1.0, e)
+    e = tf.where(tf.pow(2.0, e) < x, e + 1.0, e)
+    return tf.pow(2.0, e)
+
+
 def weight_scale(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None,
-                 w_max: Optional[tf.Tensor] = None) -> tf.Tensor:
-    """Step ``s = max|w| / (2^(b-1) - 1)``; ``w_max`` is :func:`max_abs` if already known."""
-    return (max_abs(w, reduce_axes) if w_max is None else w_max) / weight_levels(bits)
+                 w_max: Optional[tf.Tensor] = None, grid: str = "minmax") -> tf.Tensor:
+    """Step ``s = max|w| / (2^(b-1) - 1)`` (``grid="pow2"``: rounded up to a power of
+    two, so ``max|w|`` stays inside the grid); ``w_max`` is :func:`max_abs` if already known."""
+    s = (max_abs(w, reduce_axes) if w_max is None else w_max) / weight_levels(bits)
+    return pow2_ceil(s) if check_grid(grid) == "pow2" else s
 
 
 # How the top of a weight grid is chosen: "max" (``max|w|``, the spec's min-max
@@ -80,37 +107,59 @@ def mse_clip(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None,
 
 
 def quantize_weights_int(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None,
-                         w_max: Optional[tf.Tensor] = None) -> tf.Tensor:
+                         w_max: Optional[tf.Tensor] = None, grid: str = "minmax") -> tf.Tensor:
     """Symmetric narrow-range quantizer at integer ``bits`` (no gradient).
 
     ``Q(w; b) = s · clip(round(w / s), -(2^(b-1)-1), 2^(b-1)-1)``; b = 2 is ternary.
     """
     w = tf.stop_gradient(w)
     levels = weight_levels(bits)
-    s = weight_scale(w, bits, reduce_axes, w_max)
+    s = weight_scale(w, bits, reduce_axes, w_max, grid)
     return s * tf.clip_by_value(tf.round(w / s), -levels, levels)
 
 
-def activation_grid(range_min: tf.Tensor, range_max: tf.Tensor, bits):
+def activation_grid(range_min: tf.Tensor, range_max: tf.Tensor, bits, grid: str = "minmax"):
     """The asymmetric b-bit grid over ``[min, max]`` with 0 exactly representable.
 
     Returns ``(lo, step, zero_point)``: grid values are ``lo + step * k`` for
     ``k = 0 .. 2^b - 1`` and ``k = zero_point`` is exactly 0 (TFLite's nudging).
+
+    ``grid="pow2"``: a fixed-point grid, ``step`` the smallest power of two that
+    covers the range: unsigned (``zero_point = 0``, ``ufixed<b, I>``) when
+    ``min >= 0``, else two's complement (``zero_point = 2^(b-1)``, ``fixed<b, I>``).
     """
     range_min = tf.minimum(range_min, 0.0)
     range_max = tf.maximum(range_max, range_min + 1e-6)
     top = tf.pow(2.0, tf.cast(bits, tf.float32)) - 1.0
+    if check_grid(grid) == "pow2":
+        half = tf.pow(2.0, tf.cast(bits, tf.float32) - 1.0)
+        signed = range_min < 0.0
+        # Signed: -min within 2^(b-1) steps, max within 2^(b-1) - 1 (none at b = 1: max clips to 0).
+        positive = tf.where(signed, half - 1.0, top)
+        need = tf.where(positive > 0.0, range_max / tf.maximum(positive, 1.0), 0.0)
+        need = tf.maximum(need, tf.where(signed, -range_min / half, 0.0))
+        step = pow2_ceil(tf.maximum(need, 1e-30))
+        zero_point = tf.where(signed, half, tf.zeros_like(half))
+        return -zero_point * step, step, zero_point
     step = (range_max - range_min) / top
     zero_point = tf.clip_by_value(tf.round(-range_min / step), 0.0, top)
     return -zero_point * step, step, zero_point
 
 
-def quantize_activations_int(x: tf.Tensor, range_min: tf.Tensor, range_max: tf.Tensor, bits) -> tf.Tensor:
+def quantize_activations_int(x: tf.Tensor, range_min: tf.Tensor, range_max: tf.Tensor, bits,
+                             grid: str = "minmax") -> tf.Tensor:
     """Asymmetric quantizer at integer ``bits`` (no gradient):
-    ``Q(x; b) = lo + Δ · clip(round((x - lo) / Δ), 0, 2^b - 1)``."""
+    ``Q(x; b) = lo + Δ · clip(round((x - lo) / Δ), 0, 2^b - 1)``.
+
+    ``grid="pow2"``: ``Δ · clip(round(x / Δ), -z, 2^b - 1 - z)`` (``z`` the zero
+    point): what a ``fixed``/``ufixed`` cast with round-half-to-even and
+    saturation computes (``tf.round`` rounds half to even, hls4ml's ``RND_CONV``).
+    """
     x = tf.stop_gradient(x)
-    lo, step, _ = activation_grid(range_min, range_max, bits)
+    lo, step, zero_point = activation_grid(range_min, range_max, bits, grid)
     top = tf.pow(2.0, tf.cast(bits, tf.float32)) - 1.0
+    if grid == "pow2":
+        return step * tf.clip_by_value(tf.round(x / step), -zero_point, top - zero_point)
     return lo + step * tf.clip_by_value(tf.round((x - lo) / step), 0.0, top)
 
 

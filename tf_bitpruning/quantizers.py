@@ -73,7 +73,7 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
     anneal: Optional[Dict[Any, Tuple[tf.Variable, tf.Variable]]] = None
 
     def __init__(self, min_bits: int, max_bits: int, init_bits: Optional[float] = None,
-                 bits_lr_multiplier: float = 10.0, frozen: bool = False):
+                 bits_lr_multiplier: float = 10.0, frozen: bool = False, grid: str = "minmax"):
         min_bits, max_bits = int(min_bits), int(max_bits)
         init_bits = max_bits if init_bits is None else init_bits
         if min_bits < 1 or max_bits > 16 or min_bits > max_bits:
@@ -91,6 +91,7 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
         self.init_bits = float(init_bits)
         self.bits_lr_multiplier = float(bits_lr_multiplier)
         self.frozen = bool(frozen)
+        self.grid = quant_ops.check_grid(grid)
 
     # -- the bitlength -------------------------------------------------------
     def bits_shape(self, tensor_shape) -> Tuple[int, ...]:
@@ -130,6 +131,7 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
             "init_bits": self.init_bits,
             "bits_lr_multiplier": self.bits_lr_multiplier,
             "frozen": self.frozen,
+            **({"grid": self.grid} if self.grid != "minmax" else {}),  # the default config stays what it was
         }
 
     @classmethod
@@ -163,6 +165,8 @@ class WeightBitQuantizer(BitlengthQuantizer):
         clip value with the least squared error, :func:`quant_ops.mse_clip`; far
         better for ternary kernels, not always at 3 bits (docs/comparison_clip.md);
         exported exactly the same way).
+      grid: ``"minmax"`` (the step ``clip / (2^(b-1) - 1)``) or ``"pow2"`` (that
+        step rounded up to a power of two: a ``fixed<b, I>`` type, for hls4ml).
 
     >>> q = WeightBitQuantizer(init_bits=3)
     """
@@ -172,10 +176,10 @@ class WeightBitQuantizer(BitlengthQuantizer):
     def __init__(self, min_bits: int = 2, max_bits: int = 8, init_bits: Optional[float] = None,
                  bits_lr_multiplier: float = 10.0, per_channel_scale: bool = False,
                  per_channel_bits: bool = False, channel_axes: Sequence[int] = (-1,),
-                 frozen: bool = False, clip: str = "max"):
+                 frozen: bool = False, clip: str = "max", grid: str = "minmax"):
         if int(min_bits) < 2:
             raise ValueError(f"WeightBitQuantizer: min_bits must be >= 2 (2 bits is ternary), got {min_bits}.")
-        super().__init__(min_bits, max_bits, init_bits, bits_lr_multiplier, frozen)
+        super().__init__(min_bits, max_bits, init_bits, bits_lr_multiplier, frozen, grid)
         self.per_channel_scale = bool(per_channel_scale)
         self.per_channel_bits = bool(per_channel_bits)
         self.channel_axes = tuple(int(a) for a in channel_axes)
@@ -216,7 +220,8 @@ class WeightBitQuantizer(BitlengthQuantizer):
         w_max = quant_ops.max_abs(x, reduce_axes)  # once, shared by both integer quantizers
 
         def quantize_int(b):
-            return quant_ops.quantize_weights_int(x, b, reduce_axes, self.clip_value(x, b, reduce_axes, w_max))
+            return quant_ops.quantize_weights_int(x, b, reduce_axes, self.clip_value(x, b, reduce_axes, w_max),
+                                                  self.grid)
 
         return tf.cast(self._quantize(x, quantize_int, weights), inputs.dtype)
 
@@ -244,6 +249,8 @@ class ActivationBitQuantizer(BitlengthQuantizer):
     chance unless ranges expand. Expanded ranges sit at the batches' largest values,
     a coarser grid: at 2-3 bits on small networks they cost accuracy (README).
     ``freeze_range=True`` stops the updates (useful when fine-tuning a frozen model).
+    ``grid="pow2"``: the step is a power of two and the grid a ``ufixed<b, I>``
+    (``min >= 0``) or ``fixed<b, I>`` type covering the range (``quant_ops.activation_grid``).
     Before the first training step the range is empty and the quantizer passes values
     through.
     """
@@ -253,8 +260,9 @@ class ActivationBitQuantizer(BitlengthQuantizer):
 
     def __init__(self, min_bits: int = 1, max_bits: int = 8, init_bits: Optional[float] = None,
                  bits_lr_multiplier: float = 10.0, ema_decay: float = 0.99,
-                 freeze_range: bool = False, frozen: bool = False, range_update: str = "ema"):
-        super().__init__(min_bits, max_bits, init_bits, bits_lr_multiplier, frozen)
+                 freeze_range: bool = False, frozen: bool = False, range_update: str = "ema",
+                 grid: str = "minmax"):
+        super().__init__(min_bits, max_bits, init_bits, bits_lr_multiplier, frozen, grid)
         if not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
         if range_update not in self.RANGE_UPDATES:
@@ -314,7 +322,7 @@ class ActivationBitQuantizer(BitlengthQuantizer):
         def quantize(x=x):
             # STE: gradient 1 inside the range, 0 outside (where the grid clips).
             def quantize_int(b):
-                return quant_ops.quantize_activations_int(x, range_min, range_max, b)
+                return quant_ops.quantize_activations_int(x, range_min, range_max, b, self.grid)
 
             grad_range = (tf.minimum(range_min, 0.0), tf.maximum(range_max, 0.0))
             return self._quantize(x, quantize_int, weights, grad_range)

@@ -190,8 +190,10 @@ class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
             base = self.weight_quantizer.get_config()
             renames = _KERAS3_KERNEL_ATTRS.get(kind, {}) if _compat.is_keras3(layer) else {}
             for attr, axes in kernels.items():
+                # A power-of-two grid is one fixed-point type per layer: one step per tensor.
+                per_channel = per_channel_scale and self.weight_quantizer.grid != "pow2"
                 weights[renames.get(attr, attr)] = WeightBitQuantizer.from_config(
-                    dict(base, per_channel_scale=per_channel_scale, channel_axes=list(axes)))
+                    dict(base, per_channel_scale=per_channel, channel_axes=list(axes)))
             activation_attrs = ["activation"]
         elif kind == "Activation":
             if _activation_name(layer.activation) in _OUTPUT_ACTIVATIONS:

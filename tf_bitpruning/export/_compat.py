@@ -101,6 +101,11 @@ def output_layers(model: keras.Model) -> List[Any]:
     return [x._keras_history.layer for x in model.outputs]
 
 
+def input_layers(model: keras.Model) -> List[Any]:
+    """The ``InputLayer`` of each model input, in ``model.inputs`` order."""
+    return [x._keras_history.layer for x in model.inputs]
+
+
 def run_functional(model: keras.Model, inputs: Sequence[tf.Tensor],
                    call: Callable[[Any, tuple, dict], Any]) -> List[tf.Tensor]:
     """Keras' ``Functional._run_internal_graph`` with ``call(layer, args, kwargs)``

@@ -14,22 +14,23 @@ class ExportError(RuntimeError):
     """The model cannot be exported as a full-integer TFLite model."""
 
 
-def check_frozen(model: keras.Model) -> List[costs.QuantizedTensor]:
-    """The model's quantized tensors; raises unless every bitlength is frozen."""
+def check_frozen(model: keras.Model, what: str = "export_tflite") -> List[costs.QuantizedTensor]:
+    """The model's quantized tensors; raises unless every bitlength is frozen (``what``
+    names the caller in the messages)."""
     from tf_bitpruning import _compat, api
     if _compat.is_keras3(model):
         from tf_bitpruning.keras3.api import check_model
-        check_model(model, "export_tflite")
+        check_model(model, what)
     else:
-        api._check_model(model, "export_tflite")
+        api._check_model(model, what)
     tensors = costs.quantized_tensors(model)
     if not tensors:
-        raise ValueError(f"export_tflite: model '{model.name}' has no learned bitlengths. Make it with "
+        raise ValueError(f"{what}: model '{model.name}' has no learned bitlengths. Make it with "
                          f"tfbp.bitprune_model(model), train it, then tfbp.freeze_bitlengths(...).")
     loose = [t.name for t in tensors if not t.quantizer.frozen]
     if loose:
         raise ValueError(
-            f"export_tflite: model '{model.name}' is not frozen ({len(loose)} bitlengths are still "
+            f"{what}: model '{model.name}' is not frozen ({len(loose)} bitlengths are still "
             f"real-valued, e.g. {loose[:3]}). Export needs integer bitlengths: call "
             f"frozen = tfbp.freeze_bitlengths(model), fine-tune `frozen`, and export it.")
     return tensors

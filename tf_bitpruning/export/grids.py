@@ -142,7 +142,7 @@ def activation_export(quantizer: ActivationBitQuantizer, variables, where: str) 
     if b > 8:
         raise ExportError(f"{where}: {b}-bit activations do not fit TFLite's int8 container; "
                           f"freeze with max 8 bits (e.g. allowed_bits=(..., 8)).")
-    lo, step, _ = quant_ops.activation_grid(tf.constant(rmin), tf.constant(rmax), float(b))
+    lo, step, _ = quant_ops.activation_grid(tf.constant(rmin), tf.constant(rmax), float(b), quantizer.grid)
     return ActivationExport(b, float(lo.numpy()), float(step.numpy()))
 
 
@@ -167,8 +167,8 @@ def weight_export(quantizer: WeightBitQuantizer, variables, weight: tf.Variable,
     axes = reduce if (quantizer.per_channel_scale or quantizer.per_channel_bits) else None
     b = tf.constant(bits.astype(np.float32))
     top = quantizer.clip_value(w, b, axes)  # max|w|, or the clip of clip="mse"
-    kernel = _np(quant_ops.quantize_weights_int(w, b, axes, top))
-    scale = _np(quant_ops.weight_scale(w, b, axes, top)).astype(np.float64)
+    kernel = _np(quant_ops.quantize_weights_int(w, b, axes, top, quantizer.grid))
+    scale = _np(quant_ops.weight_scale(w, b, axes, top, quantizer.grid)).astype(np.float64)
     levels = 2.0 ** (bits.astype(np.float64) - 1.0) - 1.0
     multiplier = np.ones_like(levels) if code_limit is None else \
         2.0 ** np.maximum(np.floor(np.log2(code_limit / levels)), 0.0)

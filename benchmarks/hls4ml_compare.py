@@ -1,0 +1,99 @@
+"""grid="pow2" vs the default grid on the digits CNN at a 3-bit budget, and the hls4ml check.
+
+Per grid and seed: bit-prune ``examples.models.small_cnn`` (λ = 0.05, 3 epochs),
+freeze to an average of at most ``--budget`` bits per tensor
+(``freeze_bitlengths(target_bits=...)``), fine-tune 2 epochs; report top-1 on the
+digits test split, the average weight and activation bitlengths, and bit-operations
+(``Σ MACs · weight bits · input bits``, the hardware cost proxy of
+``precision_report``). For the pow2 models (``--hls``): export with
+``export_hls4ml``, compile hls4ml's C++ emulation and count the test inputs whose
+emulated softmax is within 0.01 of Keras' and whose top-1 agrees (the logits are equal
+bit for bit: ``tests/test_hls4ml.py``).
+
+    python benchmarks/hls4ml_compare.py                 # seeds 0 1 2, with the hls4ml check
+    python benchmarks/hls4ml_compare.py --seeds=0 --nohls
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags
+
+flags.DEFINE_list("seeds", ["0", "1", "2"], "random seeds")
+flags.DEFINE_float("budget", 3.0, "average bits per tensor after freezing")
+flags.DEFINE_bool("hls", True, "export the pow2 models to hls4ml and compare its C++ emulation")
+FLAGS = flags.FLAGS
+
+
+def run(grid: str, seed: int, budget: float, hls: bool) -> dict:
+    """One model: train, freeze, fine-tune; its numbers (and the hls4ml agreement)."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+
+    import tf_bitpruning as tfbp
+    from examples import data
+    from examples.models import small_cnn
+
+    tf.config.experimental.enable_op_determinism()
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    xtr, ytr, xte, yte = data.load("digits")
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    bp = tfbp.bitprune_model(small_cnn(), regularization=0.05, grid=grid, bits_lr_multiplier=20.0)
+    bp.compile(keras.optimizers.Adam(3e-3), loss, metrics=["accuracy"])
+    bp.fit(xtr, ytr, epochs=3, batch_size=64, verbose=0)
+    frozen = tfbp.freeze_bitlengths(bp, target_bits=budget)
+    frozen.compile(keras.optimizers.Adam(5e-4), loss, metrics=["accuracy"])
+    frozen.fit(xtr, ytr, epochs=2, batch_size=64, verbose=0)
+    totals = tfbp.precision_report(frozen)["totals"]
+    result = {"grid": grid, "seed": seed, "top1": float(frozen.evaluate(xte, yte, verbose=0)[1]),
+              "avg_bits": totals["avg_bits"], "weight_bits": totals["avg_weight_bits"],
+              "activation_bits": totals["avg_activation_bits"], "bops": totals["bops"]}
+    if hls and grid == "pow2":
+        with tempfile.TemporaryDirectory() as tmp:
+            out = tfbp.export_hls4ml(frozen, os.path.join(tmp, "prj"))
+            out.hls_model.compile()
+            x = xte.astype(np.float32)
+            y_hls = out.hls_model.predict(x)
+        y_keras = frozen.predict(x, verbose=0)
+        close = np.all(np.abs(y_hls - y_keras) <= 0.01, axis=1)
+        result.update(hls_inexact=sorted(out.inexact), hls_softmax_close=float(close.mean()),
+                      hls_top1_agree=float((y_hls.argmax(1) == y_keras.argmax(1)).mean()),
+                      hls_softmax_maxdiff=float(np.abs(y_hls - y_keras).max()),
+                      hls_top1=float((y_hls.argmax(1) == yte).mean()))
+    return result
+
+
+def main(argv):
+    del argv
+    import numpy as np
+
+    rows = [run(grid, int(seed), FLAGS.budget, FLAGS.hls) for grid in ("minmax", "pow2") for seed in FLAGS.seeds]
+    print(f"digits small_cnn, budget {FLAGS.budget} bits per tensor, seeds {FLAGS.seeds}")
+    print("| grid | seed | top-1 | avg bits | weight bits | activation bits | BOPs | hls4ml top-1 agree | "
+          "hls4ml softmax max diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        agree = f"{r['hls_top1_agree']:.4f}" if "hls_top1_agree" in r else "-"
+        diff = f"{r['hls_softmax_maxdiff']:.4f}" if "hls_softmax_maxdiff" in r else "-"
+        print(f"| {r['grid']} | {r['seed']} | {r['top1']:.4f} | {r['avg_bits']:.2f} | {r['weight_bits']:.2f} | "
+              f"{r['activation_bits']:.2f} | {r['bops']:,.0f} | {agree} | {diff} |")
+    for grid in ("minmax", "pow2"):
+        chosen = [r for r in rows if r["grid"] == grid]
+        print(f"mean {grid}: top-1 {np.mean([r['top1'] for r in chosen]):.4f}, avg bits "
+              f"{np.mean([r['avg_bits'] for r in chosen]):.2f}, BOPs {np.mean([r['bops'] for r in chosen]):,.0f}")
+    for r in rows:
+        if "hls_inexact" in r:
+            print(f"pow2 seed {r['seed']}: hls4ml inexact layers {r['hls_inexact']}")
+
+
+if __name__ == "__main__":
+    app.run(main)
