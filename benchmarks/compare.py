@@ -350,6 +350,9 @@ def main(argv):
     if bad:
         raise app.UsageError(f"--weight_clip: unknown value(s) {sorted(bad)}; use max and/or mse.")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from benchmarks.provenance import stamp
+
+    made_by = stamp()  # the code that runs is the code at this commit
     tasks = _tasks()
     results, runs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -363,7 +366,7 @@ def main(argv):
     with open(FLAGS.out + ".json", "w") as f:
         json.dump(dict(results, bitpruning_runs=runs), f, indent=1)
     with open(FLAGS.out + ".md", "w") as f:
-        f.write("Made by `python benchmarks/compare.py " + " ".join(sys.argv[1:]) + "`\n\n" + _markdown(results)
+        f.write(made_by + "\n\n" + _markdown(results)
                 + _runs_markdown(runs))
     _plot(results, FLAGS.out + ".png")
     print(f"wrote {FLAGS.out}.md/.json/.png")
