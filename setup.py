@@ -29,6 +29,8 @@ setup(
         "litert": ["ai-edge-litert"],
         "examples": ["scikit-learn", "matplotlib", "ai-edge-litert"],
         "tests": ["pytest", "scikit-learn", "ai-edge-litert", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+        # The documentation site (mkdocs.yml): `mkdocs build --strict`, as .ci/run does.
+        "docs": ["mkdocs", "mkdocs-material", "mkdocstrings[python]", "mkdocs-jupyter"],
     },
     license="Apache-2.0",
 )
