@@ -55,7 +55,7 @@ FAMILIES = {
 # (learning steps, fine-tuning steps, Adam's learning rate) per family where not the default:
 # two epochs of the digits' 89 batches of 16, then 40 steps. MobileNet/MobileNetV2 take three
 # epochs (after two they decide fewer inputs, 222 and 190 of 256: the same one-step differences
-# on closer logits). VGG16 has no BatchNormalization: Adam 1e-3 does not train it (README).
+# on closer logits). VGG16 has no BatchNormalization: Adam 1e-3 does not train it (docs/concepts.md).
 DEFAULT_RECIPE = (178, 40, 1e-3)
 RECIPE = {"MobileNet": (267, 89, 1e-3), "MobileNetV2": (267, 89, 1e-3), "VGG16": (356, 178, 1e-4)}
 # Not in keras.applications: 12 residual blocks (conv-BN-ReLU-conv-BN + identity, ReLU) on
@@ -73,7 +73,7 @@ flags.DEFINE_bool("tfmot", True, "Also try tfmot's 8-bit QAT.")
 flags.DEFINE_enum("int4", "auto", ["auto", "true", "false"], "export_tflite(int4=...).")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "applications"), "Output prefix (.json, .md).")
 flags.DEFINE_enum("activation_range", "expand", ["expand", "ema"],
-                  "bitprune_model(activation_range=...): these networks train from random weights (README).")
+                  "bitprune_model(activation_range=...): these networks train from random weights (docs/concepts.md).")
 flags.DEFINE_bool("trace", False, "Per quantized layer: share of elements LiteRT puts on another grid point than Keras.")
 flags.DEFINE_string("one", None, "Internal: run one family in this process, print its JSON.")
 FLAGS = flags.FLAGS

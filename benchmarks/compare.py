@@ -35,7 +35,7 @@ flags.DEFINE_list("tasks", ["digits", "breast_cancer"], "Offline tasks: digits (
 flags.DEFINE_integer("seeds", 3, "Seeds per method.")
 flags.DEFINE_list("budgets", ["2.5", "3", "3.25", "4"], "BitPruning target average bits (in --weighting).")
 flags.DEFINE_list("uniform_bits", ["2", "3", "4"], "tfmot default_n_bit bitlengths.")
-flags.DEFINE_float("bits_lr_multiplier", 20.0, "BitPruning bitlength rate (see README).")
+flags.DEFINE_float("bits_lr_multiplier", 20.0, "BitPruning bitlength rate (see docs/concepts.md).")
 flags.DEFINE_enum("rounding", "ceil", ["ceil", "round"], "How freeze_bitlengths rounds the learned bits.")
 flags.DEFINE_float("finetune_lr", 3e-4, "Adam learning rate of the fine-tuning at frozen bitlengths.")
 flags.DEFINE_enum("weighting", "uniform", ["uniform", "memory", "bops"], "BitBudget weighting of the budget.")

@@ -1,6 +1,6 @@
 """Where a generated table came from: the command and the commit that produced it.
 
-Every table the benchmarks write into ``README.md`` or ``docs/`` starts with
+Every page the benchmarks write into ``docs/`` starts with
 :func:`stamp`'s line, so a reader can tell which code made the numbers and rerun it.
 
     >>> line = stamp(["benchmarks/step_time.py", "--batch=64"])
