@@ -30,6 +30,8 @@ setup(
         "hls4ml": ["hls4ml>=1.3"],
         "examples": ["scikit-learn", "matplotlib", "ai-edge-litert"],
         "tests": ["pytest", "scikit-learn", "ai-edge-litert", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+        # The documentation site (mkdocs.yml): `mkdocs build --strict`, as .ci/run does.
+        "docs": ["mkdocs", "mkdocs-material", "mkdocstrings[python]", "mkdocs-jupyter"],
     },
     license="Apache-2.0",
 )

@@ -16,7 +16,8 @@ at >= 99.5 % there); file sizes against tfmot int8 and float32. Models train a f
     nohup python benchmarks/applications.py > /tmp/applications.log 2>&1 &
 
 Each family runs in its own process; results go to ``--out``.json (merged with
-earlier runs) and the table to ``--out``.md.
+earlier runs) and the table to ``--out``.md, which says the command that wrote it and
+the commit every row ran at. ``--families=`` (none) rewrites the table from the json.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ FAMILIES = {
 # (learning steps, fine-tuning steps, Adam's learning rate) per family where not the default:
 # two epochs of the digits' 89 batches of 16, then 40 steps. MobileNet/MobileNetV2 take three
 # epochs (after two they decide fewer inputs, 222 and 190 of 256: the same one-step differences
-# on closer logits). VGG16 has no BatchNormalization: Adam 1e-3 does not train it (README).
+# on closer logits). VGG16 has no BatchNormalization: Adam 1e-3 does not train it (docs/concepts.md).
 DEFAULT_RECIPE = (178, 40, 1e-3)
 RECIPE = {"MobileNet": (267, 89, 1e-3), "MobileNetV2": (267, 89, 1e-3), "VGG16": (356, 178, 1e-4)}
 # Not in keras.applications: 12 residual blocks (conv-BN-ReLU-conv-BN + identity, ReLU) on
@@ -72,7 +73,7 @@ flags.DEFINE_bool("tfmot", True, "Also try tfmot's 8-bit QAT.")
 flags.DEFINE_enum("int4", "auto", ["auto", "true", "false"], "export_tflite(int4=...).")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "applications"), "Output prefix (.json, .md).")
 flags.DEFINE_enum("activation_range", "expand", ["expand", "ema"],
-                  "bitprune_model(activation_range=...): these networks train from random weights (README).")
+                  "bitprune_model(activation_range=...): these networks train from random weights (docs/concepts.md).")
 flags.DEFINE_bool("trace", False, "Per quantized layer: share of elements LiteRT puts on another grid point than Keras.")
 flags.DEFINE_string("one", None, "Internal: run one family in this process, print its JSON.")
 FLAGS = flags.FLAGS
@@ -258,12 +259,10 @@ def schedule(steps: int, examples: int) -> dict:
 
 
 def commit() -> str:
-    """The code a row was run with: ``git describe`` of the tree (``-dirty`` if edited)."""
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """The code a row was run with (``+uncommitted changes`` if the code was edited)."""
+    from benchmarks.provenance import commit as code_commit
+
+    return code_commit()
 
 
 def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
@@ -347,8 +346,14 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}" if a and b else "–"
 
 
-def table(results: dict) -> str:
-    head = ("| family | input | tfmot int8 | ours | quantized tensors | avg bits | test top-1 % "
+def table(results: dict, made_by: str = "") -> str:
+    """The markdown page: provenance (this command, each row's commit), the table, tfmot's errors."""
+    commits = sorted({r.get("commit", "unknown") for r in results.values()})
+    head = ((f"{made_by} " if made_by else "")
+            + f"Every row ran at commit {', '.join(commits)} (the `commit` of its row in `{os.path.basename(FLAGS.out)}.json`); "
+            "a family not in `--families` keeps the row of its last run (its steps and learning rate are in "
+            "that row too); tfmot's columns come from the last run that tried tfmot.\n\n"
+            "| family | input | tfmot int8 | ours | quantized tensors | avg bits | test top-1 % "
             "| agreement % (confident) | near-ties | max logit diff / range | aligned: agreement % (confident) "
             "| aligned: max diff / range | size / tfmot int8 | size / float32 |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -387,6 +392,9 @@ def main(argv):
     unknown = sorted(set(FLAGS.families) - set(FAMILIES) - set(EXTRA))
     if unknown:
         raise SystemExit(f"--families: unknown {unknown}; choose from {sorted(FAMILIES) + sorted(EXTRA)}.")
+    from benchmarks.provenance import stamp
+
+    made_by = stamp()  # the code that runs is the code at this commit
     path = FLAGS.out + ".json"
     results = json.load(open(path)) if os.path.exists(path) else {}
     passed = [a for a in sys.argv[1:] if not a.startswith(("--families", "--out", "--one"))]
@@ -410,8 +418,10 @@ def main(argv):
         with open(path, "w") as f:
             json.dump(results, f, indent=1)
         with open(FLAGS.out + ".md", "w") as f:
-            f.write(table(results))
-    print(table(results))
+            f.write(table(results, made_by))
+    with open(FLAGS.out + ".md", "w") as f:
+        f.write(table(results, made_by))
+    print(table(results, made_by))
 
 
 if __name__ == "__main__":

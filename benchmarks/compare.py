@@ -35,7 +35,7 @@ flags.DEFINE_list("tasks", ["digits", "breast_cancer"], "Offline tasks: digits (
 flags.DEFINE_integer("seeds", 3, "Seeds per method.")
 flags.DEFINE_list("budgets", ["2.5", "3", "3.25", "4"], "BitPruning target average bits (in --weighting).")
 flags.DEFINE_list("uniform_bits", ["2", "3", "4"], "tfmot default_n_bit bitlengths.")
-flags.DEFINE_float("bits_lr_multiplier", 20.0, "BitPruning bitlength rate (see README).")
+flags.DEFINE_float("bits_lr_multiplier", 20.0, "BitPruning bitlength rate (see docs/concepts.md).")
 flags.DEFINE_enum("rounding", "ceil", ["ceil", "round"], "How freeze_bitlengths rounds the learned bits.")
 flags.DEFINE_float("finetune_lr", 3e-4, "Adam learning rate of the fine-tuning at frozen bitlengths.")
 flags.DEFINE_enum("weighting", "uniform", ["uniform", "memory", "bops"], "BitBudget weighting of the budget.")
@@ -350,6 +350,9 @@ def main(argv):
     if bad:
         raise app.UsageError(f"--weight_clip: unknown value(s) {sorted(bad)}; use max and/or mse.")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from benchmarks.provenance import stamp
+
+    made_by = stamp()  # the code that runs is the code at this commit
     tasks = _tasks()
     results, runs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -363,7 +366,7 @@ def main(argv):
     with open(FLAGS.out + ".json", "w") as f:
         json.dump(dict(results, bitpruning_runs=runs), f, indent=1)
     with open(FLAGS.out + ".md", "w") as f:
-        f.write("Made by `python benchmarks/compare.py " + " ".join(sys.argv[1:]) + "`\n\n" + _markdown(results)
+        f.write(made_by + "\n\n" + _markdown(results)
                 + _runs_markdown(runs))
     _plot(results, FLAGS.out + ".png")
     print(f"wrote {FLAGS.out}.md/.json/.png")

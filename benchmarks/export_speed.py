@@ -15,8 +15,8 @@ in the same run, interleaved (one invoke of each file per round, in a shuffled
 order, so load from other processes hits them alike): the median invoke time and
 the median of the per-round ratios to tfmot's file over ``--invokes`` rounds.
 
-    python benchmarks/export_speed.py              # the README table (about 5 minutes on 2 cores)
-    python benchmarks/export_speed.py --per_op     # also: INT4 latency per op type (FAST_INT4_OPS)
+    python benchmarks/export_speed.py --per_op     # docs/export_speed.md, with INT4 per op type (FAST_INT4_OPS)
+    python benchmarks/export_speed.py              # without the per-op rows (about 5 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ flags.DEFINE_bool("per_op", False, "Also time INT4 per op type (4-bit kernels, i
 flags.DEFINE_bool("fine_bias_row", True, "Add 4-bit kernels and activations, fine_bias on and off.")
 flags.DEFINE_string("out_dir", None, "Where to keep the .tflite files (default: a temporary directory).")
 flags.DEFINE_bool("time_only", False, "Only time the files an earlier run left in --out_dir (files.json).")
+flags.DEFINE_string("out", os.path.join(ROOT, "docs", "export_speed.md"), "Markdown file the tables are written "
+                    "to (empty: print only).")
 FLAGS = flags.FLAGS
 
 
@@ -185,8 +187,39 @@ def build_files(out: str, start: float) -> Dict[str, str]:
     return files
 
 
+def markdown_table(rows: List[List[str]]) -> str:
+    return "\n".join(["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
+                     + ["| " + " | ".join(row) + " |" for row in rows[1:]]) + "\n"
+
+
+def page(made_by: str, title: str, head: List[str], rows: List[List[str]], ref_ms: Dict[int, str]) -> str:
+    """docs/export_speed.md: provenance, what was measured, the table and the per-op table."""
+    main_rows = [r for r in rows if "int4_ops" not in r[0]]
+    per_op = [r for r in rows if "int4_ops" in r[0]]
+    text = (f"# Export speed and size\n\n{made_by}\n\n"
+            f"MobileNetV2 (alpha 1.0, {FLAGS.size}×{FLAGS.size}, random weights), tfmot 8-bit QAT and ours "
+            f"calibrated on {FLAGS.calibration_batches} random batches (forward passes in training mode set the "
+            "activation ranges; no training is needed to measure speed and size), every kernel of ours frozen at "
+            f"{'/'.join(FLAGS.bits)} bits, activations at 8 (4 in the `W4A4` rows), exported with "
+            "`export_tflite(int4=..., fine_bias=...)` as labelled. LiteRT default resolver (XNNPACK), "
+            f"{FLAGS.invokes} interleaved invokes per file (one invoke of each file per round, shuffled): the "
+            "median ms and the median of the per-round ratios to tfmot's file. One run on a shared machine: "
+            "the ratios, taken within each round, are steadier than the milliseconds, and the 1-thread column "
+            f"steadier than the 2-thread one.\n\n{title}\n\n" + markdown_table([head] + main_rows))
+    if per_op:
+        text += ("\n## INT4 per op type\n\n"
+                 "4-bit kernels, activations at 8, INT4 only for the named op type (`int4_ops=(op,)`), in the same "
+                 f"run as the table above (its tfmot file: {', '.join(f'{ms} ms at {n} thread(s)' for n, ms in ref_ms.items())}). "
+                 "This is how `FAST_INT4_OPS` (the ops `int4=\"auto\"` packs) was chosen.\n\n"
+                 + markdown_table([head] + per_op))
+    return text
+
+
 def main(argv) -> None:
     del argv
+    from benchmarks.provenance import stamp
+
+    made_by = stamp()  # the code that runs is the code at this commit
     out = FLAGS.out_dir or tempfile.mkdtemp(prefix="export_speed_")
     os.makedirs(out, exist_ok=True)
     threads = [int(t) for t in FLAGS.threads]
@@ -205,7 +238,7 @@ def main(argv) -> None:
     head = ["file", "MB", "size/tfmot", "INT4 filters", "QUANTIZE ops"]
     for n in threads:
         head += [f"ms @{n}T", f"latency/tfmot @{n}T"]
-    rows = [head]
+    rows = []
     for label, path in files.items():
         counts = op_counts(path)
         row = [label, f"{os.path.getsize(path) / 1e6:.2f}", f"{os.path.getsize(path) / ref_size:.2f}",
@@ -213,13 +246,16 @@ def main(argv) -> None:
         for n in threads:
             row += [f"{times[path, n][0]:.2f}", f"{times[path, n][1]:.2f}"]
         rows.append(row)
-    print(f"\nMobileNetV2 {FLAGS.size}x{FLAGS.size}, LiteRT default resolver, {FLAGS.invokes} interleaved "
-          f"invokes per file: median ms, median of the per-round ratios to tfmot "
-          f"({time.time() - start:.0f} s in all); files in {out}\n")
-    print("| " + " | ".join(rows[0]) + " |")
-    print("|" + "|".join("---" for _ in rows[0]) + "|")
-    for row in rows[1:]:
-        print("| " + " | ".join(row) + " |")
+    title = (f"MobileNetV2 {FLAGS.size}x{FLAGS.size}, LiteRT default resolver, {FLAGS.invokes} interleaved "
+             f"invokes per file: median ms, median of the per-round ratios to tfmot "
+             f"({time.time() - start:.0f} s in all).")
+    print(f"\n{title} Files in {out}\n")
+    print(markdown_table([head] + rows))
+    if FLAGS.out:
+        ref_ms = {n: f"{times[ref, n][0]:.2f}" for n in threads}
+        with open(FLAGS.out, "w") as f:
+            f.write(page(made_by, title, head, rows, ref_ms))
+        print(f"wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from absl import app, flags
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "random seeds")
 flags.DEFINE_float("budget", 3.0, "average bits per tensor after freezing")
+flags.DEFINE_string("out", os.path.join(ROOT, "docs", "hls4ml_compare.md"),
+                    "Markdown file the table is written to (empty: print only).")
 flags.DEFINE_bool("hls", True, "export the pow2 models to hls4ml and compare its C++ emulation")
 FLAGS = flags.FLAGS
 
@@ -76,23 +78,35 @@ def main(argv):
     del argv
     import numpy as np
 
+    from benchmarks.provenance import stamp
+
+    made_by = stamp()  # at the start: the code that runs is the code at this commit
     rows = [run(grid, int(seed), FLAGS.budget, FLAGS.hls) for grid in ("minmax", "pow2") for seed in FLAGS.seeds]
-    print(f"digits small_cnn, budget {FLAGS.budget} bits per tensor, seeds {FLAGS.seeds}")
-    print("| grid | seed | top-1 | avg bits | weight bits | activation bits | BOPs | hls4ml top-1 agree | "
-          "hls4ml softmax max diff |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    lines = [f"digits small_cnn, frozen at or under {FLAGS.budget:g} bits per tensor, seeds "
+             f"{', '.join(FLAGS.seeds)}; BOPs: Σ MACs × weight bits × input bits.", "",
+             "| grid | seed | top-1 | avg bits | weight bits | activation bits | BOPs | hls4ml top-1 agree | "
+             "hls4ml softmax max diff |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         agree = f"{r['hls_top1_agree']:.4f}" if "hls_top1_agree" in r else "-"
         diff = f"{r['hls_softmax_maxdiff']:.4f}" if "hls_softmax_maxdiff" in r else "-"
-        print(f"| {r['grid']} | {r['seed']} | {r['top1']:.4f} | {r['avg_bits']:.2f} | {r['weight_bits']:.2f} | "
-              f"{r['activation_bits']:.2f} | {r['bops']:,.0f} | {agree} | {diff} |")
+        lines.append(f"| {r['grid']} | {r['seed']} | {r['top1']:.4f} | {r['avg_bits']:.2f} | {r['weight_bits']:.2f} | "
+                     f"{r['activation_bits']:.2f} | {r['bops']:,.0f} | {agree} | {diff} |")
+    lines.append("")
     for grid in ("minmax", "pow2"):
         chosen = [r for r in rows if r["grid"] == grid]
-        print(f"mean {grid}: top-1 {np.mean([r['top1'] for r in chosen]):.4f}, avg bits "
-              f"{np.mean([r['avg_bits'] for r in chosen]):.2f}, BOPs {np.mean([r['bops'] for r in chosen]):,.0f}")
+        lines.append(f"- mean {grid}: top-1 {np.mean([r['top1'] for r in chosen]):.4f}, avg bits "
+                     f"{np.mean([r['avg_bits'] for r in chosen]):.2f}, BOPs "
+                     f"{np.mean([r['bops'] for r in chosen]):,.0f}")
     for r in rows:
         if "hls_inexact" in r:
-            print(f"pow2 seed {r['seed']}: hls4ml inexact layers {r['hls_inexact']}")
+            lines.append(f"- pow2 seed {r['seed']}: hls4ml inexact layers {r['hls_inexact']}")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            f.write(f"# hls4ml: power-of-two grids against the default\n\n{made_by}\n\n{text}")
+        print(f"wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ reported, and ratios from this one run, both in wall-clock time and in this
 process's CPU time (steadier when other processes share the cores). Target:
 frozen <= 1.1 x tfmot QAT.
 
-    python benchmarks/step_time.py
-    python benchmarks/step_time.py --batch=256 --threads=0
+    python benchmarks/step_time.py                     # writes docs/step_time.md
+    python benchmarks/step_time.py --batch=256 --threads=0 --out=/tmp/step_time.md
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ flags.DEFINE_integer("warmup", 20, "Untimed steps per variant before timing.")
 flags.DEFINE_float("frozen_bits", 4.0, "Bitlength every tensor is frozen at.")
 flags.DEFINE_integer("threads", 1, "TF intra- and inter-op threads (0: TF's default, all cores). One thread "
                      "makes the ratios steadier on a shared machine.")
+flags.DEFINE_string("out", os.path.join(ROOT, "docs", "step_time.md"), "Markdown file the table is written to "
+                    "(empty: print only).")
 FLAGS = flags.FLAGS
 
 
@@ -66,7 +68,10 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
+    from benchmarks.provenance import stamp
     from examples import data
+
+    made_by = stamp()  # the code that runs is the code at this commit
 
     if FLAGS.threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
@@ -98,21 +103,53 @@ def main(argv):
             wall[name].append((time.perf_counter() - start) / FLAGS.steps)
             cpu[name].append((time.process_time() - start_cpu) / FLAGS.steps)
 
-    print(f"digits CNN, batch {FLAGS.batch}, {FLAGS.steps} steps x {FLAGS.repeats} repeats (median), "
-          f"{FLAGS.threads or 'default'} TF thread(s), "
-          f"devices {[d.device_type for d in tf.config.list_logical_devices()]}")
+    title = (f"digits CNN, batch {FLAGS.batch}, {FLAGS.steps} steps x {FLAGS.repeats} repeats (median), "
+             f"{FLAGS.threads or 'default'} TF thread(s), "
+             f"devices {[d.device_type for d in tf.config.list_logical_devices()]}")
+    print(title)
+    medians = {label: {name: float(np.median(t)) for name, t in times.items()}
+               for label, times in (("wall", wall), ("CPU", cpu))}
     ratios = {}
     for label, times in (("wall", wall), ("CPU", cpu)):
-        median = {name: float(np.median(t)) for name, t in times.items()}
+        median = medians[label]
         qat, flt = median["tfmot_qat_8bit"], median["float"]
         print(f"{'variant':<16}{label + ' ms/step':>16}{'x tfmot QAT':>14}{'x float':>10}")
-        for name in ("float", "tfmot_qat_8bit", "learning", "frozen"):
+        for name in VARIANTS:
             print(f"{name:<16}{median[name] * 1e3:>16.3f}{median[name] / qat:>14.2f}{median[name] / flt:>10.2f}")
         # Paired: the ratio within each repeat, then the median over repeats.
         ratios[label] = float(np.median(np.array(times["frozen"]) / np.array(times["tfmot_qat_8bit"])))
-    for label, ratio in ratios.items():
-        print(f"frozen / tfmot QAT ({label} time, median of per-repeat ratios) = {ratio:.2f} "
-              f"(target <= 1.10: {'met' if ratio <= 1.10 else 'NOT met'})")
+    verdicts = [f"frozen / tfmot QAT ({label} time, median of per-repeat ratios) = {ratio:.2f} "
+                f"(target <= 1.10: {'met' if ratio <= 1.10 else 'NOT met'})" for label, ratio in ratios.items()]
+    print("\n".join(verdicts))
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            f.write(markdown(made_by, title, medians, verdicts))
+        print(f"wrote {FLAGS.out}")
+
+
+VARIANTS = ("float", "tfmot_qat_8bit", "learning", "frozen")
+LABELS = {"float": "float", "tfmot_qat_8bit": "tfmot 8-bit QAT", "learning": "learning phase (`bitprune_model`)",
+          "frozen": "frozen (`freeze_bitlengths`)"}
+
+
+def markdown(made_by, title, medians, verdicts) -> str:
+    """The page docs/step_time.md: provenance, what was timed, the table."""
+    wall, cpu = medians["wall"], medians["CPU"]
+    rows = ["| variant | wall ms/step | × tfmot 8-bit QAT (wall) | × float (wall) | CPU ms/step "
+            "| × tfmot 8-bit QAT (CPU) | × float (CPU) |", "|---|---|---|---|---|---|---|"]
+    for name in VARIANTS:
+        rows.append(f"| {LABELS[name]} | {wall[name] * 1e3:.3f} | {wall[name] / wall['tfmot_qat_8bit']:.2f} "
+                    f"| {wall[name] / wall['float']:.2f} | {cpu[name] * 1e3:.3f} "
+                    f"| {cpu[name] / cpu['tfmot_qat_8bit']:.2f} | {cpu[name] / cpu['float']:.2f} |")
+    return (f"# Train step time\n\n{made_by}\n\n"
+            "The compiled Keras train step of the digits CNN on one fixed batch, called directly (no `fit` "
+            "bookkeeping): float, tfmot 8-bit QAT, the learning phase (`bitprune_model`) and the frozen "
+            f"model (`freeze_bitlengths`, every tensor at {FLAGS.frozen_bits:g} bits). The variants are "
+            "interleaved in a shuffled order so that load from other processes hits them alike; a time is "
+            "the median over the repeats, in wall-clock time and in this process's CPU time (steadier "
+            "when other processes share the cores). One run on a shared machine: compare ratios, not "
+            f"milliseconds.\n\n{title}.\n\n" + "\n".join(rows) + "\n\n"
+            + "".join(f"- {v}\n" for v in verdicts))
 
 
 if __name__ == "__main__":

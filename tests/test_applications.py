@@ -9,7 +9,7 @@ to a 6-bit budget), frozen and fine-tuned 2 steps. The steps run eagerly
 minute of one core per network and phase (learning, fine-tuning), more than the
 eager steps themselves; the traced path is what the other tests and
 ``benchmarks/applications.py`` (every family, hundreds of steps) run. The other
-families: README, keras.applications coverage.
+families: docs/benchmarks.md, keras.applications coverage.
 """
 
 import numpy as np
@@ -70,7 +70,7 @@ def test_application_end_to_end(name, digits, tmp_path):
     frozen.fit(xtr[:BATCH * FINETUNE_STEPS], ytr[:BATCH * FINETUNE_STEPS], batch_size=BATCH, verbose=0)
 
     path = tmp_path / f"{name}.tflite"
-    # Learned grids only, as the README says of every family: no calibration data. An
+    # Learned grids only, as docs/benchmarks.md says of every family: no calibration data. An
     # ExportError here is a regression, not something to retry around.
     export_tflite(frozen, path)
     assert tfbp.read_precision(path)

@@ -141,7 +141,7 @@ def test_layer_kind_exports_and_agrees(name, digits, tmp_path):
     path = tmp_path / f"{name}.tflite"
     x = _rgb(digits[2])
     # Calibrates what has no learned range: the pre-activation of a Conv2D(activation="swish")
-    # and the inner tensors of hard_sigmoid (README, keras.applications coverage).
+    # and the inner tensors of hard_sigmoid (docs/benchmarks.md, keras.applications coverage).
     export_tflite(frozen, path, representative_dataset=_rgb(digits[0][:64]))
     ref = frozen.predict(x, verbose=0)
     got = run_tflite(path, x)

@@ -79,7 +79,7 @@ def test_per_channel_scale_quantizes_each_output_channel_on_its_own_grid():
 def test_activation_range_expands_at_once_and_shrinks_at_the_ema_rate():
     """range_update="expand" takes in a batch beyond the range at once: values outside get
     no gradient, so a range that lagged would cap how fast activations grow (VGG16 stays
-    at chance with tfmot's moving average, README)."""
+    at chance with tfmot's moving average, docs/concepts.md)."""
     q = ActivationBitQuantizer(init_bits=8.0, ema_decay=0.9, range_update="expand")
     variables = _built(q, (None, 4), "post_activation")
     q(tf.constant([[-1.0, 0.5, 2.0, 3.0]]), True, variables)
