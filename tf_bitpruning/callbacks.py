@@ -198,7 +198,7 @@ class BitBudget(keras.callbacks.Callback):
         if all(t.quantizer.frozen for t in bit_loss.tensors):
             raise ValueError(f"BitBudget: the bitlengths of model '{model.name}' are frozen, so no λ can "
                              f"move them. Use BitBudget in the learning phase (before freeze_bitlengths).")
-        controlled = costs._select(bit_loss.tensors, self.kind) if self.weighting != "bops" else bit_loss.tensors
+        controlled = costs.select(bit_loss.tensors, self.kind) if self.weighting != "bops" else bit_loss.tensors
         if not controlled:
             raise ValueError(f"BitBudget: model '{model.name}' has no quantized {self.kind} "
                              f"with a learned bitlength.")

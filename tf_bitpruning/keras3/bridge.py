@@ -17,10 +17,11 @@ import keras
 import numpy as np
 import tf_keras
 
-from tf_bitpruning import costs, scheme
+from tf_bitpruning import costs
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
 from tf_bitpruning.keras3.layers import BitPruneInputQuantizer, BitPruneWrapper
+from tf_bitpruning.layer_kinds import KERAS3_KERNEL_ATTRS
 from tf_bitpruning.quantizers import ActivationBitQuantizer
 from tf_bitpruning.scheme import BitPruneQuantizeScheme
 
@@ -72,7 +73,7 @@ def _keras3_activation(name: str):
 
 def _tf_keras_config(config: BitPruneQuantizeConfig, class_name: str) -> BitPruneQuantizeConfig:
     """The wrapper's config with Keras 3 kernel names mapped back to tf_keras's."""
-    renames = {v: k for k, v in scheme._KERAS3_KERNEL_ATTRS.get(class_name, {}).items()}
+    renames = {v: k for k, v in KERAS3_KERNEL_ATTRS.get(class_name, {}).items()}
     if not renames:
         return config
     quantizers = {renames.get(a, a): q for a, q in config.weight_quantizers.items()}
@@ -132,11 +133,11 @@ def _copy_quantizer_state(model, twin) -> None:
     for layer in ours:
         other = inputs.pop(0) if costs.is_input_quantizer(layer) and inputs else theirs.get(layer.name)
         pairs = [] if other is None else (
-            list(zip(costs._activation_tensors(layer), costs._activation_tensors(other)))
+            list(zip(costs.activation_tensors(layer), costs.activation_tensors(other)))
             + [((q, v), (q2, v2)) for (_, q, v, _), (_, q2, v2, _) in
-               zip(costs._weight_tensors(layer), costs._weight_tensors(other))])
-        counts = (len(costs._activation_tensors(layer)) + len(costs._weight_tensors(layer)),
-                  len(costs._activation_tensors(other)) + len(costs._weight_tensors(other)) if other else 0)
+               zip(costs.weight_tensors(layer), costs.weight_tensors(other))])
+        counts = (len(costs.activation_tensors(layer)) + len(costs.weight_tensors(layer)),
+                  len(costs.activation_tensors(other)) + len(costs.weight_tensors(other)) if other else 0)
         if other is None or counts[0] != counts[1]:
             raise RuntimeError(f"export: the tf_keras twin of '{model.name}' quantizes layer '{layer.name}' "
                                f"otherwise than the Keras 3 model ({counts[0]} vs {counts[1]} quantizers). "
