@@ -16,10 +16,13 @@ from typing import Any, Dict
 import keras
 import numpy as np
 import tf_keras
+from tensorflow_model_optimization.quantization.keras import quantize_apply
 
 from tf_bitpruning import costs
+from tf_bitpruning.api import bitprune_annotate_layer, bitprune_scope
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
+from tf_bitpruning.keras3.api import rerun
 from tf_bitpruning.keras3.layers import BitPruneInputQuantizer, BitPruneWrapper
 from tf_bitpruning.layer_kinds import KERAS3_KERNEL_ATTRS
 from tf_bitpruning.quantizers import ActivationBitQuantizer
@@ -82,11 +85,6 @@ def _tf_keras_config(config: BitPruneQuantizeConfig, class_name: str) -> BitPrun
 
 def to_tf_keras(model: keras.Model) -> tf_keras.Model:
     """The tf_keras twin of a bit-pruned Keras 3 model (see module doc)."""
-    from tensorflow_model_optimization.quantization.keras import quantize_apply
-
-    from tf_bitpruning.api import bitprune_annotate_layer, bitprune_scope
-    from tf_bitpruning.keras3.api import rerun
-
     graph = _compat.functional_graph(model)
     ops = _compat.graph_operations(graph)
     input_quantizers = [op for op in ops if isinstance(op, BitPruneInputQuantizer)]
