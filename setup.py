@@ -6,7 +6,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 version = re.search(r'__version__ = "([^"]+)"',
-                    Path(__file__).with_name("tf_bitpruning").joinpath("__init__.py").read_text()).group(1)
+                    Path(__file__).with_name("tf_bitpruning").joinpath("_version.py").read_text()).group(1)
 
 setup(
     name="tf-bitpruning",

@@ -189,7 +189,7 @@ def test_swish_and_sigmoid_export_without_calibration_and_agree(digits, tmp_path
     it = invoke(path, x, preserve_all_tensors=True)
     details = {d["name"]: d for d in it.get_tensor_details()}
     # The swish's pre-activation inside se_reduce is on its learned grid in the file.
-    (variables,) = [v for _, v in costs._activation_tensors(frozen.get_layer("quant_se_reduce"))
+    (variables,) = [v for _, v in costs.activation_tensors(frozen.get_layer("quant_se_reduce"))
                     if "pre_activation" in v["bits"].name]
     plan = Plan(frozen)
     conv_out = details["quant_se_reduce/BiasAdd"]
@@ -247,7 +247,7 @@ def test_separable_conv2d_exports_without_calibration_and_agrees(digits, tmp_pat
     for op in depthwise:
         out = details[op["outputs"][0]]
         name = out["name"].split("/")[0]  # quant_<separable conv>_depthwise
-        (variables,) = [v for _, v in costs._activation_tensors(frozen.get_layer(name))]
+        (variables,) = [v for _, v in costs.activation_tensors(frozen.get_layer(name))]
         assert np.isclose(out["quantization"][0], plan.act(variables).step, rtol=1e-5), (name, out["quantization"])
         # On LiteRT's own input of the layer, Keras computes the file's inner tensor (after
         # the op that follows the conv: the clip at the grid's learned min), up to a step

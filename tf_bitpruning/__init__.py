@@ -10,6 +10,7 @@
 
 # First: TensorFlow loads quietly when TF_CPP_MIN_LOG_LEVEL asks (and for the CLI; see _logs).
 from tf_bitpruning import _logs
+from tf_bitpruning._version import __version__  # noqa: F401  (tfbp.__version__)
 
 _logs.import_tensorflow()
 
@@ -25,8 +26,6 @@ from tf_bitpruning.freeze import freeze_bitlengths
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 from tf_bitpruning.report import precision_report, summary
 from tf_bitpruning.scheme import BitPruneQuantizeScheme
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ActivationBitQuantizer",

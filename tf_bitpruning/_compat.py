@@ -34,8 +34,17 @@ ModelTransformer = _model_transformer.ModelTransformer
 Transform, LayerPattern, LayerNode = _transforms.Transform, _transforms.LayerPattern, _transforms.LayerNode
 serialize_layer = _utils.serialize_layer
 
+# The activations (by name) that tfmot's quantize-aware activation quantizes before (its
+# input: softmax, sigmoid, ...), after (relu, linear, ...), and all that it knows.
+TFMOT_PRE_QUANT_ACTIVATIONS = frozenset(QuantizeAwareActivation._PRE_QUANT_ACTIVATIONS)
+TFMOT_POST_QUANT_ACTIVATIONS = frozenset(QuantizeAwareActivation._POST_QUANT_ACTIVATIONS)
+TFMOT_ACTIVATIONS = (TFMOT_PRE_QUANT_ACTIVATIONS | TFMOT_POST_QUANT_ACTIVATIONS
+                     | frozenset(QuantizeAwareActivation._NO_QUANTIZE_ACTIVATIONS))
+
 # tf_keras' layers for TF functions called on Keras tensors (``x + 3``), not exported by tf_keras.
 from tf_keras.src.layers.core import tf_op_layer as _tf_op_layer  # noqa: E402
+# What a SavedModel load revives a traced function as (a callable loss that was traced, say).
+from tensorflow.python.saved_model.function_deserialization import RestoredFunction  # noqa: E402
 
 TFOpLambda, SlicingOpLambda = _tf_op_layer.TFOpLambda, _tf_op_layer.SlicingOpLambda
 
@@ -49,6 +58,11 @@ def is_keras3(obj: Any) -> bool:
         if top == "tf_keras":
             return False
     return False
+
+
+def is_graph_network(model) -> bool:
+    """Whether a tf_keras ``model`` is functional (not subclassed)."""
+    return bool(model._is_graph_network)
 
 
 def consumers(layer) -> List[Any]:
@@ -99,6 +113,21 @@ def tfmot_activation_quantizers(wrapper) -> List[tuple]:
 def track(model, obj, name: str) -> None:
     """Makes ``obj`` a checkpoint dependency of a tf_keras ``model`` under ``name``."""
     model._track_trackable(obj, name=name)
+
+
+def untrack(model, name: str) -> None:
+    """Forgets a tf_keras ``model``'s checkpoint dependency ``name`` (see :func:`track`)."""
+    model._self_unconditional_checkpoint_dependencies[:] = [
+        ref for ref in model._self_unconditional_checkpoint_dependencies if ref.name != name]
+    model._self_unconditional_dependency_names.pop(name, None)
+
+
+def drop_restored_losses(model) -> None:
+    """Removes a loaded tf_keras ``model``'s callable losses that call a function revived
+    from a SavedModel (a traced bit loss, which only that function computes)."""
+    model._callable_losses[:] = [
+        c for c in model._callable_losses
+        if not any(isinstance(a, RestoredFunction) for a in getattr(c, "args", ()))]
 
 
 def tfmot_pre_quantize_also(predicate) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tf_bitpruning import _compat
+from tf_bitpruning.layer_kinds import activation_name
 
 # TFLite's int8 LOGISTIC output: scale 1/256, zero point -128.
 SIGMOID_STEP = 1.0 / 256.0
@@ -63,9 +64,7 @@ def quantize_aware(activation, inside_layer: bool):
     TFLite computes them (see the module doc), a swish inside a layer (not an
     ``Activation`` layer, whose input its producer quantizes) also quantized before;
     any other activation as it is."""
-    from tf_bitpruning.scheme import _activation_name  # scheme imports configs, which imports this
-
-    name = _activation_name(activation)
+    name = activation_name(activation)
     if name == "sigmoid":
         return tflite_sigmoid
     if name == "swish":

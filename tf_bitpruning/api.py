@@ -8,10 +8,12 @@ from typing import Optional, Sequence, Tuple
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 
-from tf_bitpruning import _compat, costs, op_lambdas, scheme
+from tf_bitpruning import _compat, costs, op_lambdas
 from tf_bitpruning.configs import BitPruneQuantizeConfig
+from tf_bitpruning.layer_kinds import op_lambda_function
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer, _ClipParam
-from tf_bitpruning.scheme import BitPruneQuantizeRegistry, BitPruneQuantizeScheme
+from tf_bitpruning.registry import BitPruneQuantizeRegistry, is_pass_through
+from tf_bitpruning.scheme import BitPruneQuantizeScheme
 
 _tfq = tfmot.quantization.keras
 
@@ -22,7 +24,9 @@ _KERAS3_HELP = (
 _is_keras3 = _compat.is_keras3
 
 
-def _check_model(model, what: str) -> None:
+def check_model(model, what: str) -> None:
+    """Raises unless ``model`` is a built Sequential or functional tf_keras model without
+    nested models (what tfmot can clone); ``what`` names the caller in the message."""
     if model is None:
         raise ValueError(f"{what}: model is None.")
     if _is_keras3(model):
@@ -30,7 +34,7 @@ def _check_model(model, what: str) -> None:
     if not isinstance(model, keras.Model):
         raise TypeError(f"{what}: expected a tf_keras Model, got {type(model).__name__}. "
                         f"Use bitprune_annotate_layer for a single layer.")
-    if not isinstance(model, keras.Sequential) and not model._is_graph_network:
+    if not isinstance(model, keras.Sequential) and not _compat.is_graph_network(model):
         raise ValueError(
             f"{what}: '{model.name}' is a subclassed model ({type(model).__name__}); tfmot can only "
             f"clone Sequential and functional models. Rebuild it with the functional API "
@@ -79,7 +83,7 @@ def bitprune_annotate_model(to_annotate: keras.Model, skip_layers: Sequence[str]
     config; layers named in ``skip_layers`` stay float. Raises a ``ValueError``
     naming every layer that has no built-in config.
     """
-    _check_model(to_annotate, "bitprune_annotate_model")
+    check_model(to_annotate, "bitprune_annotate_model")
     skip = set(skip_layers)
     unknown = skip - {layer.name for layer in to_annotate.layers}
     if unknown:
@@ -100,10 +104,10 @@ def bitprune_annotate_model(to_annotate: keras.Model, skip_layers: Sequence[str]
               "before calling this, or leave them in float with skip_layers=[...names...].")
 
     def annotate(layer):
-        if (layer.name in skip or scheme.is_pass_through(layer)
+        if (layer.name in skip or is_pass_through(layer)
                 or isinstance(layer, (_compat.QuantizeAnnotate, keras.layers.InputLayer))):
             return layer
-        if scheme.op_lambda_function(layer) is not None:
+        if op_lambda_function(layer) is not None:
             return op_lambdas.annotate(layer)
         return _compat.QuantizeAnnotate(layer)
 
@@ -161,7 +165,7 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
     Returns:
       A new tf_keras model; compile and fit it as usual.
     """
-    _check_model(model, "bitprune_apply")
+    check_model(model, "bitprune_apply")
     costs.check_regularization(regularization)
     costs.check_weighting(weighting)
     _quantizers(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits, weight_clip,

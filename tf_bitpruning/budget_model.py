@@ -71,7 +71,7 @@ def controlled_bit_loss(model, target_bits: float, weighting: str, kind: Optiona
     if all(t.quantizer.frozen for t in bit_loss.tensors):
         raise ValueError(f"BitBudget: the bitlengths of model '{model.name}' are frozen, so no λ can "
                          f"move them. Use BitBudget in the learning phase (before freeze_bitlengths).")
-    controlled = costs._select(bit_loss.tensors, kind) if weighting != "bops" else bit_loss.tensors
+    controlled = costs.select(bit_loss.tensors, kind) if weighting != "bops" else bit_loss.tensors
     if not controlled:
         raise ValueError(f"BitBudget: model '{model.name}' has no quantized {kind} "
                          f"with a learned bitlength.")

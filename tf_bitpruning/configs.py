@@ -2,7 +2,7 @@
 
 One config class serves every layer family: it names the layer's kernels (each
 with its own :class:`WeightBitQuantizer`), the activation attributes to quantize
-and whether the layer's output is quantized. The registry in ``scheme.py`` maps
+and whether the layer's output is quantized. The registry in ``registry.py`` maps
 Keras layer classes to instances of it; users pass one to
 ``bitprune_annotate_layer`` for their own layers.
 """
@@ -14,6 +14,7 @@ from typing import Dict, Optional, Sequence, Union
 import tensorflow_model_optimization as tfmot
 
 from tf_bitpruning import activations
+from tf_bitpruning.layer_kinds import builtin_kind
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 
 QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
@@ -67,8 +68,6 @@ class BitPruneQuantizeConfig(QuantizeConfig):
         return [(self._attr(layer, a), self.weight_quantizers[a]) for a in self.weight_attrs]
 
     def get_activations_and_quantizers(self, layer):
-        from tf_bitpruning.scheme import builtin_kind  # scheme imports this module
-
         inside = builtin_kind(layer, exact=False) != "Activation"
         return [(activations.quantize_aware(self._attr(layer, a), inside), self.activation_quantizer)
                 for a in self.activation_attrs]

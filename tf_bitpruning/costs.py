@@ -22,7 +22,6 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_bitpruning import _compat
-from tf_bitpruning.keras3 import layers as k3
 from tf_bitpruning.quantizers import BitlengthQuantizer, variable_key
 
 WEIGHTINGS = ("uniform", "memory", "bops")
@@ -71,10 +70,17 @@ def _output_elements(layer) -> int:
 _producer = _compat.producer
 
 
-def _activation_tensors(layer) -> List[tuple]:
+def _keras3_role(layer) -> Optional[str]:
+    """What a Keras 3 layer of ours is (``tf_bitpruning.keras3.layers``, not imported
+    here: the core loads without the Keras 3 front end): its class's ``bitprune_role``,
+    ``"wrapper"`` or ``"input"``; None for any other layer."""
+    return getattr(type(layer), "bitprune_role", None)
+
+
+def activation_tensors(layer) -> List[tuple]:
     """(quantizer, variables) of the activation quantizers a layer owns."""
     if _compat.is_keras3(layer):
-        return k3.activation_quantizers(layer)
+        return list(getattr(layer, "activation_quantizers", []) or [])
     if isinstance(layer, _compat.QuantizeLayer):
         return [(layer.quantizer, layer.quantizer_vars)] if layer.quantizer else []
     if not isinstance(layer, _compat.QuantizeWrapper):
@@ -82,10 +88,10 @@ def _activation_tensors(layer) -> List[tuple]:
     return _compat.tfmot_activation_quantizers(layer)
 
 
-def _weight_tensors(layer) -> List[tuple]:
+def weight_tensors(layer) -> List[tuple]:
     """(weight, quantizer, variables, attribute) of the kernels a layer quantizes."""
     if _compat.is_keras3(layer):
-        return k3.weight_quantizers(layer)
+        return layer.weight_quantizers if _keras3_role(layer) == "wrapper" else []
     if isinstance(layer, _compat.QuantizeWrapper):
         return _compat.tfmot_weight_quantizers(layer)
     return []
@@ -94,16 +100,16 @@ def _weight_tensors(layer) -> List[tuple]:
 def is_input_quantizer(layer) -> bool:
     """Whether ``layer`` quantizes a model input (tfmot's ``QuantizeLayer`` or ours)."""
     if _compat.is_keras3(layer):
-        return isinstance(layer, k3.BitPruneInputQuantizer)
+        return _keras3_role(layer) == "input"
     return isinstance(layer, _compat.QuantizeLayer)
 
 
-def _user_layer(layer):
+def user_layer(layer):
     """The user's layer inside a wrapper (tfmot's or ours), or the layer itself."""
     if isinstance(layer, _compat.QuantizeWrapper):
         return layer.layer
     if _compat.is_keras3(layer):
-        return k3.user_layer(layer)
+        return layer.layer if _keras3_role(layer) == "wrapper" else layer
     return layer
 
 
@@ -114,15 +120,15 @@ def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
     activations: Dict[str, QuantizedTensor] = {}
     result: List[QuantizedTensor] = []
     for layer in model.layers:
-        user_name = _user_layer(layer).name
-        owned = [(q, v) for q, v in _activation_tensors(layer) if isinstance(q, BitlengthQuantizer)]
+        user_name = user_layer(layer).name
+        owned = [(q, v) for q, v in activation_tensors(layer) if isinstance(q, BitlengthQuantizer)]
         if owned:
             quantizer, variables = owned[-1]
             activations[layer.name] = QuantizedTensor(
                 f"{user_name}/activations", user_name, "activations", quantizer, variables,
                 _output_elements(layer), wrapper=layer.name)
 
-        weights = [(w, q, v, attr) for w, q, v, attr in _weight_tensors(layer)
+        weights = [(w, q, v, attr) for w, q, v, attr in weight_tensors(layer)
                    if isinstance(q, BitlengthQuantizer)]
         if weights:
             producer = _producer(layer)
@@ -141,7 +147,8 @@ def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
     return result
 
 
-def _select(tensors, kind):
+def select(tensors: List[QuantizedTensor], kind: Optional[str]) -> List[QuantizedTensor]:
+    """The tensors of ``kind`` (None: all; ``"weights"``, ``"activations"``)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
     return [t for t in tensors if kind is None or t.kind == kind]
@@ -171,7 +178,7 @@ def average_bits_tensor(tensors: List[QuantizedTensor], weighting: str = "unifor
         macs = np.array([t.macs for t in kernels], np.float32)
         bops = tf.add_n([float(m) * value(t) * value(t.input) for m, t in zip(macs, kernels)])
         return tf.sqrt(bops / float(macs.sum()))
-    chosen = _select(tensors, kind)
+    chosen = select(tensors, kind)
     if not chosen:
         raise ValueError(f"The model has no quantized {kind or 'tensors'} with a learned bitlength.")
     if weighting == "uniform":
@@ -189,7 +196,7 @@ def bitlengths(model: keras.Model) -> Dict[str, float]:
     """The current bitlength of every quantized tensor, e.g.
     ``{"conv2d/weights": 5.31, "conv2d/activations": 3.92}``."""
     tensors = quantized_tensors(model)
-    _require(model, tensors)
+    require_tensors(model, tensors)
     return {t.name: float(t.bits()) for t in tensors}
 
 
@@ -201,11 +208,12 @@ def average_bits(model: keras.Model, kind: Optional[str] = None, weighting: str 
       weighting: ``"uniform"``, ``"memory"`` or ``"bops"`` (see :mod:`costs`).
     """
     tensors = quantized_tensors(model)
-    _require(model, tensors)
+    require_tensors(model, tensors)
     return float(average_bits_tensor(tensors, weighting, kind))
 
 
-def _require(model, tensors):
+def require_tensors(model, tensors: List[QuantizedTensor]) -> None:
+    """Raises unless ``model`` has tensors with a learned bitlength (``tensors``)."""
     if not tensors:
         raise ValueError(
             f"Model '{getattr(model, 'name', model)}' has no tensors with a learned bitlength: "
@@ -333,7 +341,7 @@ def attach_bit_loss(model: keras.Model, regularization: float, weighting: str = 
         existing.weighting = weighting
         return existing
     tensors = quantized_tensors(model)
-    _require(model, tensors)
+    require_tensors(model, tensors)
     loss = BitLoss(tensors, regularization, weighting)
     # Not a Keras attribute: λ must not show up in model.weights / get_weights().
     object.__setattr__(model, "_bitprune_loss", loss)

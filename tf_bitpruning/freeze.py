@@ -89,7 +89,7 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
         inputs), a few hundred samples: used only with ``target_bits``.
     """
     tensors = costs.quantized_tensors(model)
-    costs._require(model, tensors)
+    costs.require_tensors(model, tensors)
     allowed_bits = check_allowed_bits(allowed_bits)
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}.")
@@ -102,7 +102,7 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
     # activation to 0 during fine-tuning. Such ranges keep calibrating.
     uncalibrated = set()
     for layer in model.layers:
-        for q, v in costs._activation_tensors(layer):
+        for q, v in costs.activation_tensors(layer):
             if isinstance(q, ActivationBitQuantizer) and "min" in v and _value(v["max"]) <= _value(v["min"]):
                 uncalibrated.add(layer.name)
     if freeze_ranges and uncalibrated:

@@ -8,6 +8,8 @@ rebuild (:mod:`tf_bitpruning.keras3.api`).
   (``Rescaling``, ``Normalization``: :func:`preprocessing_chain`);
 - an output quantizer is dropped where the only consumer re-quantizes the same
   values right away (:func:`output_requantized`; see :mod:`tf_bitpruning.scheme`).
+
+Which layers each rule applies to is in :mod:`tf_bitpruning.layer_kinds`.
 """
 
 from __future__ import annotations
@@ -18,26 +20,11 @@ from typing import Dict, Tuple
 import tf_keras as keras
 
 from tf_bitpruning import _compat
+from tf_bitpruning.layer_kinds import (FOLDABLE_PRODUCERS, FUSED_ACTIVATIONS, PREPROCESSING_LAYERS,
+                                       REQUANTIZING_CONSUMERS, SPLIT_LAYERS, UNFUSED_PRODUCERS, activation_name,
+                                       builtin_kind)
 from tf_bitpruning.quantizers import ActivationBitQuantizer
-from tf_bitpruning.scheme import PREPROCESSING_LAYERS, BitPruneQuantizeRegistry, _activation_name, builtin_kind
-
-# A producer whose only consumer is one of these skips its own output quantizer
-# (the consumer's quantizer is the one TFLite keeps: a fused activation, a common
-# concatenation scale); BatchNormalization and Activation only where noted below.
-_REQUANTIZING_CONSUMERS = frozenset({"ReLU", "LeakyReLU", "Concatenate"})
-# ... except after these producers, into which TFLite fuses no activation (CONCATENATION):
-# their output needs a grid of its own;
-_UNFUSED_PRODUCERS = frozenset({"Concatenate"})
-# ... a BatchNormalization, when the exporter folds it into the producer's kernel;
-_FOLDABLE_PRODUCERS = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D", "Dense"})
-# ... an Activation that TFLite fuses into the producer, or that tfmot quantizes before.
-_FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax", "sigmoid", "tanh", "gelu"})
-
-# Layers split into a DepthwiseConv2D and a 1x1 Conv2D (:func:`separable_split`). SeparableConv1D
-# is left whole: tfmot's 8-bit scheme runs it as a SeparableConv2D between reshapes, and its
-# split would need those reshapes too; its inner tensor stays float (the export needs
-# ``representative_dataset=``).
-SPLIT_LAYERS = frozenset({"SeparableConv2D"})
+from tf_bitpruning.registry import BitPruneQuantizeRegistry
 
 
 def unique_name(name: str, taken) -> str:
@@ -188,18 +175,18 @@ def output_requantized(layer, annotated, producer=None) -> bool:
 
 def _requantizes(consumer, producer) -> bool:
     """Whether ``consumer`` re-quantizes ``producer``'s output right away, in a way the
-    exported file reproduces (see ``_REQUANTIZING_CONSUMERS``)."""
+    exported file reproduces (see ``layer_kinds.REQUANTIZING_CONSUMERS``)."""
     consumer_kind = builtin_kind(consumer, exact=False)
     if consumer_kind == "BatchNormalization":
-        return (builtin_kind(producer, exact=False) in _FOLDABLE_PRODUCERS
-                and _activation_name(getattr(producer, "activation", None)) in ("linear", "NoneType"))
+        return (builtin_kind(producer, exact=False) in FOLDABLE_PRODUCERS
+                and activation_name(getattr(producer, "activation", None)) in ("linear", "NoneType"))
     if consumer_kind == "Concatenate":
         return True
-    if builtin_kind(producer, exact=False) in _UNFUSED_PRODUCERS:
+    if builtin_kind(producer, exact=False) in UNFUSED_PRODUCERS:
         return False
     if consumer_kind == "Activation":
-        return _activation_name(consumer.activation) in _FUSED_ACTIVATIONS
-    return consumer_kind in _REQUANTIZING_CONSUMERS
+        return activation_name(consumer.activation) in FUSED_ACTIVATIONS
+    return consumer_kind in REQUANTIZING_CONSUMERS
 
 
 def preprocessing_chain(input_layer, layer_quantize_map) -> list:

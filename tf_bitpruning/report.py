@@ -21,7 +21,7 @@ import numpy as np
 import tf_keras as keras
 
 from tf_bitpruning import _compat, costs
-from tf_bitpruning.scheme import builtin_kind
+from tf_bitpruning.layer_kinds import builtin_kind
 
 KB_BITS = 8.0 * 1024.0
 # hls4ml's names for the kernels of layers with several: SeparableConv1D, and a SeparableConv2D
@@ -54,8 +54,8 @@ def _float_parameters(model: keras.Model) -> int:
     for layer in model.layers:
         if costs.is_input_quantizer(layer):
             continue
-        kernels = {id(weight) for weight, *_ in costs._weight_tensors(layer)}
-        total += sum(int(np.prod(w.shape)) for w in costs._user_layer(layer).weights if id(w) not in kernels)
+        kernels = {id(weight) for weight, *_ in costs.weight_tensors(layer)}
+        total += sum(int(np.prod(w.shape)) for w in costs.user_layer(layer).weights if id(w) not in kernels)
     return total
 
 
@@ -102,7 +102,7 @@ def precision_report(model: keras.Model) -> Dict[str, Any]:
       model input they quantize.
     """
     tensors = costs.quantized_tensors(model)
-    costs._require(model, tensors)
+    costs.require_tensors(model, tensors)
     frozen = all(t.quantizer.frozen for t in tensors)
     bits = {id(t): _bits(t) for t in tensors}
     mean = {key: float(value.mean()) for key, value in bits.items()}

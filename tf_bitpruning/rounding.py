@@ -152,7 +152,7 @@ def fit_budget(tensors: Sequence[costs.QuantizedTensor], start: Assignment, targ
     kernels and their inputs) move.
     """
     chosen = [t for t in tensors if t in start]
-    movable = chosen if weighting == "bops" else costs._select(chosen, kind)
+    movable = chosen if weighting == "bops" else costs.select(chosen, kind)
     levels = {t: _levels(t, allowed_bits) for t in movable}
     lowest = {**start, **{t: np.full_like(start[t], levels[t][0]) for t in movable}}
     floor_avg = average(chosen, lowest, weighting, kind)
@@ -271,7 +271,7 @@ class _Average:
             self.macs = np.array([t.macs for t in kernels], np.float64)
             self.macs_total = float(np.float32(self.macs.sum()))
         else:
-            chosen = costs._select(self.tensors, kind)
+            chosen = costs.select(self.tensors, kind)
             self.coef = np.zeros(len(self.tensors))
             if weighting == "uniform":
                 self.coef[[self.index[t] for t in chosen]] = 1.0 / len(chosen)

@@ -20,7 +20,7 @@ from tf_bitpruning._compat import is_keras3
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export._compat import flatbuffer_utils
 from tf_bitpruning.export.checks import check_frozen
-from tf_bitpruning.export.metadata import _text
+from tf_bitpruning.export.metadata import text
 from tf_bitpruning.export.plan import Plan
 
 _BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -59,9 +59,9 @@ def align_to_tflite(model: keras.Model, path: Union[str, os.PathLike]) -> Dict[s
         tensor = sg.tensors[op.inputs[2]]
         scale = np.asarray(tensor.quantization.scale, np.float64)
         added = np.frombuffer(bytes(model_obj.buffers[tensor.buffer].data), np.int32) * scale
-        name = _text(tensor.name)
+        name = text(tensor.name)
         layer = by_inner.get(name[:-len("/bias")]) if name.endswith("/bias") else None
-        filter_owner = _text(sg.tensors[op.inputs[1]].name).split("/")[0]
+        filter_owner = text(sg.tensors[op.inputs[1]].name).split("/")[0]
         if layer is not None and layer.name in plan.fold_into:  # conv -> BN: the BN's beta
             keras_value, bn = plan.fold_into[layer.name], _compat.inner(users[id(layer)][0])
         elif layer is not None and layer.name in plan.bias:

@@ -6,8 +6,9 @@ from typing import List, Sequence
 
 import tf_keras as keras
 
-from tf_bitpruning import costs
+from tf_bitpruning import _compat, api, costs
 from tf_bitpruning.export._compat import flatbuffer_utils, schema
+from tf_bitpruning.export.metadata import text
 
 
 class ExportError(RuntimeError):
@@ -17,12 +18,11 @@ class ExportError(RuntimeError):
 def check_frozen(model: keras.Model, what: str = "export_tflite") -> List[costs.QuantizedTensor]:
     """The model's quantized tensors; raises unless every bitlength is frozen (``what``
     names the caller in the messages)."""
-    from tf_bitpruning import _compat, api
     if _compat.is_keras3(model):
         from tf_bitpruning.keras3.api import check_model
         check_model(model, what)
     else:
-        api._check_model(model, what)
+        api.check_model(model, what)
     tensors = costs.quantized_tensors(model)
     if not tensors:
         raise ValueError(f"{what}: model '{model.name}' has no learned bitlengths. Make it with "
@@ -67,7 +67,7 @@ def check_full_integer(model_obj, float_preprocessing: bool = True, float_layers
             if name in _PREPROCESSING_OPS and variable and all(i in prefix for i in variable):
                 prefix.update(int(i) for i in op.outputs)
                 continue
-            float_ops.append((name, [_text(sg.tensors[i].name) for i in list(op.inputs) + list(op.outputs)
+            float_ops.append((name, [text(sg.tensors[i].name) for i in list(op.inputs) + list(op.outputs)
                                      if i >= 0]))
     if float_ops:
         where = "; ".join(f"{name} on {', '.join(tensors)}" for name, tensors in float_ops[:5])
@@ -104,10 +104,6 @@ def _merge_hint(layers: Sequence[str]) -> str:
             f"TFLite's integer ADD/MUL/MAXIMUM/MINIMUM take two, so the converter chains them and the partial "
             f"results have no learned grid: build each as nested two-input layers (Add()([Add()([a, b]), c])), "
             f"bit-prune and train again, so that every partial result learns its grid.")
-
-
-def _text(name) -> str:
-    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
 def _is_constant(model_obj, tensor) -> bool:

@@ -55,7 +55,7 @@ def refine_inputs(model_obj, plan: Plan, matched: Matched) -> List[str]:
             fine.shape = in_t.shape
             fine.shapeSignature = in_t.shapeSignature
             fine.type = schema.TensorType.INT8
-            fine.name = _metadata._text(in_t.name) + "/refined"
+            fine.name = _metadata.text(in_t.name) + "/refined"
             fine.buffer = new_buffer(model_obj)
             fine.quantization = schema.QuantizationParametersT()
             fine.quantization.scale = [float(fine_scale)]

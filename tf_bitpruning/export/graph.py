@@ -18,12 +18,9 @@ from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError, check_frozen
 from tf_bitpruning.export.grids import ActivationExport, WeightExport
 from tf_bitpruning.export.plan import AVERAGES, VALUE_PRESERVING, Plan, as_depthwise, coarsens, pool_bands
+from tf_bitpruning.layer_kinds import PREPROCESSING_LAYERS
 
 L = keras.layers
-
-# Layers whose quantized output is computed in float from the model input (the
-# preprocessing that ends in the input quantizer, see scheme.py).
-FLOAT_INPUT = frozenset({"Rescaling", "Normalization"})
 
 
 class ExportActivation:
@@ -112,7 +109,8 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
         quantizer, variables = _compat.output_quantizer(layer)
         if quantizer is not None:
             spec = plan.act(variables)
-            first = (type(inner).__name__ in FLOAT_INPUT
+            # Preprocessing is computed in float from the model input, up to the input quantizer.
+            first = (type(inner).__name__ in PREPROCESSING_LAYERS
                      or (isinstance(inner, AVERAGES) and layer.name in plan.lower_bound))
             out = (spec(out, plan.lower_bound.get(layer.name), quantize_first=first)
                    if spec is not None

@@ -82,7 +82,7 @@ def align_to_hls4ml(model, fold_fraction_bits: int = 8) -> Dict[str, float]:
     _check_grids(twin)
     graph = build(twin, fold_fraction_bits)
     moved = {}
-    targets = {costs._user_layer(layer).name: costs._user_layer(layer) for layer in model.layers}
+    targets = {costs.user_layer(layer).name: costs.user_layer(layer) for layer in model.layers}
     for name, (bias, fraction) in graph.biases.items():
         inner = targets.get(name)
         if inner is None or not getattr(inner, "use_bias", False):

@@ -26,7 +26,7 @@ from tf_bitpruning.export.checks import ExportError
 from tf_bitpruning.export.fixed import FixedType, covering, grid_type, of_values, union
 from tf_bitpruning.export.grids import int_bits
 from tf_bitpruning.export.plan import bn_factors
-from tf_bitpruning.scheme import _activation_name, builtin_kind
+from tf_bitpruning.layer_kinds import activation_name, builtin_kind
 
 KERNEL_LAYERS = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D")
 _SAME_TYPE = ("Flatten", "Reshape", "MaxPooling1D", "MaxPooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D")
@@ -248,7 +248,7 @@ class _Builder:
         b_type = covering(float(bias.min(initial=0.0)), float(bias.max(initial=0.0)), fraction, signed=True)
 
         config = inner.get_config()
-        act = _activation_name(_compat.plain_activation(inner.activation))
+        act = activation_name(_compat.plain_activation(inner.activation))
         pre = post = None
         if isinstance(inner.activation, _compat.QuantizeAwareActivation):
             pre, post = _compat.activation_vars(inner.activation)
@@ -281,7 +281,7 @@ class _Builder:
                                   f"is supported by export_hls4ml.")
             act, pre, post = "relu", None, None
         else:
-            act = _activation_name(_compat.plain_activation(inner.activation))
+            act = activation_name(_compat.plain_activation(inner.activation))
             pre = post = None
             if isinstance(inner.activation, _compat.QuantizeAwareActivation):
                 pre, post = _compat.activation_vars(inner.activation)

@@ -78,8 +78,9 @@ def _name_bytes(name) -> bytes:
     return bytes(name) if isinstance(name, (bytes, bytearray)) else str(name).encode("utf-8")
 
 
-def _text(name) -> str:
-    return name.decode("utf-8") if isinstance(name, (bytes, bytearray)) else str(name)
+def text(name) -> str:
+    """A flatbuffer string (a tensor's name: bytes) as text."""
+    return name.decode("utf-8", "replace") if isinstance(name, (bytes, bytearray)) else str(name)
 
 
 def _read_model(path: PathLike) -> "schema.ModelT":

@@ -211,16 +211,10 @@ def _restore(model, regularization, weighting, kind, saved: Dict[str, object]):
                 f"to restore it.")
         regularization = saved["regularization"]
     if restored is not None:
-        from tensorflow.python.saved_model.function_deserialization import RestoredFunction
-
-        model._callable_losses[:] = [
-            c for c in model._callable_losses
-            if not any(isinstance(a, RestoredFunction) for a in getattr(c, "args", ()))]
+        _compat.drop_restored_losses(model)
         delattr(model, "bit_loss")
         # Forget the revived object as checkpoint dependency "bit_loss", for the new one.
-        model._self_unconditional_checkpoint_dependencies[:] = [
-            ref for ref in model._self_unconditional_checkpoint_dependencies if ref.name != "bit_loss"]
-        model._self_unconditional_dependency_names.pop("bit_loss", None)
+        _compat.untrack(model, "bit_loss")
     loss = costs.attach_bit_loss(model, float(regularization), weighting)
     loss.kind = kind
     return loss

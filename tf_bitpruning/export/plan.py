@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tf_keras as keras
 
-from tf_bitpruning import costs
+from tf_bitpruning import costs, layer_kinds
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError
@@ -26,13 +26,17 @@ from tf_bitpruning.quantizers import BitlengthQuantizer, WeightBitQuantizer
 
 L = keras.layers
 
-# Layers whose output values are some of their input values (so stay on its grid).
-VALUE_PRESERVING = (L.InputLayer, L.Flatten, L.Reshape, L.Permute, L.Dropout, L.SpatialDropout1D,
-                    L.SpatialDropout2D, L.ActivityRegularization, L.MaxPooling1D, L.MaxPooling2D,
-                    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.ZeroPadding1D, L.ZeroPadding2D,
-                    L.Cropping1D, L.Cropping2D)
 
-FOLDABLE = (L.Conv1D, L.Conv2D, L.DepthwiseConv2D, L.Dense)
+def layer_classes(kinds) -> tuple:
+    """The tf_keras layer classes of a table of :mod:`tf_bitpruning.layer_kinds` (for ``isinstance``)."""
+    return tuple(getattr(L, kind) for kind in sorted(kinds))
+
+
+# The tables the export shares with the layout pass (see layer_kinds), as classes.
+VALUE_PRESERVING = layer_classes(layer_kinds.VALUE_PRESERVING)
+FOLDABLE = layer_classes(layer_kinds.FOLDABLE_PRODUCERS)
+SEPARABLE = layer_classes(layer_kinds.SEPARABLE_LAYERS)
+PAIRWISE_MERGES = layer_classes(layer_kinds.PAIRWISE_MERGES)
 # The TFLite op each kernel layer becomes.
 TFLITE_OP = {L.Conv1D: "CONV_2D", L.Conv2D: "CONV_2D", L.DepthwiseConv2D: "DEPTHWISE_CONV_2D",
              L.Dense: "FULLY_CONNECTED", L.Conv2DTranspose: "TRANSPOSE_CONV"}
@@ -87,10 +91,10 @@ def is_linear(activation) -> bool:
 
 
 # Averages: their output is at least the smallest of their inputs' values.
-AVERAGES = (L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D)
+AVERAGES = layer_classes(layer_kinds.GLOBAL_AVERAGES)
 
 # Layers TFLite runs with the output scale of their input (AVERAGE_POOL_2D).
-SAME_SCALE = (L.AveragePooling1D, L.AveragePooling2D)
+SAME_SCALE = layer_classes(layer_kinds.AVERAGE_POOLINGS)
 
 
 def as_depthwise(layer) -> bool:
@@ -225,13 +229,13 @@ class Plan:
 
         # SeparableConv layers whose inner tensor (between their kernels) has no learned grid: a
         # SeparableConv1D, or a SeparableConv2D the layout did not split (a config of the user's
-        # own, or a model bit-pruned before the split, layout.SPLIT_LAYERS).
+        # own, or a model bit-pruned before the split, layer_kinds.SPLIT_LAYERS).
         self.separable = [layer.layer.name for layer in model.layers if _bitpruned(layer) and isinstance(
-            _compat.inner(layer), (L.SeparableConv1D, L.SeparableConv2D))]
+            _compat.inner(layer), SEPARABLE)]
         # Merges of more than two tensors: TFLite's integer ADD, MUL, MAXIMUM, MINIMUM take two, so
         # the converter chains them and the partial results have no grid (named in the error).
         self.wide_merges = [layer.layer.name for layer in model.layers if _bitpruned(layer) and isinstance(
-            _compat.inner(layer), (L.Add, L.Multiply, L.Maximum, L.Minimum, L.Average))
+            _compat.inner(layer), PAIRWISE_MERGES)
             and len(_compat.producers(layer)) > 2]
         # Several plain relu layers reading one tensor (NASNet's cells): each quantizes its
         # input onto its own output grid before the relu (ActivationExport.relu).
@@ -313,7 +317,7 @@ class Plan:
             bias = getattr(inner, "bias", None)
             b = bias.numpy().astype(np.float64) if getattr(inner, "use_bias", False) else 0.0
             self.fold_into[layer.name] = (b * fold[0] + fold[1]).astype(np.float32)
-        for quantizer, variables in costs._activation_tensors(layer):
+        for quantizer, variables in costs.activation_tensors(layer):
             if isinstance(quantizer, BitlengthQuantizer):
                 self._add_activation(quantizer, variables, layer.name)
 
@@ -439,7 +443,7 @@ class Plan:
 
     @staticmethod
     def _has_activation_quantizer(layer) -> bool:
-        return any(isinstance(q, BitlengthQuantizer) for q, _ in costs._activation_tensors(layer))
+        return any(isinstance(q, BitlengthQuantizer) for q, _ in costs.activation_tensors(layer))
 
     def _add_activation(self, quantizer, variables, where):
         self.activations[id(variables["bits"])] = activation_export(quantizer, variables, where)

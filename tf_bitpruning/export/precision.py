@@ -10,6 +10,7 @@ import numpy as np
 import tf_keras as keras
 
 from tf_bitpruning import costs
+from tf_bitpruning._version import __version__
 from tf_bitpruning.export import metadata as _metadata
 from tf_bitpruning.export.grids import int_bits
 
@@ -17,8 +18,6 @@ from tf_bitpruning.export.grids import int_bits
 def precision_info(model: keras.Model, tensors: List[costs.QuantizedTensor],
                    storage: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """The metadata JSON: every tensor's bits, elements and storage; per-layer bits; averages."""
-    import tf_bitpruning
-
     entries, layers = [], {}
     for t in tensors:
         bits = int_bits(t.quantizer, t.variables)
@@ -39,7 +38,7 @@ def precision_info(model: keras.Model, tensors: List[costs.QuantizedTensor],
         return round(float(costs.average_bits_tensor(chosen)), 4) if chosen else None
 
     return {"format": _metadata.FORMAT_VERSION, "tool": "tf_bitpruning",
-            "version": tf_bitpruning.__version__, "model": model.name,
+            "version": __version__, "model": model.name,
             "average_bits": {"all": average(None), "weights": average("weights"),
                              "activations": average("activations")},
             "layers": layers, "tensors": entries}

@@ -20,8 +20,8 @@ def rename_tensors(model_obj, matched: Matched, layer_names: Dict[str, str]) -> 
             wanted[int(op.inputs[2])] = f"{layer_names[key[0]]}/bias"
     used = set()
     for i, t in enumerate(sg.tensors):
-        name = wanted.get(i) or _metadata._text(t.name).split(";")[0]
-        if _metadata._text(t.name).endswith("/refined") and not name.endswith("/refined"):
+        name = wanted.get(i) or _metadata.text(t.name).split(";")[0]
+        if _metadata.text(t.name).endswith("/refined") and not name.endswith("/refined"):
             name += "/refined"
         unique, n = name, 1
         while unique in used:

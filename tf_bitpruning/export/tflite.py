@@ -132,7 +132,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     content = to_bytes(model_obj)  # the INT8 reference
     packed = pack_filters(model_obj, matched, bits, ops) if ops else []
     storage = {names[key]: {"storage": "int4" if key in packed else "int8",
-                            "tflite_tensor": _metadata._text(tensor.name), "tflite_op": op_name,
+                            "tflite_tensor": _metadata.text(tensor.name), "tflite_op": op_name,
                             "code_multiplier": int_or_list(plan.weights[key].multiplier)}
                for key, (op_name, _, tensor) in matched.items()}
     info = precision_info(model, tensors, storage)

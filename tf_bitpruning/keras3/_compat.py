@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, List
 
 import keras
 
@@ -28,6 +28,11 @@ def run_through_graph(graph, inputs, operation_fn: Callable[[Any], Any]):
     """Calls ``operation_fn(layer)`` in place of every layer of ``graph`` on ``inputs``
     (what ``keras.models.clone_model`` does), returning the new outputs."""
     return graph._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+def input_names(graph) -> List[str]:
+    """The names of a functional graph's input layers, in input order."""
+    return [x._keras_history.operation.name for x in graph.inputs]
 
 
 def graph_operations(graph):

@@ -15,11 +15,13 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 
 import keras
 
-from tf_bitpruning import costs, layout, scheme
+from tf_bitpruning import costs, layout
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
 from tf_bitpruning.keras3.layers import BitPrunedModel, BitPruneInputQuantizer, BitPruneWrapper
+from tf_bitpruning.layer_kinds import SPLIT_LAYERS, builtin_kind
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
+from tf_bitpruning.registry import BitPruneQuantizeRegistry, is_quantizable
 
 
 MIN_VERSION = (3, 10)
@@ -76,7 +78,7 @@ def _splits(layers, skip: set) -> Dict[str, Tuple[keras.layers.Layer, keras.laye
     taken = {layer.name for layer in layers}
     splits = {}
     for layer in layers:
-        if layer.name not in skip and scheme.builtin_kind(layer) in layout.SPLIT_LAYERS:
+        if layer.name not in skip and builtin_kind(layer) in SPLIT_LAYERS:
             depthwise, pointwise = layout.separable_split(layer.get_config(), taken)
             taken.update((depthwise["name"], pointwise["name"]))
             splits[layer.name] = (keras.layers.DepthwiseConv2D.from_config(depthwise),
@@ -90,11 +92,11 @@ def _configs(graph, registry, skip: set, quantize_inputs: bool, splits=None):
     their preprocessing chain (scheme's layout rules)."""
     splits = splits or {}
     layers = _compat.graph_operations(graph)
-    annotated = {layer.name for layer in layers if layer.name not in skip and scheme.is_quantizable(layer)}
+    annotated = {layer.name for layer in layers if layer.name not in skip and is_quantizable(layer)}
     configs: Dict[str, BitPruneQuantizeConfig] = {}
     chained_inputs = set()
     for layer in layers:
-        chain = layout.preprocessing_chain(layer, annotated) if scheme.builtin_kind(layer) == "InputLayer" else []
+        chain = layout.preprocessing_chain(layer, annotated) if builtin_kind(layer) == "InputLayer" else []
         if chain:
             chained_inputs.add(layer.name)
             configs.update(zip([link.name for link in chain], layout.chain_configs(chain, registry, quantize_inputs)))
@@ -122,7 +124,7 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
     unknown = skip - {layer.name for layer in layers}
     if unknown:
         raise ValueError(f"bitprune_model: skip_layers names no layer of the model: {sorted(unknown)}.")
-    registry = scheme.BitPruneQuantizeRegistry(weight_quantizer, activation_quantizer)
+    registry = BitPruneQuantizeRegistry(weight_quantizer, activation_quantizer)
     problems = [f"  - '{layer.name}' ({type(layer).__name__}): {registry.unsupported_reason(layer)}"
                 for layer in layers if layer.name not in skip and registry.unsupported_reason(layer)]
     if problems:
@@ -131,7 +133,7 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
             + "\nLeave them in float with skip_layers=[...names...].")
     splits = _splits(layers, skip)
     configs, chained = _configs(graph, registry, skip, quantize_inputs, splits)
-    input_names = [x._keras_history.operation.name for x in graph.inputs]
+    input_names = _compat.input_names(graph)
     quantized = [name for name in input_names if quantize_inputs and name not in chained]
 
     def entry(name, inp):
@@ -175,7 +177,7 @@ def rerun(graph, twin_of: Callable[[Any], Any], entry: Callable[[str, Any], Any]
             twins[layer.name] = twin_of(layer)
         return twins[layer.name]
 
-    names = [x._keras_history.operation.name for x in graph.inputs]
+    names = _compat.input_names(graph)
     inputs = [make_input(batch_shape=x.shape, dtype=x.dtype, name=name) for x, name in zip(graph.inputs, names)]
     outputs = _compat.run_through_graph(graph, [entry(n, x) for n, x in zip(names, inputs)], operation_fn)
     make_model = make_model or BitPrunedModel

@@ -16,11 +16,15 @@ from typing import Any, Dict
 import keras
 import numpy as np
 import tf_keras
+from tensorflow_model_optimization.quantization.keras import quantize_apply
 
-from tf_bitpruning import costs, scheme
+from tf_bitpruning import costs
+from tf_bitpruning.api import bitprune_annotate_layer, bitprune_scope
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
+from tf_bitpruning.keras3.api import rerun
 from tf_bitpruning.keras3.layers import BitPruneInputQuantizer, BitPruneWrapper
+from tf_bitpruning.layer_kinds import KERAS3_KERNEL_ATTRS
 from tf_bitpruning.quantizers import ActivationBitQuantizer
 from tf_bitpruning.scheme import BitPruneQuantizeScheme
 
@@ -72,7 +76,7 @@ def _keras3_activation(name: str):
 
 def _tf_keras_config(config: BitPruneQuantizeConfig, class_name: str) -> BitPruneQuantizeConfig:
     """The wrapper's config with Keras 3 kernel names mapped back to tf_keras's."""
-    renames = {v: k for k, v in scheme._KERAS3_KERNEL_ATTRS.get(class_name, {}).items()}
+    renames = {v: k for k, v in KERAS3_KERNEL_ATTRS.get(class_name, {}).items()}
     if not renames:
         return config
     quantizers = {renames.get(a, a): q for a, q in config.weight_quantizers.items()}
@@ -81,11 +85,6 @@ def _tf_keras_config(config: BitPruneQuantizeConfig, class_name: str) -> BitPrun
 
 def to_tf_keras(model: keras.Model) -> tf_keras.Model:
     """The tf_keras twin of a bit-pruned Keras 3 model (see module doc)."""
-    from tensorflow_model_optimization.quantization.keras import quantize_apply
-
-    from tf_bitpruning.api import bitprune_annotate_layer, bitprune_scope
-    from tf_bitpruning.keras3.api import rerun
-
     graph = _compat.functional_graph(model)
     ops = _compat.graph_operations(graph)
     input_quantizers = [op for op in ops if isinstance(op, BitPruneInputQuantizer)]
@@ -132,11 +131,11 @@ def _copy_quantizer_state(model, twin) -> None:
     for layer in ours:
         other = inputs.pop(0) if costs.is_input_quantizer(layer) and inputs else theirs.get(layer.name)
         pairs = [] if other is None else (
-            list(zip(costs._activation_tensors(layer), costs._activation_tensors(other)))
+            list(zip(costs.activation_tensors(layer), costs.activation_tensors(other)))
             + [((q, v), (q2, v2)) for (_, q, v, _), (_, q2, v2, _) in
-               zip(costs._weight_tensors(layer), costs._weight_tensors(other))])
-        counts = (len(costs._activation_tensors(layer)) + len(costs._weight_tensors(layer)),
-                  len(costs._activation_tensors(other)) + len(costs._weight_tensors(other)) if other else 0)
+               zip(costs.weight_tensors(layer), costs.weight_tensors(other))])
+        counts = (len(costs.activation_tensors(layer)) + len(costs.weight_tensors(layer)),
+                  len(costs.activation_tensors(other)) + len(costs.weight_tensors(other)) if other else 0)
         if other is None or counts[0] != counts[1]:
             raise RuntimeError(f"export: the tf_keras twin of '{model.name}' quantizes layer '{layer.name}' "
                                f"otherwise than the Keras 3 model ({counts[0]} vs {counts[1]} quantizers). "

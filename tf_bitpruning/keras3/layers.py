@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import keras
 import tensorflow as tf
 
 from tf_bitpruning import _compat as _tfmot_compat
-from tf_bitpruning import activations
+from tf_bitpruning import activations, costs
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
+from tf_bitpruning.layer_kinds import activation_name
 from tf_bitpruning.quantizers import ActivationBitQuantizer
-from tf_bitpruning.scheme import _activation_name
 
 _PACKAGE = "tf_bitpruning"
-_QAA = _tfmot_compat.QuantizeAwareActivation
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -39,6 +38,8 @@ class BitPruneWrapper(keras.layers.Wrapper):
     >>> import keras
     >>> wrapped = BitPruneWrapper(keras.layers.Dense(4), BitPruneQuantizeConfig(["kernel"], ["activation"]))
     """
+
+    bitprune_role = "wrapper"  # what :mod:`tf_bitpruning.costs` reads it as
 
     def __init__(self, layer: keras.layers.Layer, quantize_config: BitPruneQuantizeConfig, **kwargs):
         if isinstance(quantize_config, dict):
@@ -78,10 +79,10 @@ class BitPruneWrapper(keras.layers.Wrapper):
         self._pre_activation_vars = self._post_activation_vars = self._output_quantizer_vars = None
         quantizer = config.activation_quantizer
         if self._activation is not None:
-            name = _activation_name(self._activation)
-            if name in _QAA._PRE_QUANT_ACTIVATIONS or activations.pre_quantized(self._activation):
+            name = activation_name(self._activation)
+            if name in _tfmot_compat.TFMOT_PRE_QUANT_ACTIVATIONS or activations.pre_quantized(self._activation):
                 self._pre_activation_vars = quantizer.build(None, "pre_activation", self)
-            if name in _QAA._POST_QUANT_ACTIVATIONS:
+            if name in _tfmot_compat.TFMOT_POST_QUANT_ACTIVATIONS:
                 self._post_activation_vars = quantizer.build(None, "post_activation", self)
         if config.quantize_output:
             self._output_quantizer_vars = quantizer.build(None, "output", self)
@@ -148,6 +149,8 @@ class BitPruneWrapper(keras.layers.Wrapper):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class BitPruneInputQuantizer(keras.layers.Layer):
     """Quantizes a model input with a learned bitlength (tfmot's ``QuantizeLayer``)."""
+
+    bitprune_role = "input"  # what :mod:`tf_bitpruning.costs` reads it as
 
     def __init__(self, quantizer: ActivationBitQuantizer, **kwargs):
         if isinstance(quantizer, dict):
@@ -218,7 +221,6 @@ class BitPrunedModel(keras.Model):
         bit_loss = config.pop("bit_loss", None)
         model = super().from_config(config, custom_objects=custom_objects)
         if bit_loss is not None:
-            from tf_bitpruning import costs
             loss = costs.attach_bit_loss(model, bit_loss["regularization"], bit_loss["weighting"])
             loss.kind = bit_loss["kind"]
         return model
@@ -235,15 +237,3 @@ class BitPrunedModel(keras.Model):
         for name, v in self._bit_loss_state().items():
             if f"bit_loss_{name}" in keys:
                 v.assign(store[f"bit_loss_{name}"])
-
-
-def activation_quantizers(layer) -> List[Tuple[ActivationBitQuantizer, Dict[str, Any]]]:
-    return list(getattr(layer, "activation_quantizers", []) or [])
-
-
-def weight_quantizers(layer) -> List[Tuple[Any, Any, Dict[str, Any], str]]:
-    return layer.weight_quantizers if isinstance(layer, BitPruneWrapper) else []
-
-
-def user_layer(layer) -> Optional[keras.layers.Layer]:
-    return layer.layer if isinstance(layer, BitPruneWrapper) else layer
