@@ -134,8 +134,7 @@ def digits(size: int, raw_255: bool):
 
 def _litert(path: str, x):
     """The file's float output on ``x`` in LiteRT (the tests' runner, one copy)."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from litert_run import run_tflite
+    from tests.support.litert_run import run_tflite
 
     return run_tflite(path, x)
 

@@ -6,7 +6,7 @@ import tf_keras as keras
 from tensorflow.lite.tools import flatbuffer_utils
 
 import tf_bitpruning as tfbp
-from litert_run import output_step, run_tflite
+from tests.support.litert_run import output_step, run_tflite
 
 L = keras.layers
 

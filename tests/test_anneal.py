@@ -7,7 +7,7 @@ import tf_keras as keras
 
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
-from conftest import small_cnn
+from tests.support.models import small_cnn
 
 pytestmark = pytest.mark.slow
 

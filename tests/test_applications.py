@@ -1,6 +1,6 @@
 """Real ``keras.applications`` networks through the whole pipeline (slow tier):
 ``bitprune_model -> fit(BitBudget) -> freeze_bitlengths -> fit -> export_tflite ->
-LiteRT``, the file compared with Keras where Keras decides (tests/tflite_checks.py).
+LiteRT``, the file compared with Keras where Keras decides (tests/support/tflite_checks.py).
 
 The real constructors (random weights, ``classes=10``, ``classifier_activation=None``)
 at 32x32, their smallest input, trained 8 steps on digits resized to 32x32 (annealed
@@ -20,8 +20,8 @@ import tf_keras as keras
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
 from tf_bitpruning.export import export_tflite
-from litert_run import output_step, run_tflite
-from tflite_checks import top1_agreement
+from tests.support.litert_run import output_step, run_tflite
+from tests.support.tflite_checks import top1_agreement
 
 pytest.importorskip("ai_edge_litert.interpreter")
 

@@ -7,7 +7,7 @@ import pytest
 
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs, rounding
-from conftest import bn_add_cnn, small_cnn
+from tests.support.models import bn_add_cnn, small_cnn
 
 MODELS = {"sequential": small_cnn, "functional": bn_add_cnn}
 

@@ -16,7 +16,7 @@ from tf_bitpruning.budget_anneal import AnnealSchedule
 from tf_bitpruning.budget_control import ControlState, LambdaController
 from tf_bitpruning.budget_state import BudgetState
 
-from conftest import small_cnn
+from tests.support.models import small_cnn
 
 
 def _state(**fields):

@@ -12,7 +12,7 @@ import tf_keras as keras
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
 from tf_bitpruning.callbacks import bits_range
-from conftest import small_cnn
+from tests.support.models import small_cnn
 
 LOG_KEYS = ("avg_bits", "avg_weight_bits", "avg_activation_bits", "bit_lambda")
 

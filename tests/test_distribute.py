@@ -21,7 +21,7 @@ batch, and the single-device run of ``distribute_run.py`` is the reference.
 import numpy as np
 import pytest
 
-from subprocesses import finish, free_ports, start
+from tests.support.subprocesses import finish, free_ports, start
 
 pytestmark = pytest.mark.slow  # subprocesses that train
 

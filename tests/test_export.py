@@ -15,8 +15,8 @@ from tf_bitpruning import costs, quant_ops
 from tf_bitpruning.export import (METADATA_NAME, ExportError, PrecisionMetadataError, export_tflite,
                                   precision_table, read_metadata, read_precision)
 from tf_bitpruning.export import tflite as tflite_export
-from litert_run import output_step
-from tflite_checks import fuzz_reader, top1_agreement
+from tests.support.litert_run import output_step
+from tests.support.tflite_checks import fuzz_reader, top1_agreement
 
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
 OpResolverType = pytest.importorskip("ai_edge_litert.interpreter").OpResolverType
@@ -68,7 +68,7 @@ def exported(frozen_models, tmp_path_factory):
 @pytest.mark.parametrize("name", MODELS)
 def test_tflite_agrees_with_keras(name, frozen_models, exported, digits):
     """Keras' fake-quantized float model and the integer file compute the same grid
-    values, up to rounding at grid midpoints (see tests/tflite_checks.py)."""
+    values, up to rounding at grid midpoints (see tests/support/tflite_checks.py)."""
     model = frozen_models[name]
     x = digits[2]
     ref = model.predict(x, verbose=0)
@@ -262,7 +262,7 @@ def test_int8_input_and_output(frozen_models, digits, tmp_path):
 
 @pytest.mark.slow
 def test_float_layers_need_a_representative_dataset(digits, tmp_path):
-    from conftest import small_cnn
+    from tests.support.models import small_cnn
 
     bp = tfbp.bitprune_model(small_cnn(), skip_layers=["dense"])
     bp.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
@@ -284,7 +284,7 @@ def test_float_layers_need_a_representative_dataset(digits, tmp_path):
 
 
 def test_refuses_models_that_are_not_frozen(digits, tmp_path):
-    from conftest import small_cnn
+    from tests.support.models import small_cnn
 
     bp = tfbp.bitprune_model(small_cnn())
     with pytest.raises(ValueError, match="freeze_bitlengths"):

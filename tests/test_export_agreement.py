@@ -27,7 +27,7 @@ import tf_bitpruning as tfbp
 from tf_bitpruning import costs
 from tf_bitpruning.export import export_tflite
 from tf_bitpruning.export.plan import Plan
-from litert_run import invoke
+from tests.support.litert_run import invoke
 
 pytest.importorskip("ai_edge_litert.interpreter")
 L = keras.layers

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from conftest import train_frozen
+from tests.support.models import train_frozen
 from tf_bitpruning.export import ExportError, export_tflite, read_metadata
 from tf_bitpruning.export import int4 as int4_pass
 from tf_bitpruning.export._compat import flatbuffer_utils, schema

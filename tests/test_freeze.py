@@ -11,7 +11,7 @@ import tf_keras as keras
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
 from tf_bitpruning.freeze import round_bits
-from conftest import small_cnn
+from tests.support.models import small_cnn
 
 
 def _compiled(model, lr=1e-3):

@@ -11,7 +11,7 @@ import tf_keras as keras
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
 from tf_bitpruning.export import ExportError, _compat
-from conftest import small_cnn
+from tests.support.models import small_cnn
 
 # CI installs hls4ml (.ci/run: the `hls4ml` extra); the refusal tests below do not need it.
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None,

@@ -180,8 +180,8 @@ def test_keras3_model_loaded_from_keras_file_freezes(runs, tmp_path):
 
 @pytest.mark.slow
 def test_export_agrees_in_litert(run, tmp_path):
-    from tests.litert_run import output_step, run_tflite
-    from tests.tflite_checks import top1_agreement
+    from tests.support.litert_run import output_step, run_tflite
+    from tests.support.tflite_checks import top1_agreement
 
     path = str(tmp_path / "model.tflite")
     info = tfbp.export_tflite(run.frozen, path)
@@ -417,8 +417,8 @@ def _up(x):  # 16x16 RGB in [0, 255]
 
 
 def _zoo_agreement(digits, tmp_path, calibrated_kinds: bool):
-    from tests.litert_run import output_step, run_tflite
-    from tests.tflite_checks import top1_agreement
+    from tests.support.litert_run import output_step, run_tflite
+    from tests.support.tflite_checks import top1_agreement
     from tf_bitpruning.keras3.bridge import to_tf_keras
 
     xtr, ytr, xte = _up(digits[0]), digits[1], _up(digits[2])
@@ -436,7 +436,7 @@ def _zoo_agreement(digits, tmp_path, calibrated_kinds: bool):
     grid = activation_export(head.quantizer, head.variables, head.wrapper)
     assert np.isclose(output_step(path), grid.step, rtol=1e-5), (output_step(path), grid.step)
     # Top-1 where Keras decides (top-2 margin above two output steps); every decided input
-    # must agree and there must be some (tests/tflite_checks.py).
+    # must agree and there must be some (tests/support/tflite_checks.py).
     agreement = top1_agreement(got, ref, output_step(path))
     assert agreement.decided >= len(ref) // 10, agreement
     assert agreement.rate >= 0.995, agreement

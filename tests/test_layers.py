@@ -18,8 +18,8 @@ import tf_keras as keras
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
 from tf_bitpruning.export import export_tflite
-from litert_run import invoke, output_step, run_tflite
-from tflite_checks import top1_agreement
+from tests.support.litert_run import invoke, output_step, run_tflite
+from tests.support.tflite_checks import top1_agreement
 
 pytest.importorskip("ai_edge_litert.interpreter")
 L = keras.layers
@@ -147,7 +147,7 @@ def test_layer_kind_exports_and_agrees(name, digits, tmp_path):
     got = run_tflite(path, x)
     a = top1_agreement(got, ref, output_step(path))
     # Top-1 is compared where Keras' top-2 margin exceeds 2 output steps (each output
-    # may round one step the other way at a grid midpoint, tests/tflite_checks.py).
+    # may round one step the other way at a grid midpoint, tests/support/tflite_checks.py).
     # Hidden tensors can round differently too (TFLite rounds an average onto its
     # input grid before requantizing, LOGISTIC has a fixed 1/256 output step), which
     # moves a few outputs further: ≥ 98 % of the decided examples keep their top-1.
@@ -265,7 +265,7 @@ def test_separable_conv2d_exports_without_calibration_and_agrees(digits, tmp_pat
     got = it.get_tensor(it.get_output_details()[0]["index"])
     a = top1_agreement(got, ref, output_step(path))
     # Top-1 is compared where Keras' top-2 margin exceeds 2 output steps (each output may
-    # round a step the other way at a grid midpoint, tests/tflite_checks.py). Hidden
+    # round a step the other way at a grid midpoint, tests/support/tflite_checks.py). Hidden
     # tensors round the other way at midpoints too (the int32 bias grid,
     # tests/test_export_agreement.py), which moves a few outputs a second step (seen:
     # 2 of 360, never more than 2 steps) and could swap a top-1 only within 4 steps of a

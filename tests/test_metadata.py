@@ -11,7 +11,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from tf_bitpruning.export import METADATA_NAME, PrecisionMetadataError, read_metadata, read_precision
 from tf_bitpruning.export.metadata import get_metadata, precision_table, set_metadata
-from tflite_checks import fuzz_reader
+from tests.support.tflite_checks import fuzz_reader
 
 # What export_tflite writes (see tf_bitpruning/export/metadata.py), for a Dense layer.
 INFO = {"format": 1, "tool": "tf_bitpruning", "version": "0.0.test", "model": "tiny",

@@ -10,7 +10,7 @@ import tf_bitpruning as tfbp
 from tf_bitpruning import costs
 from tf_bitpruning.export import load_model, restore_bit_loss, save_model
 
-from conftest import bn_add_cnn, small_cnn
+from tests.support.models import bn_add_cnn, small_cnn
 
 pytestmark = pytest.mark.slow  # every test trains or saves a trained model
 

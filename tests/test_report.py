@@ -9,7 +9,7 @@ import tf_keras as keras
 
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
-from conftest import small_cnn
+from tests.support.models import small_cnn
 
 ADDITIVE = ("parameters", "weight_memory_bits", "weight_memory_kb", "macs", "bops")
 FIXED = re.compile(r"^ap_u?fixed<(\d+),-?\d+>$")

@@ -26,8 +26,8 @@ import tf_keras as keras
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
 
-from conftest import small_cnn
-from subprocesses import finish, start
+from tests.support.models import small_cnn
+from tests.support.subprocesses import finish, start
 
 KILLED = 17  # resume_run.py's exit status when it died on purpose
 MODES = ("backup", "checkpoint")

@@ -5,7 +5,7 @@ import pytest
 import tf_keras as keras
 
 import tf_bitpruning as tfbp
-from conftest import small_cnn
+from tests.support.models import small_cnn
 
 pytestmark = pytest.mark.slow  # real training runs
 

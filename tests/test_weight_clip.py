@@ -10,7 +10,7 @@ import tf_keras as keras
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs, quant_ops
 from tf_bitpruning.quantizers import WeightBitQuantizer
-from conftest import small_cnn
+from tests.support.models import small_cnn
 
 
 def _error(w, bits, axes, top=None):
@@ -46,8 +46,8 @@ def test_quantizer_option_and_config():
 
 @pytest.mark.slow
 def test_mse_clip_model_trains_freezes_and_exports_the_same_grid(digits, tmp_path):
-    from litert_run import output_step, run_tflite
-    from tflite_checks import top1_agreement
+    from tests.support.litert_run import output_step, run_tflite
+    from tests.support.tflite_checks import top1_agreement
     from tf_bitpruning.export import grids
 
     xtr, ytr, xte, _ = digits

@@ -8,19 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 600  # per process: a stuck one (e.g. a worker waiting for a dead peer) is killed
 
 
 def start(script: str, *args, env_extra=None) -> subprocess.Popen:
-    """Starts ``python tests/<script> args...`` with the repository on PYTHONPATH
-    (and the variables of ``env_extra`` set)."""
+    """Starts ``python -m tests.support.<script> args...`` in the repository (and the
+    variables of ``env_extra`` set)."""
     env = dict(os.environ, **(env_extra or {}))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return subprocess.Popen([sys.executable, str(HERE / script), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    module = "tests.support." + script[:-len(".py")] if script.endswith(".py") else script
+    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
 
 
 def finish(procs, timeout: float = TIMEOUT_S):

@@ -36,8 +36,7 @@ def main():
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     tf.config.experimental.enable_op_determinism()
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import distribute_run
+    from tests.support import distribute_run
 
     steps = args.steps or distribute_run.STEPS
     batch = args.batch or distribute_run.BATCH
