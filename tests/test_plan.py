@@ -39,7 +39,13 @@ def test_plan_is_built_then_frozen():
         plan.weights = {}
     with pytest.raises(TypeError):
         plan.fold_into["x"] = np.zeros(1)
+    for table in (plan.fold_into, plan.bias):
+        for array in table.values():
+            with pytest.raises(ValueError):
+                array[...] = 0.0
     spec = next(iter(plan.weights.values()))
+    with pytest.raises(ValueError):
+        spec.kernel[...] = 0.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.multiplier = spec.multiplier
     assert plan.fold_into and plan.unfolded_bn and plan.bias  # conv -> BN folded, Add -> BN alone

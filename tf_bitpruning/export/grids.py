@@ -95,6 +95,12 @@ class WeightExport:
     multiplier: np.ndarray    # stored code = b-bit integer × multiplier (like scale)
     max_multiplier: Optional[np.ndarray] = None  # the largest the container holds (like scale)
 
+    def __post_init__(self):
+        for field in dataclasses.fields(self):  # frozen: the arrays too (change with dataclasses.replace)
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+
     def tensor(self, shape: Optional[Sequence[int]] = None) -> tf.Tensor:
         """The fake-quantized kernel (reshaped to ``shape``, output channels last)."""
         kernel = tf.constant(self.kernel if shape is None else self.kernel.reshape(shape), tf.float32)

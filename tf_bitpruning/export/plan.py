@@ -37,6 +37,11 @@ __all__ = ["Plan", "build_plan"]
 
 
 def _frozen(table) -> Mapping:
+    """A read-only view of a copy of ``table``, its numpy arrays (alone or in tuples) read-only too."""
+    for value in table.values():
+        for part in value if isinstance(value, tuple) else (value,):
+            if isinstance(part, np.ndarray):
+                part.setflags(write=False)
     return types.MappingProxyType(dict(table))
 
 
