@@ -511,19 +511,19 @@ def test_relu_onto_a_coarser_grid_rounds_once(digits, tmp_path):
     several readers of one tensor, readers through a max pooling, of folded and unfolded
     BNs): the file rounds once (an identity depthwise conv, relu fused), as Keras."""
     from tf_bitpruning.export import _compat
-    from tf_bitpruning.export.plan import Plan
+    from tf_bitpruning.export.plan import build_plan
 
     bp = tfbp.bitprune_model(_nasnet_cell(), regularization=0.0, init_bits=5.0)
     bp.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     bp.fit(digits[0], digits[1], batch_size=64, epochs=2, verbose=0)
     frozen = tfbp.freeze_bitlengths(bp)
-    plan = Plan(frozen)
+    plan = build_plan(frozen)
     forced = 0
     for layer in frozen.layers:
-        grid = plan._relu_grid(layer) if isinstance(_compat.inner(layer), keras.layers.Activation) else None
+        grid = plan.relu_grid(layer) if isinstance(_compat.inner(layer), keras.layers.Activation) else None
         if grid is None:
             continue
-        source = plan._output_grid(_compat.producers(layer)[0], stored=True)
+        source = plan.output_grid(_compat.producers(layer)[0], stored=True)
         if source.bits < 4:
             continue  # (the last concatenation's few levels would all round to 0)
         _, post = _compat.activation_vars(_compat.quantize_activations(layer)[0])

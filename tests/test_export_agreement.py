@@ -26,7 +26,7 @@ import tf_keras as keras
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
 from tf_bitpruning.export import export_tflite
-from tf_bitpruning.export.plan import Plan
+from tf_bitpruning.export.plan import build_plan
 from tests.support.litert_run import invoke
 
 pytest.importorskip("ai_edge_litert.interpreter")
@@ -89,7 +89,7 @@ def test_global_average_pooling_rounds_once_onto_its_grid(digits, tmp_path):
                 and op["op_name"] in ("RELU", "MAXIMUM")], "a clip after MEAN rounds a second time"
     values, in_scale = _real(it, mean["inputs"][0])
     got, out_scale = _real(it, mean["outputs"][0])
-    spec = _act_spec(frozen, Plan(frozen), "quant_gap")
+    spec = _act_spec(frozen, build_plan(frozen), "quant_gap")
     assert np.isclose(out_scale, spec.step, rtol=1e-5), (out_scale, spec.step, in_scale)
     want = spec.lo + spec.step * np.clip(np.round((values.mean(axis=(1, 2)) - spec.lo) / spec.step),
                                          0, 2 ** spec.bits - 1)
@@ -108,7 +108,7 @@ def test_global_average_pooling_with_a_clip_rounds_once_onto_its_grid(digits, tm
     frozen = _frozen(keras.Model(inputs, L.Dense(10)(x)), digits)
     (gap,) = [t for t in costs.quantized_tensors(frozen) if t.wrapper == "quant_gap" and t.kind == "activations"]
     gap.variables["min"].assign(0.0)                       # the pooling's grid starts at 0: a clip
-    plan = Plan(frozen)
+    plan = build_plan(frozen)
     spec = _act_spec(frozen, plan, "quant_gap")
     assert spec.lo == 0.0 and plan.lower_bound["quant_gap"] < 0.0
     path = tmp_path / "gap_clip.tflite"
@@ -141,7 +141,7 @@ def test_global_average_pooling_of_one_element_keeps_its_requantization(digits, 
     it = _run(path, _rgb(digits[2][:16, ::4, ::4]))
     head = [op for op in _ops(it, "CONV_2D") if op["inputs"][1] >= 0][-1]
     _, scale = _real(it, head["inputs"][0])
-    spec = _act_spec(frozen, Plan(frozen), "quant_gap")
+    spec = _act_spec(frozen, build_plan(frozen), "quant_gap")
     assert np.isclose(scale, spec.step, rtol=1e-5), (scale, spec.step)
 
 
@@ -163,7 +163,7 @@ def test_calibration_data_does_not_round_the_input_twice(digits, tmp_path):
         quantize = _ops(it, "QUANTIZE")[0]
         assert quantize["inputs"][0] == it.get_input_details()[0]["index"]
         got, scale = _real(it, quantize["outputs"][0])
-        spec = _act_spec(frozen, Plan(frozen), "quantize_layer")
+        spec = _act_spec(frozen, build_plan(frozen), "quantize_layer")
         assert np.isclose(scale, spec.step, rtol=1e-5), (path.name, scale, spec.step)
         want = spec.lo + spec.step * np.clip(np.round((x - spec.lo) / spec.step), 0, 2 ** spec.bits - 1)
         assert np.mean(np.abs(got.clip(spec.lo) - want) > spec.step / 2) <= 1e-3, path.name
@@ -248,7 +248,7 @@ def test_batch_normalization_without_a_kernel_rounds_like_keras(digits, tmp_path
     path = tmp_path / "dense.tflite"
     export_tflite(frozen, path, fine_bias=False)
     it = _run(path, _rgb(digits[2][:64]))
-    plan = Plan(frozen)
+    plan = build_plan(frozen)
     detail = {d["index"]: d for d in it.get_tensor_details()}
     checked = 0
     for op in _ops(it, "DEPTHWISE_CONV_2D"):
@@ -293,7 +293,7 @@ def test_pooling_read_by_a_concatenation_and_a_bn_stays_on_its_grid(digits, tmp_
     path = tmp_path / "stem.tflite"
     export_tflite(frozen, path)
     it = _run(path, _rgb(digits[2][:16]))
-    plan = Plan(frozen)
+    plan = build_plan(frozen)
     detail = {d["index"]: d for d in it.get_tensor_details()}
     (bn,) = [op for op in _ops(it, "DEPTHWISE_CONV_2D") if op["outputs"][0] >= 0
              and "quant_bn" in detail[op["inputs"][1]]["name"]]
@@ -324,7 +324,7 @@ def test_inception_branch_pooling_rounds_once_onto_its_grid(digits, tmp_path):
     assert not _ops(it, "AVERAGE_POOL_2D") and not _ops(it, "DEQUANTIZE")[:-1]
     (maxpool,) = _ops(it, "MAX_POOL_2D")
     values, _ = _real(it, maxpool["outputs"][0])
-    spec = _act_spec(frozen, Plan(frozen), "quant_pool")
+    spec = _act_spec(frozen, build_plan(frozen), "quant_pool")
     # The pooling's output: the concatenation of its bands (nothing after it rounds again).
     pool_out = _ops(it, "CONCATENATION")[-2]["outputs"][0]
     assert [op["op_name"] for op in it._get_ops_details()

@@ -166,7 +166,7 @@ def test_swish_and_sigmoid_export_without_calibration_and_agree(digits, tmp_path
     read 4x too large) and rounded the raw input before the Rescaling (2 % of the
     first tensor a step off). Sigmoids round onto TFLite's 1/256 LOGISTIC grid in Keras
     too: a swish layer's outputs were 0.02-0.4 % a step off, now they are the file's."""
-    from tf_bitpruning.export.plan import Plan
+    from tf_bitpruning.export.plan import build_plan
 
     inputs = keras.Input((8, 8, 3))
     x = L.Rescaling(1.0 / 255.0)(inputs)
@@ -191,7 +191,7 @@ def test_swish_and_sigmoid_export_without_calibration_and_agree(digits, tmp_path
     # The swish's pre-activation inside se_reduce is on its learned grid in the file.
     (variables,) = [v for _, v in costs.activation_tensors(frozen.get_layer("quant_se_reduce"))
                     if "pre_activation" in v["bits"].name]
-    plan = Plan(frozen)
+    plan = build_plan(frozen)
     conv_out = details["quant_se_reduce/BiasAdd"]
     assert np.isclose(conv_out["quantization"][0], plan.act(variables).step, rtol=1e-5)
     # The swish layer's output: the file's is Keras' (same gate rounding), up to midpoints.
@@ -227,7 +227,7 @@ def test_separable_conv2d_exports_without_calibration_and_agrees(digits, tmp_pat
     used to calibrate that tensor at 8 bits, and NASNetMobile's file agreed with Keras on
     97.9 % of top-1), each DEPTHWISE_CONV_2D writes its learned grid, and the file computes
     the Keras model's outputs."""
-    from tf_bitpruning.export.plan import Plan
+    from tf_bitpruning.export.plan import build_plan
 
     xtr, ytr = _rgb(digits[0]), digits[1]
     bp = tfbp.bitprune_model(xception_block(), regularization=0.0, init_bits=6.0)
@@ -241,7 +241,7 @@ def test_separable_conv2d_exports_without_calibration_and_agrees(digits, tmp_pat
     x = _rgb(digits[2]).astype(np.float32)
     it = invoke(path, x, preserve_all_tensors=True)
     details = {d["index"]: d for d in it.get_tensor_details()}
-    plan = Plan(frozen)
+    plan = build_plan(frozen)
     depthwise = [op for op in it._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D"]
     assert len(depthwise) == 3
     for op in depthwise:

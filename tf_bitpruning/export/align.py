@@ -21,7 +21,7 @@ from tf_bitpruning.export import _compat
 from tf_bitpruning.export._compat import flatbuffer_utils
 from tf_bitpruning.export.checks import check_frozen
 from tf_bitpruning.export.metadata import text
-from tf_bitpruning.export.plan import Plan
+from tf_bitpruning.export.plan import build_plan
 
 _BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -45,7 +45,7 @@ def align_to_tflite(model: keras.Model, path: Union[str, os.PathLike]) -> Dict[s
                          "the twin would not change it. Use the tf_keras path (bitprune_model on a "
                          "tf_keras model) for aligned biases.")
     check_frozen(model)
-    plan = Plan(model)
+    plan = build_plan(model)
     by_inner = {_compat.inner(layer).name: layer for layer in model.layers}
     users = _compat.consumers(model)
     model_obj = flatbuffer_utils.read_model(os.fspath(path))

@@ -7,7 +7,7 @@ a 1x1 conv and Conv1D as a CONV_2D, which the converter can quantize per channel
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -17,7 +17,8 @@ from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError, check_frozen
 from tf_bitpruning.export.grids import ActivationExport, WeightExport
-from tf_bitpruning.export.plan import AVERAGES, VALUE_PRESERVING, Plan, as_depthwise, coarsens, pool_bands
+from tf_bitpruning.export.layer_rules import AVERAGES, VALUE_PRESERVING, as_depthwise, coarsens, pool_bands
+from tf_bitpruning.export.plan import Plan, build_plan
 from tf_bitpruning.layer_kinds import PREPROCESSING_LAYERS
 
 L = keras.layers
@@ -55,7 +56,12 @@ def _inference_kwargs(layer, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return kwargs
 
 
-def run_wrapper(layer, plan: Plan, inputs, kwargs):
+# The int8 codes of the identity depthwise convs already reading each tensor of one trace
+# of the export graph (tensor ref -> codes, identity_depthwise): the graph's own state, not the plan's.
+IdentityCodes = Dict[Any, List[int]]
+
+
+def run_wrapper(layer, plan: Plan, inputs, kwargs, codes: IdentityCodes):
     """tfmot's QuantizeWrapper.call with export ops in place of the quantizers."""
     inner = layer.layer
     config = layer.quantize_config
@@ -67,7 +73,7 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
 
     try:
         if layer.name in plan.relu_rescaled:  # one rounding, in a depthwise conv (plan.coarsens)
-            return plan.relu_rescaled[layer.name].relu(identity_depthwise(plan, layer.name, inputs),
+            return plan.relu_rescaled[layer.name].relu(identity_depthwise(codes, layer.name, inputs),
                                                        quantize_first=False)
         if layer.name in plan.relu_first:
             return plan.relu_first[layer.name].relu(inputs)
@@ -99,7 +105,7 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
                 out = bn_as_depthwise(inner.name, m, c, inputs, codes)
             else:
                 if isinstance(inner, L.Concatenate):
-                    inputs = _on_output_grid(layer, plan, inputs)
+                    inputs = _on_output_grid(layer, plan, inputs, codes)
                 out = inner.call(inputs, **_inference_kwargs(inner, kwargs))
             if layer.name in plan.same_scale:
                 out = plan.same_scale[layer.name](out)
@@ -121,7 +127,7 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
             _compat.set_attribute(inner, attr, value)
 
 
-def _on_output_grid(layer, plan: Plan, inputs):
+def _on_output_grid(layer, plan: Plan, inputs, codes: IdentityCodes):
     """Each input of a concatenation quantized onto its grid (``plan.concat_grid``: its
     output's, or that of the concatenation it feeds alone): the same values
     (quantizing the concatenation is quantizing each part), and TFLite's
@@ -143,27 +149,27 @@ def _on_output_grid(layer, plan: Plan, inputs):
         producer = producers[i] if len(producers) == len(inputs) else None
         if producer is not None and x.shape.rank is not None and 2 <= x.shape.rank <= 4 \
                 and x.shape[-1] is not None:
-            grid, stored = plan._output_grid(producer), plan._output_grid(producer, stored=True)
+            grid, stored = plan.output_grid(producer), plan.output_grid(producer, stored=True)
             preserved = (isinstance(_compat.inner(producer), VALUE_PRESERVING)
                          and not isinstance(producer, _compat.QuantizeLayer))
             # A grid change the converter would move, or a QUANTIZE that would round twice.
             if (preserved and grid is not None and not np.isclose(grid.step, spec.step, rtol=1e-6)) \
                     or (stored is not None and coarsens(stored, spec)):
-                x = identity_depthwise(plan, f"{layer.name}/input_{i}", x)
+                x = identity_depthwise(codes, f"{layer.name}/input_{i}", x)
         out.append(spec(x))
     return out
 
 
-def identity_depthwise(plan: Plan, name: str, x: tf.Tensor) -> tf.Tensor:
+def identity_depthwise(codes: IdentityCodes, name: str, x: tf.Tensor) -> tf.Tensor:
     """``x`` through a 1x1 DEPTHWISE_CONV_2D of ones (int8 code ``k``, step ``1/k``: exact),
     where the file changes its grid: TFLite requantizes the int32 accumulator ``k·x``,
     rounding once up to ``2^-8`` of an output step, where a QUANTIZE or RELU of the
     int8 codes would round twice (``plan.coarsens``). Each such conv of one tensor gets a
     code of its own (127, 126, ...): identical ones would be merged, and the merged output
-    requantized again for all but one of its grids."""
-    codes = plan.identity_codes.setdefault(x.ref(), [])
-    k = 127 - len(codes)
-    codes.append(k)
+    requantized again for all but one of its grids (``codes``: those given so far, by tensor)."""
+    given = codes.setdefault(x.ref(), [])
+    k = 127 - len(given)
+    given.append(k)
     channels = int(x.shape[-1])
     return bn_as_depthwise(name, np.ones(channels), np.zeros(channels), x, np.full(channels, k))
 
@@ -264,12 +270,12 @@ def avg_pool_as_depthwise(pool: L.AveragePooling2D, x: tf.Tensor,
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
 
 
-def run_layer(layer, plan: Plan, args, kwargs):
-    """One layer of the export graph."""
+def run_layer(layer, plan: Plan, args, kwargs, codes: IdentityCodes):
+    """One layer of the export graph (``codes``: see :data:`IdentityCodes`)."""
     if isinstance(layer, _compat.QuantizeWrapper) and isinstance(layer.quantize_config, BitPruneQuantizeConfig):
         if len(args) != 1:
             raise ExportError(f"Layer '{layer.name}' is called with {len(args)} positional inputs.")
-        return run_wrapper(layer, plan, args[0], kwargs)
+        return run_wrapper(layer, plan, args[0], kwargs, codes)
     if isinstance(layer, _compat.QuantizeLayer) and layer.quantizer is not None:
         spec = plan.act(layer.quantizer_vars)
         if spec is not None:
@@ -285,11 +291,12 @@ def export_graph(model: keras.Model, plan: Optional[Plan] = None) -> Callable[..
     what :func:`export_tflite` converts; it computes what the model does."""
     if plan is None:
         check_frozen(model)
-        plan = Plan(model)
+        plan = build_plan(model)
 
     def run(*inputs):
+        codes: IdentityCodes = {}
         outs = _compat.run_functional(model, tf.nest.flatten(inputs),
-                                      lambda layer, args, kwargs: run_layer(layer, plan, args, kwargs))
+                                      lambda layer, args, kwargs: run_layer(layer, plan, args, kwargs, codes))
         return outs[0] if len(outs) == 1 else outs
 
     return run

@@ -25,7 +25,7 @@ from tf_bitpruning.export.checks import ExportError
 from tf_bitpruning.quantizers import ActivationBitQuantizer, BitlengthQuantizer, WeightBitQuantizer
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ActivationExport:
     """A b-bit activation grid ``lo + k·step``, ``k = 0 .. 2^b - 1``; calling it quantizes onto it."""
 
@@ -85,7 +85,7 @@ class ActivationExport:
         return int(np.floor(np.log2(255.0 / (2.0 ** self.bits - 1.0))))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class WeightExport:
     """A b-bit kernel and its int8 step(s); :meth:`tensor` is its fake-quantized constant."""
 
@@ -94,6 +94,12 @@ class WeightExport:
     channel_axes: Tuple[int, ...]  # kernel axes of the output channels (per-channel scale)
     multiplier: np.ndarray    # stored code = b-bit integer × multiplier (like scale)
     max_multiplier: Optional[np.ndarray] = None  # the largest the container holds (like scale)
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):  # frozen: the arrays too (change with dataclasses.replace)
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
 
     def tensor(self, shape: Optional[Sequence[int]] = None) -> tf.Tensor:
         """The fake-quantized kernel (reshaped to ``shape``, output channels last)."""
@@ -154,7 +160,7 @@ def weight_export(quantizer: WeightBitQuantizer, variables, weight: tf.Variable,
     ``(2^(b-1) - 1)·2^j <= code_limit`` (``None``: ``j = 0``): the stored codes are
     the b-bit integers times ``2^j``, the same ``2^b - 1`` values at most. Any
     multiplier up to ``max_multiplier`` fits the container (the plan picks, per
-    channel, the one whose bias grid suits the bias: ``Plan._fit_bias_codes``).
+    channel, the one whose bias grid suits the bias: ``plan_build.fit_bias_codes``).
     """
     bits = int_bits(quantizer, variables)
     if bits.max() > 8:

@@ -3,7 +3,7 @@
 Walks a frozen tf_keras bit-pruned model (a Keras 3 one through its twin) layer by
 layer and builds a plain Keras 3 model: kernels replaced by their quantized values,
 a ``Conv/Dense -> BatchNormalization`` pair folded into one layer (as on the TFLite
-path, :func:`.plan.bn_factors`), activations as ``Activation`` layers of their own,
+path, :func:`.layer_rules.bn_factors`), activations as ``Activation`` layers of their own,
 quantizer layers removed. Each quantizer becomes the ``result`` type of the layer
 whose output it quantizes (its ``fixed<b, I>`` grid, round half to even, saturate); a
 tensor without a quantizer gets the exact type of what computes it (sums of products
@@ -25,7 +25,7 @@ from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError
 from tf_bitpruning.export.fixed import FixedType, covering, grid_type, of_values, union
 from tf_bitpruning.export.grids import int_bits
-from tf_bitpruning.export.plan import bn_factors
+from tf_bitpruning.export.layer_rules import bn_factors
 from tf_bitpruning.layer_kinds import activation_name, builtin_kind
 
 KERNEL_LAYERS = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D")

@@ -39,7 +39,7 @@ from tf_bitpruning.export.grids import int_bits
 from tf_bitpruning.export.int4 import (FAST_INT4_OPS, INT4_OPS, Int4Mode, int4_ops_for, pack_filters,
                                        pack_int4_values, unpack_int4, unpack_int4_values)
 from tf_bitpruning.export.int4 import verify_int4 as _verify_int4
-from tf_bitpruning.export.plan import Plan
+from tf_bitpruning.export.plan import build_plan
 from tf_bitpruning.export.precision import int_or_list, precision_info, write_precision
 from tf_bitpruning.export.rename import rename_tensors
 from tf_bitpruning.export.requantize import precise_requantize
@@ -113,7 +113,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
         raise FileNotFoundError(f"export_tflite: the directory '{directory}' does not exist.")
     ops = int4_ops_for(int4, int4_ops)
 
-    plan = Plan(model, ops, fine_bias)
+    plan = build_plan(model, ops, fine_bias)
     content = convert(model, export_graph(model, plan), representative_dataset,
                       inference_input_type, inference_output_type)
     model_obj = read(content)
