@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Tuple
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 
-from tf_bitpruning import _compat, costs, op_lambdas
+from tf_bitpruning import _compat, costs, layout, op_lambdas
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.layer_kinds import op_lambda_function
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer, _ClipParam
@@ -103,7 +103,11 @@ def bitprune_annotate_model(to_annotate: keras.Model, skip_layers: Sequence[str]
             + "\nEither wrap them with tfbp.bitprune_annotate_layer(layer, tfbp.BitPruneQuantizeConfig(...)) "
               "before calling this, or leave them in float with skip_layers=[...names...].")
 
+    chained = layout.training_only_in_chains(to_annotate.layers)
+
     def annotate(layer):
+        if layer.name in chained and layer.name not in skip:
+            return _compat.QuantizeAnnotate(layer)
         if (layer.name in skip or is_pass_through(layer)
                 or isinstance(layer, (_compat.QuantizeAnnotate, keras.layers.InputLayer))):
             return layer

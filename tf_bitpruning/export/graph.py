@@ -18,7 +18,7 @@ from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError, check_frozen
 from tf_bitpruning.export.grids import ActivationExport, WeightExport
 from tf_bitpruning.export.plan import AVERAGES, VALUE_PRESERVING, Plan, as_depthwise, coarsens, pool_bands
-from tf_bitpruning.layer_kinds import PREPROCESSING_LAYERS
+from tf_bitpruning.layer_kinds import INPUT_CHAIN_LAYERS
 
 L = keras.layers
 
@@ -110,7 +110,7 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs):
         if quantizer is not None:
             spec = plan.act(variables)
             # Preprocessing is computed in float from the model input, up to the input quantizer.
-            first = (type(inner).__name__ in PREPROCESSING_LAYERS
+            first = (type(inner).__name__ in INPUT_CHAIN_LAYERS
                      or (isinstance(inner, AVERAGES) and layer.name in plan.lower_bound))
             out = (spec(out, plan.lower_bound.get(layer.name), quantize_first=first)
                    if spec is not None

@@ -92,7 +92,9 @@ def _configs(graph, registry, skip: set, quantize_inputs: bool, splits=None):
     their preprocessing chain (scheme's layout rules)."""
     splits = splits or {}
     layers = _compat.graph_operations(graph)
-    annotated = {layer.name for layer in layers if layer.name not in skip and is_quantizable(layer)}
+    chained = layout.training_only_in_chains(layers)
+    annotated = {layer.name for layer in layers
+                 if layer.name not in skip and (is_quantizable(layer) or layer.name in chained)}
     configs: Dict[str, BitPruneQuantizeConfig] = {}
     chained_inputs = set()
     for layer in layers:
@@ -165,17 +167,24 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
 
 
 def rerun(graph, twin_of: Callable[[Any], Any], entry: Callable[[str, Any], Any] = lambda name, x: x,
-          make_input: Callable[..., Any] = keras.Input, make_model: Callable[..., Any] = None, name: str = None):
+          make_input: Callable[..., Any] = keras.Input, make_model: Callable[..., Any] = None, name: str = None,
+          drop_training: bool = False):
     """Re-runs a functional ``graph`` on new inputs (``make_input``, passed through
     ``entry(input name, tensor)``) with ``twin_of(layer)``, made once per layer, in place
     of each layer (``keras.models.clone_model``'s mechanism). Returns the new model
-    (``make_model``, default :class:`BitPrunedModel`) and ``{layer name: twin}``."""
+    (``make_model``, default :class:`BitPrunedModel`) and ``{layer name: twin}``.
+    ``drop_training``: calls without the ``training`` argument Keras 3 records (the call's
+    default, ``True`` for the ``Random*`` layers), which a tf_keras twin would keep for good
+    (Keras 3 overrides it with the model's own ``training``)."""
     twins: Dict[str, Any] = {}
 
     def operation_fn(layer):
         if layer.name not in twins:
             twins[layer.name] = twin_of(layer)
-        return twins[layer.name]
+        twin = twins[layer.name]
+        if drop_training:
+            return lambda *args, **kwargs: twin(*args, **{k: v for k, v in kwargs.items() if k != "training"})
+        return twin
 
     names = _compat.input_names(graph)
     inputs = [make_input(batch_shape=x.shape, dtype=x.dtype, name=name) for x, name in zip(graph.inputs, names)]
