@@ -85,3 +85,152 @@ def test_augmentation_last_in_the_chain_quantizes_the_input(kname):
     model = K.Model(inp, K.layers.Conv2D(2, 3, name="conv")(x))
     bits = tfbp.bitlengths(tfbp.bitprune_model(model))
     assert "flip/activations" in bits and not any(k.startswith("quantize_layer") for k in bits)
+
+
+# -- nested models (issue 19, item 1) --------------------------------------------------------------
+
+SHAPE = (16, 16, 3)
+
+
+def _backbone(K, name="backbone", prefix=""):
+    """A small functional backbone: (Conv2D-BN-ReLU) x 2."""
+    inp = K.Input(SHAPE)
+    x = inp
+    for i in (1, 2):
+        x = K.layers.Conv2D(4 * i, 3, use_bias=False, name=f"{prefix}conv{i}")(x)
+        x = K.layers.BatchNormalization(name=f"{prefix}bn{i}")(x)
+        x = K.layers.ReLU(name=f"{prefix}relu{i}")(x)
+    return K.Model(inp, x, name=name)
+
+
+def _recipe(K, base=None, trainable=True):
+    """Keras' transfer-learning recipe, with the small backbone."""
+    base = base or _backbone(K)
+    base.trainable = trainable
+    augment = K.Sequential([K.layers.RandomFlip("horizontal", name="flip"),
+                            K.layers.RandomRotation(0.1, name="rotate")], name="augment")
+    inp = K.Input(SHAPE)
+    x = K.layers.Rescaling(1 / 127.5, offset=-1, name="rescale")(augment(inp))
+    x = base(x, training=False)
+    x = K.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = K.layers.Dropout(0.2, name="drop")(x)
+    return K.Model(inp, K.layers.Dense(3, name="head")(x), name="recipe")
+
+
+def _flat_recipe(K):
+    inp = K.Input(SHAPE)
+    x = K.layers.RandomRotation(0.1, name="rotate")(K.layers.RandomFlip("horizontal", name="flip")(inp))
+    x = K.layers.Rescaling(1 / 127.5, offset=-1, name="rescale")(x)
+    for i in (1, 2):
+        x = K.layers.Conv2D(4 * i, 3, use_bias=False, name=f"conv{i}")(x)
+        x = K.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = K.layers.ReLU(name=f"relu{i}")(x)
+    x = K.layers.Dropout(0.2, name="drop")(K.layers.GlobalAveragePooling2D(name="gap")(x))
+    return K.Model(inp, K.layers.Dense(3, name="head")(x), name="flat")
+
+
+def _data(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(0, 255, (n,) + SHAPE).astype("float32"), rng.normal(size=(n, 3)).astype("float32"))
+
+
+def _weights(model, part: str, what: str):
+    return [np.array(w) for w in model.weights if part in w.name.split("/")[-1] or
+            (part in w.path if hasattr(w, "path") else part in w.name) and what in w.name]
+
+
+def _variable(model, layer: str, what: str):
+    """The value of the variable ``what`` of the (wrapped) layer named ``layer``."""
+    for w in model.weights:
+        path = getattr(w, "path", w.name)
+        if layer in path.split("/")[0].replace("quant_", "") and what == path.split("/")[-1].split(":")[0]:
+            return np.array(w)
+    raise KeyError(f"{layer}/{what}")
+
+
+@BOTH
+def test_nested_recipe_quantizes_what_the_flat_model_does(kname):
+    K = KERASES[kname]
+    bp = tfbp.bitprune_model(_recipe(K))
+    flat = tfbp.bitprune_model(_flat_recipe(K))
+    assert sorted(tfbp.bitlengths(bp)) == sorted(tfbp.bitlengths(flat))
+    # The BN after each conv folds (the conv's output quantizer dropped; the ReLU's is the one
+    # kept), the input quantizer follows the preprocessing chain (augmentation, rescaling).
+    bits = tfbp.bitlengths(bp)
+    assert "conv1/activations" not in bits and "bn1/activations" not in bits and "relu1/activations" in bits
+    assert "rescale/activations" in tfbp.bitlengths(bp)
+    x, y = _data()
+    _train_step(bp, x, y)
+
+
+@BOTH
+def test_sequential_around_a_backbone(kname, tmp_path):
+    K = KERASES[kname]
+    model = K.Sequential([K.Input(SHAPE), _backbone(K), K.layers.GlobalAveragePooling2D(name="gap"),
+                          K.layers.Dense(3, name="head")])
+    bp = tfbp.bitprune_model(model)
+    assert {"conv1/weights", "conv2/weights", "head/weights"} <= set(tfbp.bitlengths(bp))
+    x, y = _data()
+    np.testing.assert_allclose(tfbp.bitprune_model(model, init_bits=16, activation_bits=(1, 16),
+                                                   weight_bits=(2, 16)).predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=0.05)
+    _train_step(bp, x, y)
+    frozen = tfbp.freeze_bitlengths(bp)
+    _export_agrees(frozen, x, tmp_path / "seq.tflite")
+
+
+@BOTH
+def test_nested_twice_and_name_collisions(kname):
+    """Models nested two deep; two inner models with the same layer names: the second's are
+    renamed ``<inner model>.<name>``."""
+    K = KERASES[kname]
+    inp = K.Input(SHAPE)
+    inner = K.Model(inp, _backbone(K, "core")(inp), name="middle")
+    other = _backbone(K, "other")
+    x = K.layers.Add(name="add")([inner(inp), other(inp)])
+    out = K.layers.Dense(3, name="head")(K.layers.GlobalAveragePooling2D(name="gap")(x))
+    bp = tfbp.bitprune_model(K.Model(inp, out))
+    names = {key.split("/")[0] for key in tfbp.bitlengths(bp)}
+    assert {"conv1", "conv2", "other.conv1", "other.conv2", "add"} <= names, names
+    _train_step(bp, *_data())
+
+
+def test_training_false_keeps_batchnorm_in_inference_mode():
+    """tf_keras records base(x, training=False): the flat model's BNs keep their moving
+    statistics while the model trains, and their outputs use them."""
+    K = tf_keras
+    inp = K.Input(SHAPE)
+    x = K.layers.GlobalAveragePooling2D(name="gap")(_backbone(K)(inp, training=False))
+    model = K.Model(inp, K.layers.Dense(3, name="head")(x))
+    bp = tfbp.bitprune_model(model)
+    before = _variable(bp, "bn1", "moving_mean"), _variable(bp, "bn2", "moving_variance")
+    x, y = _data()
+    _train_step(bp, x, y)
+    after = _variable(bp, "bn1", "moving_mean"), _variable(bp, "bn2", "moving_variance")
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    # The model in training mode computes what it does in inference (BN on moving statistics).
+    frozen = tfbp.freeze_bitlengths(bp)
+    np.testing.assert_allclose(frozen(x, training=True), frozen(x, training=False), atol=1e-5)
+
+
+@BOTH
+def test_frozen_backbone_keeps_its_kernels(kname):
+    K = KERASES[kname]
+    bp = tfbp.bitprune_model(_recipe(K, trainable=False))
+    trainable = {getattr(w, "path", w.name) for w in bp.trainable_weights}
+    kernels = [t for t in trainable if ("conv1" in t or "conv2" in t) and t.split("/")[-1].startswith("kernel:")
+               or t.split("/")[-1] == "kernel"]
+    assert not [k for k in kernels if "head" not in k], trainable
+    # The backbone's bitlengths are still learned: they belong to the quantizers, not to the
+    # frozen layers, and a budget needs them.
+    assert any("conv1" in t and "kernel_bits" in t for t in trainable), trainable
+    before = [_variable(bp, layer, what) for layer, what in
+              (("conv1", "kernel"), ("conv2", "kernel"), ("bn1", "moving_mean"), ("bn2", "gamma"))]
+    bits_before = tfbp.bitlengths(bp)
+    _train_step(bp, *_data())
+    after = [_variable(bp, layer, what) for layer, what in
+             (("conv1", "kernel"), ("conv2", "kernel"), ("bn1", "moving_mean"), ("bn2", "gamma"))]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert tfbp.bitlengths(bp)["conv1/weights"] != bits_before["conv1/weights"]

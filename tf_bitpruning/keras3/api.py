@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 
 import keras
 
-from tf_bitpruning import costs, layout
+from tf_bitpruning import costs, flatten, layout
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
 from tf_bitpruning.keras3.layers import BitPrunedModel, BitPruneInputQuantizer, BitPruneWrapper
@@ -41,7 +41,9 @@ def check_keras() -> None:
             f"quantizers are TensorFlow ops with a custom gradient, and the export is TFLite.)")
 
 
-def check_model(model, what: str) -> None:
+def check_model(model, what: str, allow_nested: bool = False) -> None:
+    """Raises unless ``model`` is a built Sequential or functional Keras 3 model of layers
+    (nested models only with ``allow_nested``: :func:`tf_bitpruning.flatten.flatten`)."""
     check_keras()
     if not isinstance(model, keras.Model):
         raise TypeError(f"{what}: expected a Keras model, got {type(model).__name__}.")
@@ -56,10 +58,12 @@ def check_model(model, what: str) -> None:
     graph = _compat.functional_graph(model)
     for op in _compat.graph_operations(graph):
         if isinstance(op, keras.Model):
+            if allow_nested:
+                check_model(op, what, allow_nested=True)
+                continue
             raise ValueError(
-                f"{what}: model '{model.name}' contains nested model '{op.name}'. Quantizing a model "
-                f"inside a model is not supported; flatten it first, for example by calling the inner "
-                f"model's layers directly in one functional model.")
+                f"{what}: model '{model.name}' contains nested model '{op.name}'; tfbp.bitprune_model "
+                f"flattens it (tfbp.flatten.flatten).")
         if not isinstance(op, keras.layers.Layer):
             raise ValueError(
                 f"{what}: model '{model.name}' calls the op '{op.name}' ({type(op).__name__}) on a "
@@ -118,8 +122,10 @@ def _configs(graph, registry, skip: set, quantize_inputs: bool, splits=None):
 def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
                    skip_layers: Sequence[str], weight_quantizer: WeightBitQuantizer,
                    activation_quantizer: ActivationBitQuantizer, quantize_inputs: bool) -> BitPrunedModel:
-    """A bit-pruned copy of a Keras 3 Sequential or functional model (see module doc)."""
-    check_model(model, "bitprune_model")
+    """A bit-pruned copy of a Keras 3 Sequential or functional model (see module doc), nested
+    models flattened first (:func:`tf_bitpruning.flatten.flatten`)."""
+    check_model(model, "bitprune_model", allow_nested=True)
+    model = flatten.flatten(model)
     graph = _compat.functional_graph(model)
     layers = _compat.graph_operations(graph)
     skip = set(skip_layers)
