@@ -134,11 +134,6 @@ def _data(n=16, seed=0):
     return (rng.uniform(0, 255, (n,) + SHAPE).astype("float32"), rng.normal(size=(n, 3)).astype("float32"))
 
 
-def _weights(model, part: str, what: str):
-    return [np.array(w) for w in model.weights if part in w.name.split("/")[-1] or
-            (part in w.path if hasattr(w, "path") else part in w.name) and what in w.name]
-
-
 def _variable(model, layer: str, what: str):
     """The value of the variable ``what`` of the (wrapped) layer named ``layer``."""
     for w in model.weights:
@@ -234,3 +229,41 @@ def test_frozen_backbone_keeps_its_kernels(kname):
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)
     assert tfbp.bitlengths(bp)["conv1/weights"] != bits_before["conv1/weights"]
+
+
+@pytest.mark.slow
+@BOTH
+@pytest.mark.parametrize("trainable", [True, False])
+def test_recipe_end_to_end(kname, trainable, tmp_path):
+    """The transfer-learning recipe: bitprune_model -> fit(BitBudget) -> freeze_bitlengths ->
+    fit -> save/load -> export_tflite, LiteRT agreeing with the frozen model; the report
+    and summary list the backbone's layers."""
+    from tests.litert_run import output_step, run_tflite
+    from tests.tflite_checks import top1_agreement
+    K = KERASES[kname]
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (96,) + SHAPE).astype("float32")
+    labels = (x[..., 0].mean(axis=(1, 2)) > x[..., 1].mean(axis=(1, 2))).astype("int64") \
+        + (x[..., 2].mean(axis=(1, 2)) > 127.5)
+    y = np.eye(3, dtype="float32")[labels]
+    K.utils.set_random_seed(0)
+    bp = tfbp.bitprune_model(_recipe(K, trainable=trainable), regularization=0.05)
+    bp.compile(K.optimizers.Adam(1e-3), "categorical_crossentropy")
+    bp.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[tfbp.BitBudget(target_bits=6.0)])
+    frozen = tfbp.freeze_bitlengths(bp, target_bits=6.0)
+    frozen.compile(K.optimizers.Adam(1e-3), "categorical_crossentropy")
+    frozen.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    rows = {row["layer"] for row in tfbp.precision_report(frozen)["rows"]}
+    assert {"conv1", "conv2", "head"} <= rows, rows
+    lines = []
+    tfbp.summary(frozen, print_fn=lines.append)
+    assert any("conv2" in line for line in lines)
+    path = tmp_path / ("m.keras" if kname == "keras3" else "m.h5")
+    tfbp.save_model(frozen, str(path))
+    loaded = tfbp.load_model(str(path))
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), frozen.predict(x, verbose=0), atol=1e-6)
+    assert tfbp.bitlengths(loaded) == tfbp.bitlengths(frozen)
+    out = tmp_path / "recipe.tflite"
+    tfbp.export_tflite(loaded, out)
+    agreement = top1_agreement(run_tflite(out, x), loaded.predict(x, verbose=0), output_step(out))
+    assert agreement.rate >= 0.9, agreement
