@@ -12,8 +12,9 @@ backbone's last conv still folds, an input quantizer still moves past preprocess
   inference mode while the model trains. Keras 3 records no ``training`` argument (its own
   ``fit`` updates such a backbone's BN statistics); the flat model does what the nested one
   does. Under both, ``base.trainable = False`` freezes its layers (configs keep it).
-- names: a layer keeps its name, unless the name is taken in the flat model (two inner
-  models with a ``conv1`` each); then it is ``<inner model name>.<layer name>``.
+- names: a layer keeps its name, unless the name is taken in the flat model (by a layer of
+  the outer model, or of an inner model met earlier: two backbones with a ``conv1`` each);
+  then it is ``<inner model name>.<layer name>`` (Keras 3 refuses ``/`` in layer names).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from tf_bitpruning import _compat
+from tf_bitpruning.layout import unique_name
 
 
 def _model_class(model) -> type:
@@ -64,7 +66,7 @@ def flatten(model):
             config = layer.get_config()
             name = layer.name
             if owner is not None and name in taken:  # an inner layer whose name is taken
-                name = _unique(f"{owner}.{name}", taken)
+                name = unique_name(f"{owner}.{name}", taken)
             taken.add(name)
             config["name"] = name
             copies[id(layer)] = (layer.__class__.from_config(config), layer)
@@ -90,14 +92,6 @@ def flatten(model):
     for copy, leaf in copies.values():
         copy.set_weights(leaf.get_weights())
     return flat
-
-
-def _unique(name: str, taken) -> str:
-    candidate, i = name, 0
-    while candidate in taken:
-        i += 1
-        candidate = f"{name}_{i}"
-    return candidate
 
 
 def _flat(args) -> List[Any]:
