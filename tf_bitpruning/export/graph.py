@@ -18,7 +18,7 @@ from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError, check_frozen
 from tf_bitpruning.export.grids import ActivationExport, WeightExport
 from tf_bitpruning.export.plan import AVERAGES, VALUE_PRESERVING, Plan, as_depthwise, coarsens, pool_bands
-from tf_bitpruning.layer_kinds import INPUT_CHAIN_LAYERS
+from tf_bitpruning.layer_kinds import INPUT_CHAIN_LAYERS, TRAINING_ONLY
 
 L = keras.layers
 
@@ -274,6 +274,8 @@ def run_layer(layer, plan: Plan, args, kwargs):
         spec = plan.act(layer.quantizer_vars)
         if spec is not None:
             return spec(args[0], quantize_first=True)
+    if type(layer).__name__ in TRAINING_ONLY and len(args) == 1:
+        return args[0]  # identity at inference (and no activity-regularization loss in the graph)
     kwargs = dict(kwargs)
     kwargs.pop("training", None)
     return layer(*args, training=False, **kwargs) if _compat.accepts_training(layer) else layer(*args, **kwargs)
