@@ -144,3 +144,54 @@ def tfmot_pre_quantize_also(predicate) -> None:
 
     _should_pre_quantize._tf_bitpruning = True
     qaa._should_pre_quantize = _should_pre_quantize
+
+
+# -- re-running a functional graph (the nested-model flattening, flatten.py) ------------------------
+
+def run_nodes(model, inputs: List[Any], call) -> List[Any]:
+    """Re-runs the graph of a functional or Sequential ``model`` (tf_keras or Keras 3) on
+    ``inputs`` (one tensor per model input), with ``call(layer, args, kwargs)`` in place of
+    every layer call (``kwargs`` as the call was recorded: tf_keras keeps ``training=False``,
+    Keras 3 does not). Returns the new outputs, one per model output."""
+    import tensorflow as tf
+    if is_keras3(model):
+        import keras
+        graph = getattr(model, "_functional", None) or model
+        outputs = graph._run_through_graph(
+            inputs, operation_fn=lambda op: (lambda *args, **kwargs: call(op, args, kwargs)))
+        return list(keras.tree.flatten(outputs))
+    values = {id(x): y for x, y in zip(model.inputs, inputs)}
+
+    def new(t):
+        return values.get(id(t), t) if hasattr(t, "_keras_history") else t
+
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input:
+                continue
+            args, kwargs = tf.nest.map_structure(new, (tuple(node.call_args), dict(node.call_kwargs)))
+            out = call(node.layer, args, kwargs)
+            for x, y in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(out)):
+                values[id(x)] = y
+    return [values[id(x)] for x in model.outputs]
+
+
+def input_layer_name(x) -> str:
+    """The name of the input layer of a model input tensor ``x``."""
+    return x._keras_history.operation.name if is_keras3(x) else x._keras_history[0].name
+
+
+def keep_frozen(model) -> None:
+    """tfmot's wrapper adds the wrapped layer's quantized weights to its own trainable
+    weights, whether the wrapped layer is trainable or not: for every wrapper of ``model``
+    (or ``model`` itself, a wrapper) around a non-trainable layer, they are taken out again
+    and listed as non-trainable, so ``layer.trainable = False`` (a frozen backbone) keeps its
+    kernels; the wrapper's own bitlengths stay trainable. (Also on a loaded or frozen copy,
+    so that saved weights keep their order.)"""
+    for wrapper in ([model] if isinstance(model, QuantizeWrapper) else getattr(model, "layers", [])):
+        if isinstance(wrapper, QuantizeWrapper) and not wrapper.layer.trainable:
+            quantized = {id(weight) for weight, _, _ in wrapper._weight_vars}
+            listed = wrapper._trainable_weights  # edited in place (setattr would track them again)
+            for i in reversed([i for i, w in enumerate(listed) if id(w) in quantized]):
+                wrapper._non_trainable_weights.append(listed[i])
+                del listed[i]

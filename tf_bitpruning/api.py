@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Tuple
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 
-from tf_bitpruning import _compat, costs, op_lambdas
+from tf_bitpruning import _compat, costs, flatten, layout, op_lambdas
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.layer_kinds import op_lambda_function
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer, _ClipParam
@@ -24,9 +24,10 @@ _KERAS3_HELP = (
 _is_keras3 = _compat.is_keras3
 
 
-def check_model(model, what: str) -> None:
+def check_model(model, what: str, allow_nested: bool = False) -> None:
     """Raises unless ``model`` is a built Sequential or functional tf_keras model without
-    nested models (what tfmot can clone); ``what`` names the caller in the message."""
+    nested models (what tfmot can clone; ``allow_nested``: with them, which
+    :func:`tf_bitpruning.flatten.flatten` removes); ``what`` names the caller in the message."""
     if model is None:
         raise ValueError(f"{what}: model is None.")
     if _is_keras3(model):
@@ -43,11 +44,11 @@ def check_model(model, what: str) -> None:
         raise ValueError(f"{what}: model '{model.name}' is not built. Give it an input shape "
                          f"(keras.Input or input_shape=...) or call model.build(input_shape).")
     nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
-    if nested:
+    if nested and not allow_nested:
         raise ValueError(
-            f"{what}: model '{model.name}' contains nested model(s) {nested}. Quantizing a model "
-            f"inside a model is not supported (tfmot); flatten it first, for example by calling "
-            f"the inner model's layers directly in one functional model.")
+            f"{what}: model '{model.name}' contains nested model(s) {nested}: tfmot cannot quantize a "
+            f"model inside a model. Give it to tfbp.bitprune_annotate_model or tfbp.bitprune_model, "
+            f"which flatten it (tfbp.flatten.flatten).")
 
 
 def bitprune_annotate_layer(to_annotate: keras.layers.Layer,
@@ -81,9 +82,11 @@ def bitprune_annotate_model(to_annotate: keras.Model, skip_layers: Sequence[str]
 
     Layers already annotated with :func:`bitprune_annotate_layer` keep their
     config; layers named in ``skip_layers`` stay float. Raises a ``ValueError``
-    naming every layer that has no built-in config.
+    naming every layer that has no built-in config. Nested models are flattened
+    first (:func:`tf_bitpruning.flatten.flatten`).
     """
-    check_model(to_annotate, "bitprune_annotate_model")
+    check_model(to_annotate, "bitprune_annotate_model", allow_nested=True)
+    to_annotate = flatten.flatten(to_annotate)
     skip = set(skip_layers)
     unknown = skip - {layer.name for layer in to_annotate.layers}
     if unknown:
@@ -103,7 +106,11 @@ def bitprune_annotate_model(to_annotate: keras.Model, skip_layers: Sequence[str]
             + "\nEither wrap them with tfbp.bitprune_annotate_layer(layer, tfbp.BitPruneQuantizeConfig(...)) "
               "before calling this, or leave them in float with skip_layers=[...names...].")
 
+    chained = layout.training_only_in_chains(to_annotate.layers)
+
     def annotate(layer):
+        if layer.name in chained and layer.name not in skip:
+            return _compat.QuantizeAnnotate(layer)
         if (layer.name in skip or is_pass_through(layer)
                 or isinstance(layer, (_compat.QuantizeAnnotate, keras.layers.InputLayer))):
             return layer
@@ -179,6 +186,7 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
         quantize_inputs=quantize_inputs)
     with bitprune_scope():
         quantized = _tfq.quantize_apply(model, scheme)
+    _compat.keep_frozen(quantized)
     costs.attach_bit_loss(quantized, regularization, weighting)
     return quantized
 
@@ -249,6 +257,7 @@ class QuantizeWrapperV2(_compat.QuantizeWrapperV2):
             self.layer.build(input_shape)
             self.layer.built = True
         super().build(input_shape)
+        _compat.keep_frozen(self)
 
 
 def bitprune_scope(*args):

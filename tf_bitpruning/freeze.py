@@ -129,6 +129,7 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
     else:
         with bitprune_scope():
             frozen = keras.models.clone_model(model, clone_function=clone)
+        _compat.keep_frozen(frozen)
         _copy_weights(model, frozen)
     twins = dict(zip(tensors, costs.quantized_tensors(frozen)))
     _assign_bits(twins, start)

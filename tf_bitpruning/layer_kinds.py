@@ -56,17 +56,30 @@ OUTPUT_LAYERS = (RELU_LAYERS | MERGES | AVERAGE_POOLINGS | UPSAMPLINGS
 
 # Run in float when they follow a model input (the input quantizer moves after them; the
 # exporter computes them in float on the input, then QUANTIZE).
+# (RandomCrop, a center crop and resize at inference, is not supported yet: tfmot's annotation
+# of it fails on its shape.)
 PREPROCESSING_LAYERS = frozenset({"Rescaling", "Normalization"})
+
+# -- layers that only act while training (identity at inference) -----------------------------------
+# Passed through (no wrapper, absent from the .tflite); right after a model input they join
+# the preprocessing chain (layout.preprocessing_chain), so the input quantizer follows them and
+# the first layer trains on the learned input grid.
+AUGMENTATIONS = frozenset({"RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
+                           "RandomContrast", "RandomBrightness"})
+TRAINING_ONLY = AUGMENTATIONS | {
+    "GaussianNoise", "GaussianDropout", "AlphaDropout", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "ActivityRegularization"}
+# What may follow a model input in its float preprocessing chain.
+INPUT_CHAIN_LAYERS = PREPROCESSING_LAYERS | TRAINING_ONLY
 
 # -- layers that are not quantized -----------------------------------------------------------------
 
-# Layers whose output values are some of their input values (so stay on its grid).
+# Layers whose output values are some of their input values at inference (so stay on its grid).
 VALUE_PRESERVING = frozenset({
-    "InputLayer", "Flatten", "Reshape", "Permute", "Dropout", "SpatialDropout1D",
-    "SpatialDropout2D", "ActivityRegularization", "MaxPooling1D", "MaxPooling2D",
+    "InputLayer", "Flatten", "Reshape", "Permute", "Dropout", "MaxPooling1D", "MaxPooling2D",
     "GlobalMaxPooling1D", "GlobalMaxPooling2D", "ZeroPadding1D", "ZeroPadding2D",
     "Cropping1D", "Cropping2D",
-})
+}) | TRAINING_ONLY
 # Layers that get no quantizer, not even a wrapper. (The exporter follows a grid through the
 # value-preserving ones only.)
 PASS_THROUGH_LAYERS = VALUE_PRESERVING | {"Softmax", "Identity"}

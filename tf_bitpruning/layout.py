@@ -5,7 +5,8 @@ rebuild (:mod:`tf_bitpruning.keras3.api`).
 - a SeparableConv2D is split into ``<name>_depthwise -> <name>_pointwise``
   (:func:`separable_split`), so the tensor between its kernels gets a learned grid;
 - each model input gets an input quantizer, after its preprocessing chain
-  (``Rescaling``, ``Normalization``: :func:`preprocessing_chain`);
+  (``Rescaling``, ``Normalization`` and the training-only layers such as
+  ``RandomFlip``: :func:`preprocessing_chain`);
 - an output quantizer is dropped where the only consumer re-quantizes the same
   values right away (:func:`output_requantized`; see :mod:`tf_bitpruning.scheme`).
 
@@ -20,7 +21,7 @@ from typing import Dict, Tuple
 import tf_keras as keras
 
 from tf_bitpruning import _compat
-from tf_bitpruning.layer_kinds import (FOLDABLE_PRODUCERS, FUSED_ACTIVATIONS, PREPROCESSING_LAYERS,
+from tf_bitpruning.layer_kinds import (FOLDABLE_PRODUCERS, FUSED_ACTIVATIONS, INPUT_CHAIN_LAYERS, TRAINING_ONLY,
                                        REQUANTIZING_CONSUMERS, SPLIT_LAYERS, UNFUSED_PRODUCERS, activation_name,
                                        builtin_kind)
 from tf_bitpruning.quantizers import ActivationBitQuantizer
@@ -160,7 +161,7 @@ def chain_configs(chain, registry: BitPruneQuantizeRegistry, quantize_inputs: bo
     for i, layer in enumerate(chain):
         config = registry.get_quantize_config(layer)
         last = i == len(chain) - 1 and quantize_inputs
-        configs.append(config if last else config.replace(quantize_output=False))
+        configs.append(config.replace(quantize_output=last))  # a training-only layer's too
     return configs
 
 
@@ -189,13 +190,26 @@ def _requantizes(consumer, producer) -> bool:
     return consumer_kind in REQUANTIZING_CONSUMERS
 
 
+def training_only_in_chains(layers) -> set:
+    """Names of the training-only layers (augmentation, noise; ``layer_kinds.TRAINING_ONLY``)
+    in the preprocessing chain of a model input, among ``layers``: they are annotated (so the
+    input quantizer can follow them) where elsewhere they pass through unwrapped."""
+    names = set()
+    for layer in layers:
+        if builtin_kind(layer) == "InputLayer":
+            names.update(link.name for link in preprocessing_chain(layer, None)
+                         if builtin_kind(link, exact=False) in TRAINING_ONLY)
+    return names
+
+
 def preprocessing_chain(input_layer, layer_quantize_map) -> list:
-    """The annotated preprocessing layers that follow ``input_layer`` one after another."""
+    """The annotated (in ``layer_quantize_map``; None: any) preprocessing and training-only
+    layers that follow ``input_layer`` one after another."""
     chain, layer = [], input_layer
     while True:
         consumers = _compat.consumers(layer)
-        if (len(consumers) != 1 or builtin_kind(consumers[0], exact=False) not in PREPROCESSING_LAYERS
-                or consumers[0].name not in layer_quantize_map):
+        if (len(consumers) != 1 or builtin_kind(consumers[0], exact=False) not in INPUT_CHAIN_LAYERS
+                or (layer_quantize_map is not None and consumers[0].name not in layer_quantize_map)):
             return chain
         layer = consumers[0]
         chain.append(layer)

@@ -11,7 +11,7 @@ from typing import Optional
 from tf_bitpruning import _compat
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.layer_kinds import (KERAS3_KERNEL_ATTRS, KERNEL_LAYERS, OP_LAMBDAS, OUTPUT_ACTIVATIONS,
-                                       OUTPUT_LAYERS, PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS, TF_OP_OUTPUT,
+                                       OUTPUT_LAYERS, PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS, TF_OP_OUTPUT, TRAINING_ONLY,
                                        TF_OP_PASS_THROUGH, activation_name, builtin_kind, op_lambda_function)
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 
@@ -60,6 +60,8 @@ class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
             return f"no built-in bit-pruning config for {cls.__name__}"
         activation = getattr(layer, "activation", None)
         if kind == "Activation" and activation_name(activation) in OUTPUT_ACTIVATIONS:
+            return None
+        if kind in TRAINING_ONLY:
             return None
         if activation is not None and not _supported_activation(activation):
             return (f"activation '{activation_name(activation)}' is not supported by tfmot's "

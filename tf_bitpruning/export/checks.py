@@ -37,10 +37,10 @@ def check_frozen(model: keras.Model, what: str = "export_tflite") -> List[costs.
 
 
 # Float elementwise ops allowed on the float model inputs before they are quantized:
-# Rescaling / Normalization (which run in float before the input quantizer) and the
+# Rescaling / Normalization / RandomCrop (which run in float before the input quantizer) and the
 # clip of the input grid at its learned min.
 _PREPROCESSING_OPS = ("MUL", "ADD", "SUB", "DIV", "SQRT", "RSQRT", "MAXIMUM", "MINIMUM", "RELU",
-                      "RELU6", "RELU_0_TO_1", "RELU_N1_TO_1")
+                      "RELU6", "RELU_0_TO_1", "RELU_N1_TO_1", "RESIZE_BILINEAR", "STRIDED_SLICE", "SLICE")
 
 
 def check_full_integer(model_obj, float_preprocessing: bool = True, float_layers: Sequence[str] = (),

@@ -19,7 +19,7 @@ from tf_bitpruning.export.checks import ExportError, check_frozen
 from tf_bitpruning.export.grids import ActivationExport, WeightExport
 from tf_bitpruning.export.layer_rules import AVERAGES, VALUE_PRESERVING, as_depthwise, coarsens, pool_bands
 from tf_bitpruning.export.plan import Plan, build_plan
-from tf_bitpruning.layer_kinds import PREPROCESSING_LAYERS
+from tf_bitpruning.layer_kinds import INPUT_CHAIN_LAYERS, TRAINING_ONLY
 
 L = keras.layers
 
@@ -116,7 +116,7 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs, codes: IdentityCodes):
         if quantizer is not None:
             spec = plan.act(variables)
             # Preprocessing is computed in float from the model input, up to the input quantizer.
-            first = (type(inner).__name__ in PREPROCESSING_LAYERS
+            first = (type(inner).__name__ in INPUT_CHAIN_LAYERS
                      or (isinstance(inner, AVERAGES) and layer.name in plan.lower_bound))
             out = (spec(out, plan.lower_bound.get(layer.name), quantize_first=first)
                    if spec is not None
@@ -280,6 +280,8 @@ def run_layer(layer, plan: Plan, args, kwargs, codes: IdentityCodes):
         spec = plan.act(layer.quantizer_vars)
         if spec is not None:
             return spec(args[0], quantize_first=True)
+    if type(layer).__name__ in TRAINING_ONLY and len(args) == 1:
+        return args[0]  # identity at inference (and no activity-regularization loss in the graph)
     kwargs = dict(kwargs)
     kwargs.pop("training", None)
     return layer(*args, training=False, **kwargs) if _compat.accepts_training(layer) else layer(*args, **kwargs)

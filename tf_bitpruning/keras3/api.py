@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 
 import keras
 
-from tf_bitpruning import costs, layout
+from tf_bitpruning import costs, flatten, layout
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
 from tf_bitpruning.keras3.layers import BitPrunedModel, BitPruneInputQuantizer, BitPruneWrapper
@@ -41,7 +41,9 @@ def check_keras() -> None:
             f"quantizers are TensorFlow ops with a custom gradient, and the export is TFLite.)")
 
 
-def check_model(model, what: str) -> None:
+def check_model(model, what: str, allow_nested: bool = False) -> None:
+    """Raises unless ``model`` is a built Sequential or functional Keras 3 model of layers
+    (nested models only with ``allow_nested``: :func:`tf_bitpruning.flatten.flatten`)."""
     check_keras()
     if not isinstance(model, keras.Model):
         raise TypeError(f"{what}: expected a Keras model, got {type(model).__name__}.")
@@ -56,10 +58,12 @@ def check_model(model, what: str) -> None:
     graph = _compat.functional_graph(model)
     for op in _compat.graph_operations(graph):
         if isinstance(op, keras.Model):
+            if allow_nested:
+                check_model(op, what, allow_nested=True)
+                continue
             raise ValueError(
-                f"{what}: model '{model.name}' contains nested model '{op.name}'. Quantizing a model "
-                f"inside a model is not supported; flatten it first, for example by calling the inner "
-                f"model's layers directly in one functional model.")
+                f"{what}: model '{model.name}' contains nested model '{op.name}'; tfbp.bitprune_model "
+                f"flattens it (tfbp.flatten.flatten).")
         if not isinstance(op, keras.layers.Layer):
             raise ValueError(
                 f"{what}: model '{model.name}' calls the op '{op.name}' ({type(op).__name__}) on a "
@@ -92,7 +96,9 @@ def _configs(graph, registry, skip: set, quantize_inputs: bool, splits=None):
     their preprocessing chain (scheme's layout rules)."""
     splits = splits or {}
     layers = _compat.graph_operations(graph)
-    annotated = {layer.name for layer in layers if layer.name not in skip and is_quantizable(layer)}
+    chained = layout.training_only_in_chains(layers)
+    annotated = {layer.name for layer in layers
+                 if layer.name not in skip and (is_quantizable(layer) or layer.name in chained)}
     configs: Dict[str, BitPruneQuantizeConfig] = {}
     chained_inputs = set()
     for layer in layers:
@@ -116,8 +122,10 @@ def _configs(graph, registry, skip: set, quantize_inputs: bool, splits=None):
 def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
                    skip_layers: Sequence[str], weight_quantizer: WeightBitQuantizer,
                    activation_quantizer: ActivationBitQuantizer, quantize_inputs: bool) -> BitPrunedModel:
-    """A bit-pruned copy of a Keras 3 Sequential or functional model (see module doc)."""
-    check_model(model, "bitprune_model")
+    """A bit-pruned copy of a Keras 3 Sequential or functional model (see module doc), nested
+    models flattened first (:func:`tf_bitpruning.flatten.flatten`)."""
+    check_model(model, "bitprune_model", allow_nested=True)
+    model = flatten.flatten(model)
     graph = _compat.functional_graph(model)
     layers = _compat.graph_operations(graph)
     skip = set(skip_layers)
@@ -165,17 +173,24 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
 
 
 def rerun(graph, twin_of: Callable[[Any], Any], entry: Callable[[str, Any], Any] = lambda name, x: x,
-          make_input: Callable[..., Any] = keras.Input, make_model: Callable[..., Any] = None, name: str = None):
+          make_input: Callable[..., Any] = keras.Input, make_model: Callable[..., Any] = None, name: str = None,
+          drop_training: bool = False):
     """Re-runs a functional ``graph`` on new inputs (``make_input``, passed through
     ``entry(input name, tensor)``) with ``twin_of(layer)``, made once per layer, in place
     of each layer (``keras.models.clone_model``'s mechanism). Returns the new model
-    (``make_model``, default :class:`BitPrunedModel`) and ``{layer name: twin}``."""
+    (``make_model``, default :class:`BitPrunedModel`) and ``{layer name: twin}``.
+    ``drop_training``: calls without the ``training`` argument Keras 3 records (the call's
+    default, ``True`` for the ``Random*`` layers), which a tf_keras twin would keep for good
+    (Keras 3 overrides it with the model's own ``training``)."""
     twins: Dict[str, Any] = {}
 
     def operation_fn(layer):
         if layer.name not in twins:
             twins[layer.name] = twin_of(layer)
-        return twins[layer.name]
+        twin = twins[layer.name]
+        if drop_training:
+            return lambda *args, **kwargs: twin(*args, **{k: v for k, v in kwargs.items() if k != "training"})
+        return twin
 
     names = _compat.input_names(graph)
     inputs = [make_input(batch_shape=x.shape, dtype=x.dtype, name=name) for x, name in zip(graph.inputs, names)]

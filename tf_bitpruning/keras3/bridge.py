@@ -99,7 +99,7 @@ def to_tf_keras(model: keras.Model) -> tf_keras.Model:
 
     with bitprune_scope():
         annotated, twins = rerun(graph, twin_of, make_input=tf_keras.Input, make_model=tf_keras.Model,
-                                 name=model.name)
+                                 name=model.name, drop_training=True)
     for layer in ops:
         twin = twins.get(layer.name)
         if twin is not None and not isinstance(layer, BitPruneInputQuantizer):

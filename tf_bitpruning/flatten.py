@@ -1,0 +1,109 @@
+"""Nested models flattened: a functional or Sequential model used as a layer (a
+``keras.applications`` backbone in the transfer-learning recipe), at any depth, becomes
+its layers in one flat functional model, for tf_keras and Keras 3 alike.
+
+Each layer of the result is a copy of one leaf layer (same config, same weights), called
+on the outer tensors, so that the layout rules see across the boundary: a BN after the
+backbone's last conv still folds, an input quantizer still moves past preprocessing.
+
+- ``base(x, training=False)``: under tf_keras the call records it, and every layer of
+  ``base`` that takes ``training`` is called with ``training=False`` in the flat model
+  (recorded on its own call, kept by tfmot's clone): its BatchNormalization stays in
+  inference mode while the model trains. Keras 3 records no ``training`` argument (its own
+  ``fit`` updates such a backbone's BN statistics); the flat model does what the nested one
+  does. Under both, ``base.trainable = False`` freezes its layers (configs keep it).
+- names: a layer keeps its name, unless the name is taken in the flat model (by a layer of
+  the outer model, or of an inner model met earlier: two backbones with a ``conv1`` each);
+  then it is ``<inner model name>.<layer name>`` (Keras 3 refuses ``/`` in layer names).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from tf_bitpruning import _compat
+from tf_bitpruning.layout import unique_name
+
+
+def _model_class(model) -> type:
+    if _compat.is_keras3(model):
+        import keras
+        return keras.Model
+    import tf_keras
+    return tf_keras.Model
+
+
+def is_nested(model) -> bool:
+    """Whether ``model`` has a model among its layers."""
+    cls = _model_class(model)
+    return any(isinstance(layer, cls) for layer in model.layers)
+
+
+def _accepts_training(layer) -> bool:
+    import inspect
+    try:
+        return "training" in inspect.signature(layer.call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _leaf_names(model, cls) -> List[str]:
+    """The names of the outer model's own (not nested) layers, which keep their names."""
+    return [layer.name for layer in model.layers if not isinstance(layer, cls)]
+
+
+def flatten(model):
+    """A flat functional copy of ``model`` if it nests models (at any depth), else ``model``
+    itself. The copy has the same inputs, outputs, name and weights (see module doc)."""
+    if not is_nested(model):
+        return model
+    cls = _model_class(model)
+    taken: Set[str] = set(_leaf_names(model, cls))
+    copies: Dict[int, Tuple[Any, Any]] = {}  # id(leaf layer) -> (copy, leaf)
+
+    def copy_of(layer, owner):
+        if id(layer) not in copies:
+            config = layer.get_config()
+            name = layer.name
+            if owner is not None and name in taken:  # an inner layer whose name is taken
+                name = unique_name(f"{owner}.{name}", taken)
+            taken.add(name)
+            config["name"] = name
+            copies[id(layer)] = (layer.__class__.from_config(config), layer)
+        return copies[id(layer)][0]
+
+    def runner(owner: Optional[str], inference: bool):
+        def call(layer, args, kwargs):
+            if isinstance(layer, cls):
+                inner = inference or kwargs.get("training") is False
+                inputs = _flat(args)
+                outputs = _compat.run_nodes(layer, inputs, runner(layer.name, inner))
+                return outputs[0] if len(outputs) == 1 else outputs
+            kwargs = dict(kwargs)
+            if inference and _accepts_training(layer):
+                kwargs["training"] = False
+            return copy_of(layer, owner)(*args, **kwargs)
+        return call
+
+    inputs = [_input_like(model, x) for x in model.inputs]
+    outputs = _compat.run_nodes(model, inputs, runner(None, False))
+    flat = cls(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs,
+               name=model.name)
+    for copy, leaf in copies.values():
+        copy.set_weights(leaf.get_weights())
+    return flat
+
+
+def _flat(args) -> List[Any]:
+    import tensorflow as tf
+    return [t for t in tf.nest.flatten(list(args)) if hasattr(t, "shape")]
+
+
+def _input_like(model, x):
+    """A new model input like ``x`` (its shape, dtype and input layer name)."""
+    name = _compat.input_layer_name(x)
+    if _compat.is_keras3(model):
+        import keras
+        return keras.Input(batch_shape=x.shape, dtype=x.dtype, name=name)
+    import tf_keras
+    return tf_keras.Input(batch_shape=x.shape, dtype=x.dtype, name=name)
