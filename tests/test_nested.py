@@ -37,7 +37,7 @@ def _train_step(model, x, y):
 def _export_agrees(frozen, x, path):
     """Exports ``frozen`` without calibration data; LiteRT agrees with Keras within a few output
     steps (an unaligned model: rounding ties, see align_to_tflite). Returns the file's ops."""
-    from tests.litert_run import output_step, run_tflite
+    from tests.support.litert_run import output_step, run_tflite
     tfbp.export_tflite(frozen, path)
     got, ref = run_tflite(path, x), frozen.predict(x, verbose=0)
     assert np.abs(got - ref).max() <= 4.01 * output_step(path)
@@ -238,8 +238,8 @@ def test_recipe_end_to_end(kname, trainable, tmp_path):
     """The transfer-learning recipe: bitprune_model -> fit(BitBudget) -> freeze_bitlengths ->
     fit -> save/load -> export_tflite, LiteRT agreeing with the frozen model; the report
     and summary list the backbone's layers."""
-    from tests.litert_run import output_step, run_tflite
-    from tests.tflite_checks import top1_agreement
+    from tests.support.litert_run import output_step, run_tflite
+    from tests.support.tflite_checks import top1_agreement
     K = KERASES[kname]
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 255, (96,) + SHAPE).astype("float32")
