@@ -105,17 +105,18 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
 
     def bitlength(self, weights: Dict[str, tf.Variable]) -> tf.Tensor:
         """The real-valued bitlength ``n`` (integer once frozen)."""
-        param = tf.cast(weights["bits"], tf.float32)
+        param = tf.cast(tf.convert_to_tensor(weights["bits"]), tf.float32)  # one read
         k = self.bits_lr_multiplier
+        const = quant_ops.const
         if self.frozen:
-            return tf.round(param * k)
-        n = param + tf.stop_gradient((k - 1.0) * param)
-        n = tf.clip_by_value(n, float(self.min_bits), float(self.max_bits))
+            return tf.round(param * const(k))
+        n = param + tf.stop_gradient(const(k - 1.0) * param)
+        n = tf.clip_by_value(n, const(self.min_bits), const(self.max_bits))
         pair = self.anneal.get(variable_key(weights["bits"])) if self.anneal else None
         if pair is not None:
             # n slides to its integer as the weight goes 0 -> 1; so does the blend.
             weight, integer = pair
-            n = (1.0 - weight) * n + weight * integer  # exactly the integer at weight 1
+            n = (quant_ops.const(1.0) - weight) * n + weight * integer  # exactly the integer at weight 1
         return n
 
     def _quantize(self, x, quantize_int, weights, grad_range=None):
@@ -212,16 +213,19 @@ class WeightBitQuantizer(BitlengthQuantizer):
 
     @_not_converted
     def __call__(self, inputs, training, weights, **kwargs):
-        x = tf.cast(inputs, tf.float32)
+        x = tf.cast(tf.convert_to_tensor(inputs), tf.float32)  # the kernel read once
         reduce_axes = None
         if self.per_channel_scale or self.per_channel_bits:
             _, reduce_axes = self._axes(len(x.shape))
 
-        w_max = quant_ops.max_abs(x, reduce_axes)  # once, shared by both integer quantizers
+        # Once, shared by both integer quantizers: the kernel without gradient, max|w|.
+        w = tf.stop_gradient(x)
+        w_max = quant_ops.max_abs(w, reduce_axes)
 
         def quantize_int(b):
-            return quant_ops.quantize_weights_int(x, b, reduce_axes, self.clip_value(x, b, reduce_axes, w_max),
-                                                  self.grid)
+            # quant_ops.quantize_weights_int, its levels computed once
+            return quant_ops.quantize_weights_levels(w, quant_ops.weight_levels(b),
+                                                     self.clip_value(w, b, reduce_axes, w_max), self.grid)
 
         return tf.cast(self._quantize(x, quantize_int, weights), inputs.dtype)
 
@@ -296,19 +300,23 @@ class ActivationBitQuantizer(BitlengthQuantizer):
         return -extremes[0], extremes[1]
 
     def _update_range(self, x, weights):
-        batch_min = tf.minimum(tf.reduce_min(x), 0.0)
-        batch_max = tf.maximum(tf.reduce_max(x), 0.0)
+        const = quant_ops.const
+        zero = const(0.0)
+        batch_min = tf.minimum(tf.reduce_min(x), zero)
+        batch_max = tf.maximum(tf.reduce_max(x), zero)
         batch_min, batch_max = self._global_min_max(batch_min, batch_max)
-        old_min, old_max = weights["min"], weights["max"]
+        min_var, max_var = weights["min"], weights["max"]
+        old_min, old_max = tf.convert_to_tensor(min_var), tf.convert_to_tensor(max_var)  # one read each
         started = old_max > old_min
         d = self.ema_decay
-        new_min = d * old_min + (1.0 - d) * batch_min
-        new_max = d * old_max + (1.0 - d) * batch_max
+        new_min = const(d) * old_min + const(1.0 - d) * batch_min
+        new_max = const(d) * old_max + const(1.0 - d) * batch_max
         if self.range_update == "expand":
             new_min, new_max = tf.minimum(new_min, batch_min), tf.maximum(new_max, batch_max)
         new_min = tf.where(started, new_min, batch_min)
         new_max = tf.where(started, new_max, batch_max)
-        return old_min.assign(new_min), old_max.assign(new_max)
+        # The values read back after the assigns (under tf.distribute, the aggregated ones), once each.
+        return tf.convert_to_tensor(min_var.assign(new_min)), tf.convert_to_tensor(max_var.assign(new_max))
 
     @_not_converted
     def __call__(self, inputs, training, weights, **kwargs):
@@ -320,11 +328,16 @@ class ActivationBitQuantizer(BitlengthQuantizer):
             range_max = tf.identity(weights["max"])
 
         def quantize(x=x):
-            # STE: gradient 1 inside the range, 0 outside (where the grid clips).
-            def quantize_int(b):
-                return quant_ops.quantize_activations_int(x, range_min, range_max, b, self.grid)
+            # quant_ops.quantize_activations_int, x without gradient and the clamped
+            # range computed once for both integer quantizers.
+            x_int = tf.stop_gradient(x)
+            low, high = quant_ops.clamp_range(range_min, range_max)
 
-            grad_range = (tf.minimum(range_min, 0.0), tf.maximum(range_max, 0.0))
+            def quantize_int(b):
+                return quant_ops.quantize_activations_clamped(x_int, low, high, b, self.grid)
+
+            # STE: gradient 1 inside the range, 0 outside (where the grid clips).
+            grad_range = (low, tf.maximum(range_max, quant_ops.const(0.0)))
             return self._quantize(x, quantize_int, weights, grad_range)
 
         if training:
