@@ -34,6 +34,35 @@ def variable_key(variable) -> Any:
 _not_converted = tf.autograph.experimental.do_not_convert
 
 
+# The quantizer math of one quantizer call, a pure function of float32 tensors, traced
+# once per quantizer config and rank into a tf.function that every quantizer call of a
+# train step then calls (one call op in the step's graph instead of ~60 ops forward and
+# more backward: tracing and wrapping spend their time creating graph ops, Python's
+# part of it per op). The runtime inlines the call before optimizing the step graph,
+# so the step runs the same ops: same results, same speed.
+_MATH: Dict[Any, Any] = {}
+
+
+def _relaxed(shape) -> tf.TensorSpec:
+    """A float32 spec of ``shape``'s rank: dims of 1 kept (bitlengths broadcast along them), others free."""
+    return tf.TensorSpec([1 if d == 1 else None for d in shape], tf.float32)
+
+
+def _call_math(key, math, *tensors):
+    """``math(*tensors)`` through the shared tf.function of ``key`` (built at first use);
+    outputs get the static shape of ``tensors[0]``. Eager: ``math`` directly."""
+    if tf.executing_eagerly():
+        return math(*tensors)
+    specs = tuple(_relaxed(t.shape) for t in tensors)
+    full_key = (key, specs)
+    function = _MATH.get(full_key)
+    if function is None:
+        function = _MATH[full_key] = tf.function(math, input_signature=specs, autograph=False)
+    out = function(*tensors)
+    out.set_shape(tensors[0].shape)
+    return out
+
+
 def _add_variable(layer, name: str, shape, value: float, trainable: bool, constraint=None):
     """A float32 variable of ``layer`` (tf_keras or Keras 3) that mixed precision never
     casts (like BatchNormalization's statistics: autocast to float16 the bitlength would
@@ -119,8 +148,14 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
             n = (quant_ops.const(1.0) - weight) * n + weight * integer  # exactly the integer at weight 1
         return n
 
+    def _math_key(self) -> tuple:
+        """What the quantizer math depends on besides its tensors."""
+        return (type(self).__name__, self.min_bits, self.max_bits, self.frozen, self.grid)
+
     def _quantize(self, x, quantize_int, weights, grad_range=None):
-        n = self.bitlength(weights)
+        return self._quantize_n(x, quantize_int, self.bitlength(weights), grad_range)
+
+    def _quantize_n(self, x, quantize_int, n, grad_range=None):
         if self.frozen:
             return quant_ops.fixed(x, quantize_int, n, grad_range)
         return quant_ops.blend(x, quantize_int, n, self.min_bits, self.max_bits, grad_range)
@@ -218,16 +253,22 @@ class WeightBitQuantizer(BitlengthQuantizer):
         if self.per_channel_scale or self.per_channel_bits:
             _, reduce_axes = self._axes(len(x.shape))
 
-        # Once, shared by both integer quantizers: the kernel without gradient, max|w|.
-        w = tf.stop_gradient(x)
-        w_max = quant_ops.max_abs(w, reduce_axes)
+        n = self.bitlength(weights)
 
-        def quantize_int(b):
-            # quant_ops.quantize_weights_int, its levels computed once
-            return quant_ops.quantize_weights_levels(w, quant_ops.weight_levels(b),
-                                                     self.clip_value(w, b, reduce_axes, w_max), self.grid)
+        def math(x, n):
+            # Once, shared by both integer quantizers: the kernel without gradient, max|w|.
+            w = tf.stop_gradient(x)
+            w_max = quant_ops.max_abs(w, reduce_axes)
 
-        return tf.cast(self._quantize(x, quantize_int, weights), inputs.dtype)
+            def quantize_int(b):
+                # quant_ops.quantize_weights_int, its levels computed once
+                return quant_ops.quantize_weights_levels(w, quant_ops.weight_levels(b),
+                                                         self.clip_value(w, b, reduce_axes, w_max), self.grid)
+
+            return self._quantize_n(x, quantize_int, n)
+
+        key = ("weights", reduce_axes, self.clip, self._math_key())
+        return tf.cast(_call_math(key, math, x, tf.cast(n, tf.float32)), inputs.dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -327,7 +368,9 @@ class ActivationBitQuantizer(BitlengthQuantizer):
             range_min = tf.identity(weights["min"])
             range_max = tf.identity(weights["max"])
 
-        def quantize(x=x):
+        n = tf.cast(self.bitlength(weights), tf.float32)
+
+        def math(x, n, range_min, range_max):
             # quant_ops.quantize_activations_int, x without gradient and the clamped
             # range computed once for both integer quantizers.
             x_int = tf.stop_gradient(x)
@@ -338,7 +381,10 @@ class ActivationBitQuantizer(BitlengthQuantizer):
 
             # STE: gradient 1 inside the range, 0 outside (where the grid clips).
             grad_range = (low, tf.maximum(range_max, quant_ops.const(0.0)))
-            return self._quantize(x, quantize_int, weights, grad_range)
+            return self._quantize_n(x, quantize_int, n, grad_range)
+
+        def quantize(x=x):
+            return _call_math(("activations", self._math_key()), math, x, n, range_min, range_max)
 
         if training:
             out = quantize()
