@@ -173,3 +173,28 @@ def test_config_errors_name_the_layer_and_attribute():
 def test_invalid_quantizer_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_traced_quantizers_add_one_call_op_each_and_share_constants():
+    """Time to first step (docs/startup_time.md): in a traced function each quantizer call is
+    one call of a shared tf.function, and the scalar constants are one Const per graph."""
+    wq, aq = WeightBitQuantizer(), ActivationBitQuantizer()
+    layer = keras.layers.Dense(4)
+    layer.build((None, 3))
+    ww, aw = wq.build((3, 4), "k", layer), aq.build((None, 4), "a", layer)
+    kernel = tf.Variable(tf.ones((3, 4)))
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            y = tf.reduce_sum(aq(tf.matmul(x, wq(kernel, True, ww)), True, aw))
+            y += tf.reduce_sum(aq(x, True, aw))
+        assert quant_ops.const(2.0) is quant_ops.const(2.0)
+        return tape.gradient(y, [kernel, ww["bits"], aw["bits"]])
+
+    graph = step.get_concrete_function(tf.TensorSpec((None, 3), tf.float32)).graph
+    calls = [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+    assert 3 <= len(calls) <= 6, [op.type for op in calls]  # 3 quantizer calls (and their gradients)
+    assert quant_ops.const(2.0) == 2.0  # eager: the Python scalar
+    grads = step(tf.ones((2, 3)))
+    assert all(g is not None for g in grads)

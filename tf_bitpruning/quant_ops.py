@@ -19,7 +19,30 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Tuple
 
+import weakref
+
 import tensorflow as tf
+
+# Python scalars a quantizer combines with tensors, as one Const op per graph: every
+# quantizer of a train step uses the same few (0, 1, 2, 1e-12, ...), and a Python
+# float converted at each use is a Const op each time (a third of the quantizer ops
+# of a traced train step). Same float32 values, so the same results; eager: the scalar.
+_CONSTANTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def const(value: float):
+    """``value`` as a float32 constant shared by every use in the graph being built
+    (outside control dependencies, so sharing it adds no ordering); eager: ``value``."""
+    if tf.executing_eagerly():
+        return value
+    graph = tf.compat.v1.get_default_graph()
+    table = _CONSTANTS.setdefault(graph, {})
+    key = float(value)
+    tensor = table.get(key)
+    if tensor is None:
+        with tf.control_dependencies(None), tf.name_scope("bitprune_const/"):
+            tensor = table[key] = tf.constant(key, tf.float32)
+    return tensor
 
 
 def ste_round(x: tf.Tensor) -> tf.Tensor:
@@ -29,7 +52,7 @@ def ste_round(x: tf.Tensor) -> tf.Tensor:
 
 def weight_levels(bits) -> tf.Tensor:
     """Largest integer of the symmetric narrow-range b-bit grid: 2^(b-1) - 1."""
-    return tf.pow(2.0, tf.cast(bits, tf.float32) - 1.0) - 1.0
+    return tf.pow(const(2.0), tf.cast(bits, tf.float32) - const(1.0)) - const(1.0)
 
 
 def max_abs(w: tf.Tensor, reduce_axes: Optional[Sequence[int]] = None) -> tf.Tensor:
@@ -39,7 +62,7 @@ def max_abs(w: tf.Tensor, reduce_axes: Optional[Sequence[int]] = None) -> tf.Ten
         m = tf.reduce_max(tf.abs(w))
     else:
         m = tf.reduce_max(tf.abs(w), axis=list(reduce_axes), keepdims=True)
-    return tf.maximum(tf.stop_gradient(m), 1e-12)
+    return tf.maximum(tf.stop_gradient(m), const(1e-12))
 
 
 # The grids a quantizer can use (see the module doc); the first is the default.
@@ -57,17 +80,22 @@ def pow2_ceil(x: tf.Tensor) -> tf.Tensor:
     """The smallest power of two ``>= x`` (``x > 0``; no gradient), exact for every
     float32 ``x`` (``log2`` alone is off by one at some powers of two)."""
     x = tf.stop_gradient(tf.cast(x, tf.float32))
-    e = tf.math.ceil(tf.math.log(x) / tf.math.log(2.0))
-    e = tf.where(tf.pow(2.0, e - 1.0) >= x, e - 1.0, e)
-    e = tf.where(tf.pow(2.0, e) < x, e + 1.0, e)
-    return tf.pow(2.0, e)
+    two, one = const(2.0), const(1.0)
+    e = tf.math.ceil(tf.math.log(x) / tf.math.log(two))
+    e = tf.where(tf.pow(two, e - one) >= x, e - one, e)
+    e = tf.where(tf.pow(two, e) < x, e + one, e)
+    return tf.pow(two, e)
 
 
 def weight_scale(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None,
                  w_max: Optional[tf.Tensor] = None, grid: str = "minmax") -> tf.Tensor:
     """Step ``s = max|w| / (2^(b-1) - 1)`` (``grid="pow2"``: rounded up to a power of
     two, so ``max|w|`` stays inside the grid); ``w_max`` is :func:`max_abs` if already known."""
-    s = (max_abs(w, reduce_axes) if w_max is None else w_max) / weight_levels(bits)
+    return _scale(max_abs(w, reduce_axes) if w_max is None else w_max, weight_levels(bits), grid)
+
+
+def _scale(top: tf.Tensor, levels: tf.Tensor, grid: str) -> tf.Tensor:
+    s = top / levels
     return pow2_ceil(s) if check_grid(grid) == "pow2" else s
 
 
@@ -113,8 +141,13 @@ def quantize_weights_int(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]
     ``Q(w; b) = s · clip(round(w / s), -(2^(b-1)-1), 2^(b-1)-1)``; b = 2 is ternary.
     """
     w = tf.stop_gradient(w)
-    levels = weight_levels(bits)
-    s = weight_scale(w, bits, reduce_axes, w_max, grid)
+    return quantize_weights_levels(w, weight_levels(bits), max_abs(w, reduce_axes) if w_max is None else w_max, grid)
+
+
+def quantize_weights_levels(w: tf.Tensor, levels: tf.Tensor, w_max: tf.Tensor, grid: str = "minmax") -> tf.Tensor:
+    """:func:`quantize_weights_int` of a ``w`` already without gradient, given its
+    ``levels = weight_levels(bits)`` and its grid top ``w_max`` (fewer graph ops)."""
+    s = _scale(w_max, levels, grid)
     return s * tf.clip_by_value(tf.round(w / s), -levels, levels)
 
 
@@ -128,21 +161,34 @@ def activation_grid(range_min: tf.Tensor, range_max: tf.Tensor, bits, grid: str 
     covers the range: unsigned (``zero_point = 0``, ``ufixed<b, I>``) when
     ``min >= 0``, else two's complement (``zero_point = 2^(b-1)``, ``fixed<b, I>``).
     """
-    range_min = tf.minimum(range_min, 0.0)
-    range_max = tf.maximum(range_max, range_min + 1e-6)
-    top = tf.pow(2.0, tf.cast(bits, tf.float32)) - 1.0
+    range_min, range_max = clamp_range(range_min, range_max)
+    return clamped_grid(range_min, range_max, bits, grid)
+
+
+def clamp_range(range_min: tf.Tensor, range_max: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The range :func:`activation_grid` spans: ``min <= 0`` and ``max > min``."""
+    range_min = tf.minimum(range_min, const(0.0))
+    return range_min, tf.maximum(range_max, range_min + const(1e-6))
+
+
+def clamped_grid(range_min: tf.Tensor, range_max: tf.Tensor, bits, grid: str = "minmax", top=None):
+    """:func:`activation_grid` of a range already through :func:`clamp_range`
+    (``top = 2^b - 1`` if known)."""
+    bits = tf.cast(bits, tf.float32)
+    zero, one, two = const(0.0), const(1.0), const(2.0)
+    top = tf.pow(two, bits) - one if top is None else top
     if check_grid(grid) == "pow2":
-        half = tf.pow(2.0, tf.cast(bits, tf.float32) - 1.0)
-        signed = range_min < 0.0
+        half = tf.pow(two, bits - one)
+        signed = range_min < zero
         # Signed: -min within 2^(b-1) steps, max within 2^(b-1) - 1 (none at b = 1: max clips to 0).
-        positive = tf.where(signed, half - 1.0, top)
-        need = tf.where(positive > 0.0, range_max / tf.maximum(positive, 1.0), 0.0)
-        need = tf.maximum(need, tf.where(signed, -range_min / half, 0.0))
-        step = pow2_ceil(tf.maximum(need, 1e-30))
+        positive = tf.where(signed, half - one, top)
+        need = tf.where(positive > zero, range_max / tf.maximum(positive, one), zero)
+        need = tf.maximum(need, tf.where(signed, -range_min / half, zero))
+        step = pow2_ceil(tf.maximum(need, const(1e-30)))
         zero_point = tf.where(signed, half, tf.zeros_like(half))
         return -zero_point * step, step, zero_point
     step = (range_max - range_min) / top
-    zero_point = tf.clip_by_value(tf.round(-range_min / step), 0.0, top)
+    zero_point = tf.clip_by_value(tf.round(-range_min / step), zero, top)
     return -zero_point * step, step, zero_point
 
 
@@ -155,12 +201,20 @@ def quantize_activations_int(x: tf.Tensor, range_min: tf.Tensor, range_max: tf.T
     point): what a ``fixed``/``ufixed`` cast with round-half-to-even and
     saturation computes (``tf.round`` rounds half to even, hls4ml's ``RND_CONV``).
     """
-    x = tf.stop_gradient(x)
-    lo, step, zero_point = activation_grid(range_min, range_max, bits, grid)
-    top = tf.pow(2.0, tf.cast(bits, tf.float32)) - 1.0
+    range_min, range_max = clamp_range(range_min, range_max)
+    return quantize_activations_clamped(tf.stop_gradient(x), range_min, range_max, bits, grid)
+
+
+def quantize_activations_clamped(x: tf.Tensor, range_min: tf.Tensor, range_max: tf.Tensor, bits,
+                                 grid: str = "minmax") -> tf.Tensor:
+    """:func:`quantize_activations_int` of an ``x`` already without gradient and a
+    range already through :func:`clamp_range` (fewer graph ops when both integer
+    quantizers of a blend share them)."""
+    top = tf.pow(const(2.0), tf.cast(bits, tf.float32)) - const(1.0)
+    lo, step, zero_point = clamped_grid(range_min, range_max, bits, grid, top)
     if grid == "pow2":
         return step * tf.clip_by_value(tf.round(x / step), -zero_point, top - zero_point)
-    return lo + step * tf.clip_by_value(tf.round((x - lo) / step), 0.0, top)
+    return lo + step * tf.clip_by_value(tf.round((x - lo) / step), const(0.0), top)
 
 
 def blend(x: tf.Tensor, quantize_int: Callable[[tf.Tensor], tf.Tensor], n: tf.Tensor,
@@ -176,9 +230,9 @@ def blend(x: tf.Tensor, quantize_int: Callable[[tf.Tensor], tf.Tensor], n: tf.Te
     n = tf.cast(n, tf.float32)
     if min_bits == max_bits:
         return _straight_through(x, quantize_int(tf.constant(float(min_bits))), grad_range)
-    b = tf.stop_gradient(tf.clip_by_value(tf.floor(n), float(min_bits), float(max_bits - 1)))
+    b = tf.stop_gradient(tf.clip_by_value(tf.floor(n), const(min_bits), const(max_bits - 1)))
     q_lo = quantize_int(b)
-    diff = quantize_int(b + 1.0) - q_lo
+    diff = quantize_int(b + const(1.0)) - q_lo
     return _straight_through(x, q_lo, grad_range, alpha=n - b, diff=diff)
 
 

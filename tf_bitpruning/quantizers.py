@@ -34,6 +34,35 @@ def variable_key(variable) -> Any:
 _not_converted = tf.autograph.experimental.do_not_convert
 
 
+# The quantizer math of one quantizer call, a pure function of float32 tensors, traced
+# once per quantizer config and rank into a tf.function that every quantizer call of a
+# train step then calls (one call op in the step's graph instead of ~60 ops forward and
+# more backward: tracing and wrapping spend their time creating graph ops, Python's
+# part of it per op). The runtime inlines the call before optimizing the step graph,
+# so the step runs the same ops: same results, same speed.
+_MATH: Dict[Any, Any] = {}
+
+
+def _relaxed(shape) -> tf.TensorSpec:
+    """A float32 spec of ``shape``'s rank: dims of 1 kept (bitlengths broadcast along them), others free."""
+    return tf.TensorSpec([1 if d == 1 else None for d in shape], tf.float32)
+
+
+def _call_math(key, math, *tensors):
+    """``math(*tensors)`` through the shared tf.function of ``key`` (built at first use);
+    outputs get the static shape of ``tensors[0]``. Eager: ``math`` directly."""
+    if tf.executing_eagerly():
+        return math(*tensors)
+    specs = tuple(_relaxed(t.shape) for t in tensors)
+    full_key = (key, specs)
+    function = _MATH.get(full_key)
+    if function is None:
+        function = _MATH[full_key] = tf.function(math, input_signature=specs, autograph=False)
+    out = function(*tensors)
+    out.set_shape(tensors[0].shape)
+    return out
+
+
 def _add_variable(layer, name: str, shape, value: float, trainable: bool, constraint=None):
     """A float32 variable of ``layer`` (tf_keras or Keras 3) that mixed precision never
     casts (like BatchNormalization's statistics: autocast to float16 the bitlength would
@@ -105,21 +134,28 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
 
     def bitlength(self, weights: Dict[str, tf.Variable]) -> tf.Tensor:
         """The real-valued bitlength ``n`` (integer once frozen)."""
-        param = tf.cast(weights["bits"], tf.float32)
+        param = tf.cast(tf.convert_to_tensor(weights["bits"]), tf.float32)  # one read
         k = self.bits_lr_multiplier
+        const = quant_ops.const
         if self.frozen:
-            return tf.round(param * k)
-        n = param + tf.stop_gradient((k - 1.0) * param)
-        n = tf.clip_by_value(n, float(self.min_bits), float(self.max_bits))
+            return tf.round(param * const(k))
+        n = param + tf.stop_gradient(const(k - 1.0) * param)
+        n = tf.clip_by_value(n, const(self.min_bits), const(self.max_bits))
         pair = self.anneal.get(variable_key(weights["bits"])) if self.anneal else None
         if pair is not None:
             # n slides to its integer as the weight goes 0 -> 1; so does the blend.
             weight, integer = pair
-            n = (1.0 - weight) * n + weight * integer  # exactly the integer at weight 1
+            n = (quant_ops.const(1.0) - weight) * n + weight * integer  # exactly the integer at weight 1
         return n
 
+    def _math_key(self) -> tuple:
+        """What the quantizer math depends on besides its tensors."""
+        return (type(self).__name__, self.min_bits, self.max_bits, self.frozen, self.grid)
+
     def _quantize(self, x, quantize_int, weights, grad_range=None):
-        n = self.bitlength(weights)
+        return self._quantize_n(x, quantize_int, self.bitlength(weights), grad_range)
+
+    def _quantize_n(self, x, quantize_int, n, grad_range=None):
         if self.frozen:
             return quant_ops.fixed(x, quantize_int, n, grad_range)
         return quant_ops.blend(x, quantize_int, n, self.min_bits, self.max_bits, grad_range)
@@ -212,18 +248,27 @@ class WeightBitQuantizer(BitlengthQuantizer):
 
     @_not_converted
     def __call__(self, inputs, training, weights, **kwargs):
-        x = tf.cast(inputs, tf.float32)
+        x = tf.cast(tf.convert_to_tensor(inputs), tf.float32)  # the kernel read once
         reduce_axes = None
         if self.per_channel_scale or self.per_channel_bits:
             _, reduce_axes = self._axes(len(x.shape))
 
-        w_max = quant_ops.max_abs(x, reduce_axes)  # once, shared by both integer quantizers
+        n = self.bitlength(weights)
 
-        def quantize_int(b):
-            return quant_ops.quantize_weights_int(x, b, reduce_axes, self.clip_value(x, b, reduce_axes, w_max),
-                                                  self.grid)
+        def math(x, n):
+            # Once, shared by both integer quantizers: the kernel without gradient, max|w|.
+            w = tf.stop_gradient(x)
+            w_max = quant_ops.max_abs(w, reduce_axes)
 
-        return tf.cast(self._quantize(x, quantize_int, weights), inputs.dtype)
+            def quantize_int(b):
+                # quant_ops.quantize_weights_int, its levels computed once
+                return quant_ops.quantize_weights_levels(w, quant_ops.weight_levels(b),
+                                                         self.clip_value(w, b, reduce_axes, w_max), self.grid)
+
+            return self._quantize_n(x, quantize_int, n)
+
+        key = ("weights", reduce_axes, self.clip, self._math_key())
+        return tf.cast(_call_math(key, math, x, tf.cast(n, tf.float32)), inputs.dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -296,19 +341,23 @@ class ActivationBitQuantizer(BitlengthQuantizer):
         return -extremes[0], extremes[1]
 
     def _update_range(self, x, weights):
-        batch_min = tf.minimum(tf.reduce_min(x), 0.0)
-        batch_max = tf.maximum(tf.reduce_max(x), 0.0)
+        const = quant_ops.const
+        zero = const(0.0)
+        batch_min = tf.minimum(tf.reduce_min(x), zero)
+        batch_max = tf.maximum(tf.reduce_max(x), zero)
         batch_min, batch_max = self._global_min_max(batch_min, batch_max)
-        old_min, old_max = weights["min"], weights["max"]
+        min_var, max_var = weights["min"], weights["max"]
+        old_min, old_max = tf.convert_to_tensor(min_var), tf.convert_to_tensor(max_var)  # one read each
         started = old_max > old_min
         d = self.ema_decay
-        new_min = d * old_min + (1.0 - d) * batch_min
-        new_max = d * old_max + (1.0 - d) * batch_max
+        new_min = const(d) * old_min + const(1.0 - d) * batch_min
+        new_max = const(d) * old_max + const(1.0 - d) * batch_max
         if self.range_update == "expand":
             new_min, new_max = tf.minimum(new_min, batch_min), tf.maximum(new_max, batch_max)
         new_min = tf.where(started, new_min, batch_min)
         new_max = tf.where(started, new_max, batch_max)
-        return old_min.assign(new_min), old_max.assign(new_max)
+        # The values read back after the assigns (under tf.distribute, the aggregated ones), once each.
+        return tf.convert_to_tensor(min_var.assign(new_min)), tf.convert_to_tensor(max_var.assign(new_max))
 
     @_not_converted
     def __call__(self, inputs, training, weights, **kwargs):
@@ -319,13 +368,23 @@ class ActivationBitQuantizer(BitlengthQuantizer):
             range_min = tf.identity(weights["min"])
             range_max = tf.identity(weights["max"])
 
-        def quantize(x=x):
-            # STE: gradient 1 inside the range, 0 outside (where the grid clips).
-            def quantize_int(b):
-                return quant_ops.quantize_activations_int(x, range_min, range_max, b, self.grid)
+        n = tf.cast(self.bitlength(weights), tf.float32)
 
-            grad_range = (tf.minimum(range_min, 0.0), tf.maximum(range_max, 0.0))
-            return self._quantize(x, quantize_int, weights, grad_range)
+        def math(x, n, range_min, range_max):
+            # quant_ops.quantize_activations_int, x without gradient and the clamped
+            # range computed once for both integer quantizers.
+            x_int = tf.stop_gradient(x)
+            low, high = quant_ops.clamp_range(range_min, range_max)
+
+            def quantize_int(b):
+                return quant_ops.quantize_activations_clamped(x_int, low, high, b, self.grid)
+
+            # STE: gradient 1 inside the range, 0 outside (where the grid clips).
+            grad_range = (low, tf.maximum(range_max, quant_ops.const(0.0)))
+            return self._quantize_n(x, quantize_int, n, grad_range)
+
+        def quantize(x=x):
+            return _call_math(("activations", self._math_key()), math, x, n, range_min, range_max)
 
         if training:
             out = quantize()
