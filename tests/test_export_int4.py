@@ -151,7 +151,8 @@ def test_int4_modes_pack_what_they_say(int4_model, int4_files):
 
 @pytest.mark.slow
 def test_int4_modes_agree_in_litert(int4_files, digits):
-    from tests.support.litert_run import output_step, run_tflite
+    from tests.support.litert_run import output_step
+    from tests.test_export import run_tflite  # (outputs, interpreter), builtin kernels on request
 
     files, _ = int4_files
     x = digits[2]
