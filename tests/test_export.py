@@ -15,36 +15,13 @@ from tf_bitpruning import costs, quant_ops
 from tf_bitpruning.export import (METADATA_NAME, ExportError, PrecisionMetadataError, export_tflite,
                                   precision_table, read_metadata, read_precision)
 from tf_bitpruning.export import tflite as tflite_export
-from tests.support.litert_run import output_step
+from tests.support.litert_run import kernels, output_step
+from tests.support.litert_run import run_file as run_tflite
 from tests.support.tflite_checks import fuzz_reader, top1_agreement
 
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
-OpResolverType = pytest.importorskip("ai_edge_litert.interpreter").OpResolverType
 
 MODELS = ("sequential", "functional")
-
-
-def _kernels(builtin: bool) -> dict:
-    """Interpreter options: LiteRT's builtin kernels, or the default XNNPACK delegate."""
-    return {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} if builtin else {}
-
-
-def run_tflite(path, x, builtin=False, preserve=False):
-    """Runs a .tflite file on a batch; returns (outputs, interpreter)."""
-    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=preserve, **_kernels(builtin))
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    it.resize_tensor_input(inp["index"], x.shape)
-    it.allocate_tensors()
-    if inp["dtype"] != np.float32:
-        scale, zero = inp["quantization"]
-        x = np.clip(np.round(x / scale) + zero, -128, 127).astype(inp["dtype"])
-    it.set_tensor(inp["index"], x)
-    it.invoke()
-    y = it.get_tensor(it.get_output_details()[0]["index"])
-    if out["dtype"] != np.float32:
-        scale, zero = out["quantization"]
-        y = (y.astype(np.float32) - zero) * scale
-    return y, it
 
 
 def flatbuffer(path):
@@ -247,7 +224,7 @@ def test_int8_input_and_output(frozen_models, digits, tmp_path):
         ref, it_float = run_tflite(float_io, x, builtin=builtin, preserve=True)
         sg = flatbuffer(float_io).subgraphs[0]
         codes_in = it_float.get_tensor(sg.operators[0].outputs[0])  # the leading QUANTIZE's output
-        it = Interpreter(model_path=str(path), **_kernels(builtin))
+        it = Interpreter(model_path=str(path), **kernels(builtin))
         inp, out = it.get_input_details()[0], it.get_output_details()[0]
         assert inp["dtype"] == out["dtype"] == codes_in.dtype == np.int8
         it.resize_tensor_input(inp["index"], x.shape)

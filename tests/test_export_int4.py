@@ -152,7 +152,7 @@ def test_int4_modes_pack_what_they_say(int4_model, int4_files):
 @pytest.mark.slow
 def test_int4_modes_agree_in_litert(int4_files, digits):
     from tests.support.litert_run import output_step
-    from tests.test_export import run_tflite  # (outputs, interpreter), builtin kernels on request
+    from tests.support.litert_run import run_file as run_tflite
 
     files, _ = int4_files
     x = digits[2]

@@ -1,5 +1,5 @@
 """Running a .tflite file in LiteRT on a batch, and the grid step of its output
-(shared by tests/test_layers.py and tests/test_export.py)."""
+(shared by the TFLite tests)."""
 
 import numpy as np
 from tensorflow.lite.tools import flatbuffer_utils
@@ -23,6 +23,33 @@ def run_tflite(path, x: np.ndarray) -> np.ndarray:
     """The file's float output for a float batch ``x`` (LiteRT's default kernels)."""
     it = invoke(path, x)
     return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def kernels(builtin: bool) -> dict:
+    """Interpreter options: LiteRT's builtin kernels, or the default XNNPACK delegate."""
+    from ai_edge_litert.interpreter import OpResolverType
+
+    return {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} if builtin else {}
+
+
+def run_file(path, x: np.ndarray, builtin: bool = False, preserve: bool = False):
+    """Runs a .tflite file (float or int8 I/O) on a batch; returns (float outputs, interpreter)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=preserve, **kernels(builtin))
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    it.resize_tensor_input(inp["index"], x.shape)
+    it.allocate_tensors()
+    if inp["dtype"] != np.float32:
+        scale, zero = inp["quantization"]
+        x = np.clip(np.round(x / scale) + zero, -128, 127).astype(inp["dtype"])
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    y = it.get_tensor(it.get_output_details()[0]["index"])
+    if out["dtype"] != np.float32:
+        scale, zero = out["quantization"]
+        y = (y.astype(np.float32) - zero) * scale
+    return y, it
 
 
 def output_step(path) -> float:
