@@ -11,7 +11,7 @@ from typing import Optional
 from tf_bitpruning import _compat
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.layer_kinds import (KERAS3_KERNEL_ATTRS, KERNEL_LAYERS, OP_LAMBDAS, OUTPUT_ACTIVATIONS,
-                                       OUTPUT_LAYERS, PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS, TF_OP_OUTPUT, TRAINING_ONLY,
+                                       OUTPUT_LAYERS, PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS, TF_OP_OUTPUT, TRAINING_ONLY, UNWRAPPED,
                                        TF_OP_PASS_THROUGH, activation_name, builtin_kind, op_lambda_function)
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 
@@ -71,7 +71,8 @@ class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
         return None
 
     def supports(self, layer) -> bool:
-        return self.unsupported_reason(layer) is None
+        """Whether tfmot may wrap ``layer`` (``UNWRAPPED`` kinds are accepted but stay unwrapped)."""
+        return builtin_kind(layer) not in UNWRAPPED and self.unsupported_reason(layer) is None
 
     def get_quantize_config(self, layer, quantize_outputs: bool = True) -> BitPruneQuantizeConfig:
         """The config for ``layer``; ``quantize_outputs=False`` drops its
