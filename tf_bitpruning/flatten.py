@@ -8,8 +8,11 @@ backbone's last conv still folds, an input quantizer still moves past preprocess
 
 - ``base(x, training=False)``: under tf_keras the call records it, and every layer of
   ``base`` that takes ``training`` is called with ``training=False`` in the flat model
-  (recorded on its own call, kept by tfmot's clone): its BatchNormalization stays in
-  inference mode while the model trains. Keras 3 records no ``training`` argument (its own
+  (recorded on its own call, kept by tfmot's clone), except BatchNormalization: its copy
+  is ``trainable=False`` instead, which keeps it in inference mode (moving statistics)
+  while the model trains. (``training=False`` would reach its wrapper, whose output
+  quantizer would then never learn its range; as in Keras with a frozen base, its scale
+  and offset are not trained either.) Keras 3 records no ``training`` argument (its own
   ``fit`` updates such a backbone's BN statistics); the flat model does what the nested one
   does. Under both, ``base.trainable = False`` freezes its layers (configs keep it).
 - names: a layer keeps its name, unless the name is taken in the flat model (by a layer of
@@ -22,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from tf_bitpruning import _compat
+from tf_bitpruning.layer_kinds import builtin_kind
 from tf_bitpruning.layout import unique_name
 
 
@@ -61,9 +65,11 @@ def flatten(model):
     taken: Set[str] = set(_leaf_names(model, cls))
     copies: Dict[int, Tuple[Any, Any]] = {}  # id(leaf layer) -> (copy, leaf)
 
-    def copy_of(layer, owner):
+    def copy_of(layer, owner, inference=False):
         if id(layer) not in copies:
             config = layer.get_config()
+            if inference and builtin_kind(layer, exact=False) == "BatchNormalization":
+                config["trainable"] = False  # inference mode without telling its wrapper (below)
             name = layer.name
             if owner is not None and name in taken:  # an inner layer whose name is taken
                 name = unique_name(f"{owner}.{name}", taken)
@@ -80,9 +86,9 @@ def flatten(model):
                 outputs = _compat.run_nodes(layer, inputs, runner(layer.name, inner))
                 return outputs[0] if len(outputs) == 1 else outputs
             kwargs = dict(kwargs)
-            if inference and _accepts_training(layer):
+            if inference and _accepts_training(layer) and builtin_kind(layer, exact=False) != "BatchNormalization":
                 kwargs["training"] = False
-            return copy_of(layer, owner)(*args, **kwargs)
+            return copy_of(layer, owner, inference)(*args, **kwargs)
         return call
 
     inputs = [_input_like(model, x) for x in model.inputs]
