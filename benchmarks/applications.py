@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags
 
-from benchmarks.common import agreement, digits
+from benchmarks.common import agreement, digits, fast_bn_statistics
 
 # name -> (input size, extra constructor arguments, whether the model rescales [0, 255] itself)
 FAMILIES = {
@@ -103,18 +103,6 @@ def residual_stack(size: int, blocks: int):
         y = L.BatchNormalization()(L.Conv2D(16, 3, padding="same", use_bias=False)(y))
         x = L.Activation("relu")(L.Add()([x, y]))
     return keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling2D()(x)))
-
-
-def fast_bn_statistics(model, momentum: float = 0.9):
-    """BatchNormalization moving statistics that follow the batches within a few hundred
-    steps (MobileNetV3 uses momentum 0.999, so inference after 200 steps would see
-    statistics still near their initial values: constant logits)."""
-    import tf_keras as keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = momentum
-    return model
 
 
 

@@ -36,3 +36,13 @@ def agreement(keras_logits, tflite_logits, tie_margin: float) -> dict:
         "near_tie_agreement": float(same[~confident].mean()) if (~confident).any() else float("nan"),
         "max_diff_over_range": float(np.abs(tflite_logits - keras_logits).max() / max(logit_range, 1e-12)),
     }
+
+
+def fast_bn_statistics(model, momentum: float = 0.9):
+    """BatchNormalization moving statistics that follow the batches within a few hundred
+    steps (MobileNetV2/V3 use momentum 0.999, so inference after 200 steps would see
+    statistics still near their initial values: constant logits). Either Keras."""
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            layer.momentum = momentum
+    return model

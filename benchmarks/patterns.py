@@ -104,20 +104,24 @@ def task(name: str):
 # -- models ----------------------------------------------------------------------------------------
 
 def backbone(K, which: str):
+    from benchmarks.common import fast_bn_statistics
+
     if which == "efficientnetb0":
-        return K.applications.EfficientNetB0(weights=None, include_top=False, input_shape=(32, 32, 3))
-    return K.applications.MobileNetV2(alpha=0.35, weights=None, include_top=False, input_shape=(32, 32, 3))
+        return fast_bn_statistics(K.applications.EfficientNetB0(weights=None, include_top=False, input_shape=(32, 32, 3)))
+    return fast_bn_statistics(
+        K.applications.MobileNetV2(alpha=0.35, weights=None, include_top=False, input_shape=(32, 32, 3)))
 
 
 def augmentation(K):
     return [K.layers.RandomFlip("horizontal"), K.layers.RandomRotation(0.05)]
 
 
-def build(pattern: str, K, classes: int):
+def build(pattern: str, K, classes: int, base=None):
+    """The float model of a row; ``base``: its (pretrained) backbone, default a fresh one."""
     L = K.layers
     if pattern == "sequential_backbone":
-        return K.Sequential([K.Input((32, 32, 3)), L.Rescaling(1 / 127.5, offset=-1), backbone(K, "mobilenetv2"),
-                             L.GlobalAveragePooling2D(), L.Dense(classes)])
+        return K.Sequential([K.Input((32, 32, 3)), L.Rescaling(1 / 127.5, offset=-1),
+                             base or backbone(K, "mobilenetv2"), L.GlobalAveragePooling2D(), L.Dense(classes)])
     if pattern.startswith(("recipe", "inline")):
         which = pattern.split("_", 1)[1] if pattern.startswith("recipe") else "mobilenetv2"
         inputs = K.Input((32, 32, 3))
@@ -129,8 +133,7 @@ def build(pattern: str, K, classes: int):
                 x = layer(x)
         if which == "mobilenetv2":  # EfficientNet rescales [0, 255] itself
             x = L.Rescaling(1 / 127.5, offset=-1)(x)
-        base = backbone(K, which)
-        x = base(x, training=False)
+        x = (base or backbone(K, which))(x, training=False)
         x = L.Dropout(0.2)(L.GlobalAveragePooling2D()(x))
         return K.Model(inputs, L.Dense(classes)(x))
     if pattern == "text":
@@ -168,6 +171,28 @@ def accuracy(model, x, y) -> float:
     return round(float(np.mean(model.predict(x, verbose=0, batch_size=256).argmax(1) == y)), 4)
 
 
+def float_model(pattern: str, K, classes: int, xtr, ytr, loss):
+    """The trained float model of a row. A backbone is first trained with a classifier on
+    the task (no downloads: this stands in for its pretrained weights), then, as in Keras'
+    recipe, frozen (``trainable = False``) under a new head trained for two epochs."""
+    fit = dict(batch_size=FLAGS.batch_size, verbose=0)
+    base = None
+    if PATTERNS[pattern][0] == "images":
+        which = "efficientnetb0" if pattern.endswith("efficientnetb0") else "mobilenetv2"
+        base = backbone(K, which)
+        inputs = K.Input((32, 32, 3))
+        x = inputs if which == "efficientnetb0" else K.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+        pretrain = K.Model(inputs, K.layers.Dense(classes)(K.layers.GlobalAveragePooling2D()(base(x))))
+        pretrain.compile(K.optimizers.Adam(1e-3), loss)
+        pretrain.fit(xtr, ytr, epochs=FLAGS.float_epochs, **fit)
+        if pattern != "sequential_backbone":
+            base.trainable = False
+    model = build(pattern, K, classes, base)
+    model.compile(K.optimizers.Adam(1e-3), loss)
+    model.fit(xtr, ytr, epochs=2 if base is not None else FLAGS.float_epochs, **fit)
+    return model
+
+
 def others(pattern: str, kname: str, K, classes: int, xtr) -> dict:
     """Whether the Keras' own 8-bit quantization takes the model: tfmot's QAT under tf_keras,
     ``model.quantize("int8")`` under Keras 3."""
@@ -195,9 +220,7 @@ def run_ours(pattern, K, classes, data, workdir) -> dict:
     loss = K.losses.SparseCategoricalCrossentropy(from_logits=True)
     result, stage = {}, "float training"
     try:
-        model = build(pattern, K, classes)
-        model.compile(K.optimizers.Adam(1e-3), loss)
-        model.fit(xtr, ytr, epochs=FLAGS.float_epochs, batch_size=FLAGS.batch_size, verbose=0)
+        model = float_model(pattern, K, classes, xtr, ytr, loss)
         result["float_accuracy"] = accuracy(model, xte, yte)
         stage = "bitprune_model"
         _log(pattern, stage)
