@@ -174,7 +174,8 @@ def accuracy(model, x, y) -> float:
 def float_model(pattern: str, K, classes: int, xtr, ytr, loss):
     """The trained float model of a row. A backbone is first trained with a classifier on
     the task (no downloads: this stands in for its pretrained weights), then, as in Keras'
-    recipe, frozen (``trainable = False``) under a new head trained for two epochs."""
+    recipe, frozen (``trainable = False``) under a new head trained for two epochs, and
+    unfrozen for bit pruning (the recipe's fine-tuning stage; its BNs stay in inference mode)."""
     fit = dict(batch_size=FLAGS.batch_size, verbose=0)
     base = None
     if PATTERNS[pattern][0] == "images":
@@ -190,6 +191,8 @@ def float_model(pattern: str, K, classes: int, xtr, ytr, loss):
     model = build(pattern, K, classes, base)
     model.compile(K.optimizers.Adam(1e-3), loss)
     model.fit(xtr, ytr, epochs=2 if base is not None else FLAGS.float_epochs, **fit)
+    if base is not None:  # the recipe's fine-tuning stage, which bit pruning is: the base unfrozen
+        base.trainable = True
     return model
 
 
