@@ -24,22 +24,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from tf_bitpruning import _compat
+from tf_bitpruning.frontend import frontend_for
 from tf_bitpruning.layer_kinds import builtin_kind
 from tf_bitpruning.layout import unique_name
 
 
-def _model_class(model) -> type:
-    if _compat.is_keras3(model):
-        import keras
-        return keras.Model
-    import tf_keras
-    return tf_keras.Model
-
-
 def is_nested(model) -> bool:
     """Whether ``model`` has a model among its layers."""
-    cls = _model_class(model)
+    cls = frontend_for(model).model_class
     return any(isinstance(layer, cls) for layer in model.layers)
 
 
@@ -61,7 +53,8 @@ def flatten(model):
     itself. The copy has the same inputs, outputs, name and weights (see module doc)."""
     if not is_nested(model):
         return model
-    cls = _model_class(model)
+    front = frontend_for(model)
+    cls = front.model_class
     taken: Set[str] = set(_leaf_names(model, cls))
     copies: Dict[int, Tuple[Any, Any]] = {}  # id(leaf layer) -> (copy, leaf)
 
@@ -83,7 +76,7 @@ def flatten(model):
             if isinstance(layer, cls):
                 inner = inference or kwargs.get("training") is False
                 inputs = _flat(args)
-                outputs = _compat.run_nodes(layer, inputs, runner(layer.name, inner))
+                outputs = front.run_nodes(layer, inputs, runner(layer.name, inner))
                 return outputs[0] if len(outputs) == 1 else outputs
             kwargs = dict(kwargs)
             if inference and _accepts_training(layer) and builtin_kind(layer, exact=False) != "BatchNormalization":
@@ -92,7 +85,7 @@ def flatten(model):
         return call
 
     inputs = [_input_like(model, x) for x in model.inputs]
-    outputs = _compat.run_nodes(model, inputs, runner(None, False))
+    outputs = front.run_nodes(model, inputs, runner(None, False))
     flat = cls(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs,
                name=model.name)
     for copy, leaf in copies.values():
@@ -107,9 +100,5 @@ def _flat(args) -> List[Any]:
 
 def _input_like(model, x):
     """A new model input like ``x`` (its shape, dtype and input layer name)."""
-    name = _compat.input_layer_name(x)
-    if _compat.is_keras3(model):
-        import keras
-        return keras.Input(batch_shape=x.shape, dtype=x.dtype, name=name)
-    import tf_keras
-    return tf_keras.Input(batch_shape=x.shape, dtype=x.dtype, name=name)
+    front = frontend_for(model)
+    return front.make_input(batch_shape=x.shape, dtype=x.dtype, name=front.input_layer_name(x))

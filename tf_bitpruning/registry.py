@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from tf_bitpruning import _compat
+from tf_bitpruning import _compat, frontend
 from tf_bitpruning.configs import BitPruneQuantizeConfig
-from tf_bitpruning.layer_kinds import (KERAS3_KERNEL_ATTRS, KERNEL_LAYERS, OP_LAMBDAS, OUTPUT_ACTIVATIONS,
+from tf_bitpruning.layer_kinds import (KERNEL_LAYERS, OP_LAMBDAS, OUTPUT_ACTIVATIONS,
                                        OUTPUT_LAYERS, PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS, TF_OP_OUTPUT, TRAINING_ONLY, UNWRAPPED,
                                        TF_OP_PASS_THROUGH, activation_name, builtin_kind, op_lambda_function)
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
@@ -87,7 +87,7 @@ class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
         if kind in KERNEL_LAYERS:
             kernels, per_channel_scale = KERNEL_LAYERS[kind]
             base = self.weight_quantizer.get_config()
-            renames = KERAS3_KERNEL_ATTRS.get(kind, {}) if _compat.is_keras3(layer) else {}
+            renames = frontend.frontend_for(layer).kernel_renames(kind)
             for attr, axes in kernels.items():
                 # A power-of-two grid is one fixed-point type per layer: one step per tensor.
                 per_channel = per_channel_scale and self.weight_quantizer.grid != "pow2"

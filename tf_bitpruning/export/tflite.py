@@ -27,7 +27,6 @@ from typing import Any, Dict, Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_bitpruning._compat import is_keras3
 from tf_bitpruning._files import write_atomic
 from tf_bitpruning.export import metadata as _metadata
 from tf_bitpruning.export.checks import ExportError, check_frozen, check_full_integer
@@ -43,6 +42,7 @@ from tf_bitpruning.export.plan import build_plan
 from tf_bitpruning.export.precision import int_or_list, precision_info, write_precision
 from tf_bitpruning.export.rename import rename_tensors
 from tf_bitpruning.export.requantize import precise_requantize
+from tf_bitpruning.pipeline import pipeline_for
 
 __all__ = ["ExportError", "FAST_INT4_OPS", "INT4_OPS", "export_graph", "export_tflite", "pack_int4_values",
            "unpack_int4", "unpack_int4_values"]
@@ -102,10 +102,8 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     Returns:
       The precision metadata written to the file (see :mod:`.metadata`).
     """
-    if is_keras3(model):
-        from tf_bitpruning.keras3.bridge import to_tf_keras
-        check_frozen(model)
-        model = to_tf_keras(model)  # the same layers, weights and grids, for the one pipeline
+    check_frozen(model)
+    model = pipeline_for(model).export_model(model)  # a Keras 3 model's tf_keras twin
     tensors = check_frozen(model)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
