@@ -26,7 +26,7 @@ from tf_bitpruning.export.hls_graph import HlsGraph, build
 
 PRECISION_FILE = "bitpruning_precision.json"
 BACKENDS = ("Vitis", "Vivado")
-_PRECISION_KEYS = ("result", "weight", "bias", "accum")
+_PRECISION_KEYS = ("result", "weight", "bias", "accum", "scale")
 SOFTMAX_TABLE_SIZE = 4096
 
 
