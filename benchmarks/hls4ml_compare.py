@@ -14,7 +14,9 @@ digits test split, the average weight and activation bitlengths, and bit-operati
   least squared error (rounded down and saturating where that is better);
 - ``uniform``: uniform fixed-point QAT: every tensor at ``--budget`` bits from the
   start (``weight_bits = activation_bits = (budget, budget)``, λ = 0) on the
-  ``pow2-mse`` grids, the same epochs.
+  ``pow2-mse`` grids, the same epochs;
+- ``hgq2``: HGQ2 (``pip install hgq2``), per-element bitwidths learned against its
+  EBOPs, the same CNN and epochs (:func:`run_hgq2`); its BOPs column is its EBOPs.
 
 For the power-of-two variants (``--hls``): export with ``export_hls4ml``, compile
 hls4ml's C++ emulation and count the test inputs whose emulated softmax is within
@@ -38,7 +40,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "random seeds")
-flags.DEFINE_list("variants", ["minmax", "pow2", "pow2-mse", "uniform"], "what to train (see the module doc)")
+flags.DEFINE_list("variants", ["minmax", "pow2", "pow2-mse", "uniform", "hgq2"],
+                  "what to train (see the module doc; hgq2 needs `pip install hgq2`)")
 flags.DEFINE_float("budget", 3.0, "average bits per tensor after freezing")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "hls4ml_compare.md"),
                     "Markdown file the table is written to (empty: print only).")
@@ -94,6 +97,41 @@ def run(variant: str, seed: int, budget: float, hls: bool) -> dict:
     return result
 
 
+def run_hgq2(seed: int, budget: float) -> dict:
+    """HGQ2 (``pip install hgq2``; Keras 3) on the same CNN and schedule: its layers
+    (QConv2D, QMaxPool2D, QDense, ReLU and softmax as in ``small_cnn``) with per-element
+    bitwidths learned against its EBOPs (β = 1e-5), weights started at ``budget`` bits
+    (``kbi``, ``b0 = budget``, ``i0 = 0``), activations at 3 fraction bits (``kif``, integer
+    bits from the traced range), Adam 3e-3 for 3 + 2 epochs. Reported: HGQ2's own
+    per-element ``bits`` averaged per tensor, then over tensors (weights: kernels;
+    activations: every layer's input quantizer), and its EBOPs after ``trace_minmax``."""
+    import keras
+    import numpy as np
+    from hgq.config import LayerConfigScope, QuantizerConfigScope
+    from hgq.layers import QConv2D, QDense, QMaxPool2D
+    from hgq.utils import trace_minmax
+    from hgq.utils.sugar import FreeEBOPs
+
+    from examples import data
+
+    keras.utils.set_random_seed(seed)
+    xtr, ytr, xte, yte = data.load("digits")
+    with QuantizerConfigScope(place=("weight", "bias"), default_q_type="kbi", b0=int(budget), i0=0), \
+            QuantizerConfigScope(place="datalane", default_q_type="kif", f0=3), \
+            LayerConfigScope(enable_ebops=True, beta0=1e-5):
+        model = keras.Sequential([keras.Input((8, 8, 1)), QConv2D(16, 3, padding="same", activation="relu"),
+                                  QMaxPool2D(2), QConv2D(32, 3, padding="same", activation="relu"),
+                                  keras.layers.Flatten(), QDense(10, activation="softmax")])
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    model.fit(xtr, ytr, epochs=5, batch_size=64, verbose=0, callbacks=[FreeEBOPs()])
+    ebops = trace_minmax(model, xtr)
+    weights = [float(np.mean(layer.kq.bits)) for layer in model.layers if hasattr(layer, "kq")]
+    acts = [float(np.mean(layer.iq.bits)) for layer in model.layers if getattr(layer, "enable_iq", False)]
+    return {"variant": "hgq2", "grid": "hgq2", "seed": seed, "top1": float(model.evaluate(xte, yte, verbose=0)[1]),
+            "avg_bits": float(np.mean(weights + acts)), "weight_bits": float(np.mean(weights)),
+            "activation_bits": float(np.mean(acts)), "bops": float(ebops)}
+
+
 def main(argv):
     del argv
     import numpy as np
@@ -101,7 +139,10 @@ def main(argv):
     from benchmarks.provenance import stamp
 
     made_by = stamp()  # at the start: the code that runs is the code at this commit
-    rows = [run(v, int(seed), FLAGS.budget, FLAGS.hls) for v in FLAGS.variants for seed in FLAGS.seeds]
+    rows = [run(v, int(seed), FLAGS.budget, FLAGS.hls) for v in FLAGS.variants if v != "hgq2"
+            for seed in FLAGS.seeds]
+    if "hgq2" in FLAGS.variants:  # last: it imports Keras 3 layers of its own
+        rows += [run_hgq2(int(seed), FLAGS.budget) for seed in FLAGS.seeds]
     lines = [f"digits small_cnn, frozen at or under {FLAGS.budget:g} bits per tensor, seeds "
              f"{', '.join(FLAGS.seeds)}; BOPs: Σ MACs × weight bits × input bits.", "",
              "| variant | seed | top-1 | avg bits | weight bits | activation bits | BOPs | hls4ml top-1 agree | "
