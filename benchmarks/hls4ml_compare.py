@@ -79,7 +79,8 @@ def run(variant: str, seed: int, budget: float, hls: bool) -> dict:
     frozen.compile(keras.optimizers.Adam(5e-4), loss, metrics=["accuracy"])
     frozen.fit(xtr, ytr, epochs=2, batch_size=64, verbose=0)
     totals = tfbp.precision_report(frozen)["totals"]
-    result = {"variant": variant, "grid": grid, "seed": seed, "top1": float(frozen.evaluate(xte, yte, verbose=0)[1]),
+    test_loss, top1 = frozen.evaluate(xte, yte, verbose=0)
+    result = {"variant": variant, "grid": grid, "seed": seed, "top1": float(top1), "loss": float(test_loss),
               "avg_bits": totals["avg_bits"], "weight_bits": totals["avg_weight_bits"],
               "activation_bits": totals["avg_activation_bits"], "bops": totals["bops"]}
     if hls and grid == "pow2":
@@ -127,7 +128,8 @@ def run_hgq2(seed: int, budget: float) -> dict:
     ebops = trace_minmax(model, xtr)
     weights = [float(np.mean(layer.kq.bits)) for layer in model.layers if hasattr(layer, "kq")]
     acts = [float(np.mean(layer.iq.bits)) for layer in model.layers if getattr(layer, "enable_iq", False)]
-    return {"variant": "hgq2", "grid": "hgq2", "seed": seed, "top1": float(model.evaluate(xte, yte, verbose=0)[1]),
+    test_loss, top1 = model.evaluate(xte, yte, verbose=0)
+    return {"variant": "hgq2", "grid": "hgq2", "seed": seed, "top1": float(top1), "loss": float(test_loss),
             "avg_bits": float(np.mean(weights + acts)), "weight_bits": float(np.mean(weights)),
             "activation_bits": float(np.mean(acts)), "bops": float(ebops)}
 
@@ -145,14 +147,14 @@ def main(argv):
         rows += [run_hgq2(int(seed), FLAGS.budget) for seed in FLAGS.seeds]
     lines = [f"digits small_cnn, frozen at or under {FLAGS.budget:g} bits per tensor, seeds "
              f"{', '.join(FLAGS.seeds)}; BOPs: Σ MACs × weight bits × input bits.", "",
-             "| variant | seed | top-1 | avg bits | weight bits | activation bits | BOPs | hls4ml top-1 agree | "
+             "| variant | seed | top-1 | test loss | avg bits | weight bits | activation bits | BOPs | hls4ml top-1 agree | "
              "hls4ml softmax max diff |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         agree = f"{r['hls_top1_agree']:.4f}" if "hls_top1_agree" in r else "-"
         diff = f"{r['hls_softmax_maxdiff']:.4f}" if "hls_softmax_maxdiff" in r else "-"
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['top1']:.4f} | {r['avg_bits']:.2f} | {r['weight_bits']:.2f} | "
-                     f"{r['activation_bits']:.2f} | {r['bops']:,.0f} | {agree} | {diff} |")
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['top1']:.4f} | {r['loss']:.4f} | {r['avg_bits']:.2f} | "
+                     f"{r['weight_bits']:.2f} | {r['activation_bits']:.2f} | {r['bops']:,.0f} | {agree} | {diff} |")
     lines.append("")
     for variant in FLAGS.variants:
         chosen = [r for r in rows if r["variant"] == variant]
