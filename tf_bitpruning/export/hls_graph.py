@@ -2,12 +2,13 @@
 
 Walks a frozen tf_keras bit-pruned model (a Keras 3 one through its twin) layer by
 layer and builds a plain Keras 3 model: kernels replaced by their quantized values,
-a ``Conv/Dense -> BatchNormalization`` pair folded into one layer (as on the TFLite
-path, :func:`.layer_rules.bn_factors`), activations as ``Activation`` layers of their own,
-quantizer layers removed. Each quantizer becomes the ``result`` type of the layer
-whose output it quantizes (its ``fixed<b, I>`` grid, round half to even, saturate); a
-tensor without a quantizer gets the exact type of what computes it (sums of products
-of grid values), so hls4ml rounds exactly where Keras does.
+a linear ``Conv/Dense -> BatchNormalization`` pair folded into one layer (as on the
+TFLite path, :func:`.layer_rules.bn_factors`; any other BN is hls4ml's own, inexact),
+activations as ``Activation`` layers of their own, quantizer layers removed. Each
+quantizer becomes the ``result`` type of the layer whose output it quantizes (its
+``fixed<b, I>`` grid, round half to even, saturate); a tensor without a quantizer gets
+the exact type of what computes it (sums of products of grid values), so hls4ml
+rounds exactly where Keras does.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ _EXACT_ACTIVATIONS = ("linear", "relu")
 _TABLE_ACTIVATIONS = {"softmax": FixedType(False, 1, 15, "RND", "SAT"),
                       "sigmoid": FixedType(False, 1, 15, "RND", "SAT"),
                       "tanh": FixedType(True, 2, 14, "RND", "SAT")}
-SUPPORTED = KERNEL_LAYERS + ("BatchNormalization (folded, or alone: inexact)", "ReLU", "Activation", "Add", "Concatenate",
-                             "Dropout") + _SAME_TYPE + _AVERAGE
+SUPPORTED = KERNEL_LAYERS + ("BatchNormalization (folded, or alone: inexact)", "ReLU", "Activation", "Add",
+                             "Concatenate", "Dropout") + _SAME_TYPE + _AVERAGE
 # Config keys a Keras 3 twin of each layer takes from the tf_keras config.
 _KEYS = {"Dense": ("units",), "Conv1D": ("filters", "kernel_size", "strides", "padding", "dilation_rate", "groups"),
          "Conv2D": ("filters", "kernel_size", "strides", "padding", "dilation_rate", "groups"),
