@@ -140,6 +140,12 @@ def main(argv):
 
     from benchmarks.provenance import stamp
 
+    if "hgq2" in FLAGS.variants:  # fail now, not after the other variants have trained
+        try:
+            import hgq  # noqa: F401
+        except ImportError as e:
+            raise SystemExit(f"the hgq2 variant needs HGQ2 (pip install hgq2; it needs Keras >= 3.15), or leave it "
+                             f"out: --variants=minmax,pow2,pow2-mse,uniform ({e})")
     made_by = stamp()  # at the start: the code that runs is the code at this commit
     rows = [run(v, int(seed), FLAGS.budget, FLAGS.hls) for v in FLAGS.variants if v != "hgq2"
             for seed in FLAGS.seeds]

@@ -84,9 +84,9 @@ def test_keras3_mlp_emulation_equals_keras_exactly(digits, tmp_path):
     np.testing.assert_array_equal(out.hls_model.predict(x), frozen.predict(x, verbose=0))
 
 
-def _tiny(layers, grid="pow2", train=True):
+def _tiny(layers, grid="pow2", train=True, **options):
     model = keras.Sequential([keras.Input((8, 8, 1))] + layers)
-    bp = tfbp.bitprune_model(model, grid=grid)
+    bp = tfbp.bitprune_model(model, grid=grid, **options)
     if train:
         bp.compile("adam", "mse")
         x = np.random.default_rng(0).uniform(0, 1, (32, 8, 8, 1)).astype("float32")
@@ -248,3 +248,23 @@ def test_example_float_model_to_hls4ml_project(tmp_path):
     assert (prj / "bitpruning_precision.json").exists() and (prj / "firmware").is_dir()
     assert list(result["inexact"]) == ["dense_softmax"]
     assert result["max_diff"] <= SOFTMAX_BOUND and result["top1_agree"] >= 0.99
+
+
+def test_least_error_pow2_kernels_get_their_learned_width():
+    """weight_clip="mse" on pow2 grids (ternary here: steps rounded down, the largest weights
+    saturate): each kernel's hls4ml type is the b-bit fixed<b, I> of its learned bitlength."""
+    from tf_bitpruning.export.hls_graph import build
+
+    L = keras.layers
+    frozen = tfbp.freeze_bitlengths(_tiny([L.Conv2D(4, 3, name="c"), L.ReLU(name="r"), L.Flatten(),
+                                           L.Dense(3, name="d")], weight_clip="mse", weight_bits=(2, 2)))
+    graph = build(frozen)
+    saturated = 0
+    for name in ("c", "d"):
+        w_type = graph.precision[name]["weight"]
+        kernel = graph.model.get_layer(name).get_weights()[0]
+        assert w_type.width == graph.bits[name]["weight"] == 2
+        assert w_type.holds(kernel) and np.abs(kernel).max() > 0
+        (weight, _, _, _), = _compat.weight_quantizers(frozen.get_layer(f"quant_{name}"))
+        saturated += np.abs(np.asarray(weight)).max() > np.abs(kernel).max() * 1.5
+    assert saturated  # the least-error step is below max|w|: the path that rounds down is tested
