@@ -139,3 +139,36 @@ def test_pow2_model_trains_freezes_saves_and_loads(which, tmp_path):
     loaded = tfbp.load_model(path)
     _check_pow2(loaded)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), out)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("axes", [None, [0]])
+def test_pow2_mse_step_is_a_power_of_two_never_worse_than_rounding_up(bits, axes):
+    w = tf.random.stateless_normal((64, 16), seed=(5, bits)) * 0.3
+    levels = 2 ** (bits - 1) - 1
+    up = quant_ops.weight_scale(w, bits, axes, grid="pow2").numpy()
+    clip = quant_ops.pow2_mse_clip(w, bits, axes)
+    s = quant_ops.weight_scale(w, bits, axes, clip, grid="pow2").numpy()
+    assert _is_pow2(s)
+    np.testing.assert_array_equal(s, clip.numpy() / levels)  # the clip is the step's top level, exactly
+    assert np.all(s <= up) and np.all(s >= up / 8)  # rounded down at most 3 times
+    q = quant_ops.quantize_weights_int(w, bits, axes, w_max=clip, grid="pow2").numpy()
+    np.testing.assert_array_equal(q, s * np.clip(np.round(w.numpy() / s), -levels, levels))  # saturates
+    q_up = quant_ops.quantize_weights_int(w, bits, axes, grid="pow2").numpy()
+    red = None if axes is None else 0
+    err, err_up = (np.square(v - w.numpy()).sum(axis=red) for v in (q, q_up))
+    assert np.all(err <= err_up)
+    if bits <= 3:  # normal weights: a step rounded up to >= max|w| / levels zeroes too many (in total;
+        assert err.sum() < 0.7 * err_up.sum()  # a channel whose max|w| / levels is just under 2^k can tie)
+
+
+def test_pow2_mse_clip_keeps_2bit_kernels_alive():
+    """The digits seed-1 collapse: a ternary pow2 kernel whose step rounds up to ~2·max|w|
+    sets nearly every weight to 0; the least-error power-of-two step keeps most of them."""
+    w = tf.constant(np.linspace(-0.51, 0.51, 103, dtype=np.float32))  # max|w| 0.51: step rounds up to 1
+    up = WeightBitQuantizer(init_bits=2, max_bits=2, grid="pow2", frozen=True)
+    mse = WeightBitQuantizer(init_bits=2, max_bits=2, grid="pow2", frozen=True, clip="mse")
+    levels = quant_ops.weight_levels(2)
+    nonzero = [np.count_nonzero(quant_ops.quantize_weights_levels(w, levels, q.clip_value(w, 2), "pow2").numpy())
+               for q in (up, mse)]
+    assert nonzero[0] <= 2 and nonzero[1] > 40, nonzero

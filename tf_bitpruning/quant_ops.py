@@ -134,6 +134,32 @@ def mse_clip(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None,
     return best_c
 
 
+def pow2_mse_clip(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None,
+                  w_max: Optional[tf.Tensor] = None, candidates: int = 4) -> tf.Tensor:
+    """:func:`mse_clip` on a power-of-two grid (``grid="pow2"``, ``clip="mse"``): the
+    clip ``c = s · (2^(b-1) - 1)`` whose step ``s`` (a power of two) gives the least
+    squared error, ``s`` among ``pow2_ceil(max|w| / (2^(b-1)-1)) / 2^k``, ``k = 0 ..
+    candidates - 1`` (rounded down and saturating); ``k = 0`` wins ties. The step that
+    always rounds up can be up to twice the min-max step: at 2 bits (ternary) it sets
+    every weight below ``max|w|`` to 0. ``c / (2^(b-1)-1)`` is ``s`` exactly (no gradient)."""
+    w = tf.stop_gradient(w)
+    top = max_abs(w, reduce_axes) if w_max is None else w_max
+    levels = weight_levels(bits)
+    best_s = pow2_ceil(top / levels)
+
+    def error(s):
+        e = tf.square(s * tf.clip_by_value(tf.round(w / s), -levels, levels) - w)
+        return tf.reduce_sum(e) if reduce_axes is None else tf.reduce_sum(e, axis=list(reduce_axes), keepdims=True)
+
+    best_e, s = error(best_s), best_s
+    for _ in range(candidates - 1):
+        s = s * const(0.5)
+        e = error(s)
+        better = e < best_e
+        best_s, best_e = tf.where(better, s, best_s), tf.where(better, e, best_e)
+    return best_s * levels
+
+
 def quantize_weights_int(w: tf.Tensor, bits, reduce_axes: Optional[Sequence[int]] = None,
                          w_max: Optional[tf.Tensor] = None, grid: str = "minmax") -> tf.Tensor:
     """Symmetric narrow-range quantizer at integer ``bits`` (no gradient).

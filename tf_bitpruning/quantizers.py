@@ -196,7 +196,9 @@ class WeightBitQuantizer(BitlengthQuantizer):
         better for ternary kernels, not always at 3 bits (docs/comparison_clip.md);
         exported exactly the same way).
       grid: ``"minmax"`` (the step ``clip / (2^(b-1) - 1)``) or ``"pow2"`` (that
-        step rounded up to a power of two: a ``fixed<b, I>`` type, for hls4ml).
+        step rounded up to a power of two: a ``fixed<b, I>`` type, for hls4ml; with
+        ``clip="mse"`` the power-of-two step of least squared error,
+        :func:`quant_ops.pow2_mse_clip`).
 
     >>> q = WeightBitQuantizer(init_bits=3)
     """
@@ -236,6 +238,8 @@ class WeightBitQuantizer(BitlengthQuantizer):
     def clip_value(self, w, bits, reduce_axes=None, w_max=None) -> tf.Tensor:
         """The grid's top level at integer ``bits`` (the scale is it over ``2^(b-1) - 1``):
         ``max|w|`` (``w_max`` if known), or with ``clip="mse"`` the least-error clip."""
+        if self.clip == "mse" and self.grid == "pow2":
+            return quant_ops.pow2_mse_clip(w, bits, reduce_axes, w_max)
         if self.clip == "mse":
             return quant_ops.mse_clip(w, bits, reduce_axes, w_max)
         return quant_ops.max_abs(w, reduce_axes) if w_max is None else w_max

@@ -9,7 +9,7 @@ in the exact type of the sums that produce it (:mod:`.hls_graph`). Its C++ emula
 (``hls_model.compile()``, ``hls_model.predict(x)``, g++ only) then computes what
 the Keras model computes, except in the layers the export lists as ``inexact``
 (hls4ml's table-based softmax/sigmoid/tanh, BatchNormalization factors folded into a
-kernel). The precisions go to ``<output_dir>/bitpruning_precision.json``.
+kernel or applied on their own). The precisions go to ``<output_dir>/bitpruning_precision.json``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tf_bitpruning.pipeline import pipeline_for
 
 PRECISION_FILE = "bitpruning_precision.json"
 BACKENDS = ("Vitis", "Vivado")
-_PRECISION_KEYS = ("result", "weight", "bias", "accum")
+_PRECISION_KEYS = ("result", "weight", "bias", "accum", "scale")
 SOFTMAX_TABLE_SIZE = 4096
 
 

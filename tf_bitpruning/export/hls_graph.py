@@ -2,12 +2,13 @@
 
 Walks a frozen tf_keras bit-pruned model (a Keras 3 one through its twin) layer by
 layer and builds a plain Keras 3 model: kernels replaced by their quantized values,
-a ``Conv/Dense -> BatchNormalization`` pair folded into one layer (as on the TFLite
-path, :func:`.layer_rules.bn_factors`), activations as ``Activation`` layers of their own,
-quantizer layers removed. Each quantizer becomes the ``result`` type of the layer
-whose output it quantizes (its ``fixed<b, I>`` grid, round half to even, saturate); a
-tensor without a quantizer gets the exact type of what computes it (sums of products
-of grid values), so hls4ml rounds exactly where Keras does.
+a linear ``Conv/Dense -> BatchNormalization`` pair folded into one layer (as on the
+TFLite path, :func:`.layer_rules.bn_factors`; any other BN is hls4ml's own, inexact),
+activations as ``Activation`` layers of their own, quantizer layers removed. Each
+quantizer becomes the ``result`` type of the layer whose output it quantizes (its
+``fixed<b, I>`` grid, round half to even, saturate); a tensor without a quantizer gets
+the exact type of what computes it (sums of products of grid values), so hls4ml
+rounds exactly where Keras does.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tf_bitpruning import frontend
 from tf_bitpruning import costs, quant_ops
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError
-from tf_bitpruning.export.fixed import FixedType, covering, grid_type, of_values, union
+from tf_bitpruning.export.fixed import ROUND, SATURATE, FixedType, covering, grid_type, of_values, union
 from tf_bitpruning.export.grids import int_bits
 from tf_bitpruning.export.layer_rules import bn_factors
 from tf_bitpruning.layer_kinds import activation_name, builtin_kind
@@ -36,8 +37,8 @@ _EXACT_ACTIVATIONS = ("linear", "relu")
 _TABLE_ACTIVATIONS = {"softmax": FixedType(False, 1, 15, "RND", "SAT"),
                       "sigmoid": FixedType(False, 1, 15, "RND", "SAT"),
                       "tanh": FixedType(True, 2, 14, "RND", "SAT")}
-SUPPORTED = KERNEL_LAYERS + ("BatchNormalization (folded)", "ReLU", "Activation", "Add", "Concatenate",
-                             "Dropout") + _SAME_TYPE + _AVERAGE
+SUPPORTED = KERNEL_LAYERS + ("BatchNormalization (folded, or alone: inexact)", "ReLU", "Activation", "Add",
+                             "Concatenate", "Dropout") + _SAME_TYPE + _AVERAGE
 # Config keys a Keras 3 twin of each layer takes from the tf_keras config.
 _KEYS = {"Dense": ("units",), "Conv1D": ("filters", "kernel_size", "strides", "padding", "dilation_rate", "groups"),
          "Conv2D": ("filters", "kernel_size", "strides", "padding", "dilation_rate", "groups"),
@@ -177,10 +178,10 @@ class _Builder:
         elif kind in KERNEL_LAYERS:
             self._kernel(layer, kind)
         elif kind == "BatchNormalization":
-            if layer.name not in self.folded:
-                raise ExportError(f"BatchNormalization '{layer.name}' does not follow a Dense/Conv layer whose "
-                                  f"only consumer it is, so it cannot be folded; export_hls4ml folds every BN.")
-            self.out[layer.name] = self.out[self.folded[layer.name]]
+            if layer.name in self.folded:
+                self.out[layer.name] = self.out[self.folded[layer.name]]
+            else:
+                self._batchnorm(layer)
         elif kind == "Dropout":
             self.out[layer.name] = self._source(layer)
         elif kind in ("ReLU", "Activation"):
@@ -220,8 +221,9 @@ class _Builder:
         bias = np.asarray(inner.bias, np.float64) if getattr(inner, "use_bias", False) else \
             np.zeros(kernel.shape[-1] * (kernel.shape[-2] if kind == "DepthwiseConv2D" else 1))
         users = frontend.consumers(layer)
-        bn = users[0] if len(users) == 1 and builtin_kind(_compat.inner(users[0]), exact=False) == \
-            "BatchNormalization" else None
+        linear = activation_name(_compat.plain_activation(inner.activation)) == "linear"
+        bn = users[0] if linear and len(users) == 1 and builtin_kind(_compat.inner(users[0]), exact=False) == \
+            "BatchNormalization" else None  # after an activation: a BatchNormalization of its own
         if bn is not None:
             m, c = bn_factors(_compat.inner(bn), kernel.ndim if kind != "Dense" else 2)
             m_k = m.reshape(kernel.shape[-2:]) if kind == "DepthwiseConv2D" else m
@@ -311,6 +313,34 @@ class _Builder:
                                                 f"truncated in hls4ml's accumulator {accum.hls()}")
         result = self._output_grid(layer) or FixedType(t.signed, t.integer, t.fraction + extra)
         self.precision[inner.name] = {"result": result, "accum": accum}
+        self.out[layer.name] = (y, result)
+
+    def _batchnorm(self, layer) -> None:
+        """A BatchNormalization that cannot be folded (after an activation, a pooling, a
+        merge): hls4ml's ``x·m + c`` with ``m``, ``c`` rounded to ``fold_fraction_bits``
+        significant bits beyond the input's; inexact (``m = γ/σ`` is not a power of two)."""
+        inner = _compat.inner(layer)
+        x, t = self._source(layer)
+        m, c = bn_factors(inner, len(x.shape))
+        top = float(np.abs(m).max())
+        scale = covering(float(m.min()), float(m.max()), self.fold_bits + 8 - math.ceil(math.log2(top or 1.0)),
+                         signed=True)
+        scale = dataclasses.replace(scale, rounding=ROUND, saturation=SATURATE)
+        fraction = t.fraction + scale.fraction
+        m_q = np.round(m / scale.step) * scale.step
+        bias = dataclasses.replace(covering(float(c.min()), float(c.max()), fraction, signed=True),
+                                   rounding=ROUND, saturation=SATURATE)
+        ends = np.stack([t.low * m_q, t.high * m_q]) + np.round(c / bias.step) * bias.step
+        result = self._output_grid(layer) or covering(float(ends.min()), float(ends.max()), fraction, signed=True)
+        bn3 = keras.layers.BatchNormalization(axis=-1, epsilon=inner.epsilon, name=inner.name)
+        y = bn3(x)
+        ones = np.ones_like(m, np.float32)
+        bn3.set_weights([inner.gamma.numpy() if inner.scale else ones, inner.beta.numpy() if inner.center else 0 * ones,
+                         inner.moving_mean.numpy(), inner.moving_variance.numpy()])
+        self.precision[inner.name] = {"scale": scale, "bias": bias, "result": result}
+        self.inexact[inner.name] = (f"BatchNormalization '{inner.name}' on its own: its factor γ/σ is not a power "
+                                    f"of two, so hls4ml multiplies by it rounded to {scale.hls()} (Keras: float32); "
+                                    f"an output near a rounding boundary of {result.hls()} can land one step off")
         self.out[layer.name] = (y, result)
 
     def _merge(self, layer, kind: str) -> None:
