@@ -217,6 +217,48 @@ def quantize_activations_clamped(x: tf.Tensor, range_min: tf.Tensor, range_max: 
     return lo + step * tf.clip_by_value(tf.round((x - lo) / step), const(0.0), top)
 
 
+def learned_range_term(x: tf.Tensor, low: tf.Tensor, high: tf.Tensor, n: tf.Tensor, min_bits: int,
+                       max_bits: int, frozen: bool = False) -> tf.Tensor:
+    """Zero in the forward pass; its gradient to a learned activation range ``[low, high]``
+    is LSQ's (Esser et al. 2020) for the quantizer :func:`blend` (or :func:`fixed`,
+    ``frozen=True``) computes at bitlength ``n`` over that range (the ``"minmax"`` grid).
+
+    For one integer grid ``Q(x; b) = s · (clip(round(x/s + z), 0, 2^b-1) - z)``, step
+    ``s = (high - low) / (2^b - 1)`` and zero point ``z``:
+    ``∂Q/∂s = round(x/s + z) - (x/s + z)`` inside the grid, ``k - z`` where it clips
+    to code ``k`` (PACT's gradient of 1 above a ReLU's clip); hence
+    ``∂Q/∂high = ∂Q/∂s / (2^b - 1) = -∂Q/∂low``. The blend weighs the two grids by
+    ``1 - α`` and ``α``. ``x`` and ``n`` get no gradient from this term; add it to the
+    quantizer's output (an exact zero: the forward value stays on the grid).
+    """
+    x = tf.stop_gradient(x)
+    n = tf.stop_gradient(tf.cast(n, tf.float32))
+    one, two = const(1.0), const(2.0)
+    if frozen:
+        pairs = [(tf.round(n), None)]
+    elif min_bits == max_bits:
+        pairs = [(tf.constant(float(min_bits)), None)]
+    else:
+        b = tf.clip_by_value(tf.floor(n), const(min_bits), const(max_bits - 1))
+        pairs = [(b, one - (n - b)), (b + one, n - b)]
+    term = None
+    for b, weight in pairs:
+        top = tf.pow(two, b) - one
+        step = (high - low) / top
+        step_value = tf.stop_gradient(step)
+        zero_point = tf.clip_by_value(tf.round(-tf.stop_gradient(low) / step_value), const(0.0), top)
+        t = x / step_value + zero_point
+        code = tf.clip_by_value(tf.round(t), const(0.0), top)
+        inside = tf.logical_and(t >= const(0.0), t <= top)
+        g = tf.where(inside, code - t, code - zero_point)
+        if weight is not None:
+            g = g * weight
+        part = step * g
+        part = part - tf.stop_gradient(part)
+        term = part if term is None else term + part
+    return term
+
+
 def blend(x: tf.Tensor, quantize_int: Callable[[tf.Tensor], tf.Tensor], n: tf.Tensor,
           min_bits: int, max_bits: int,
           grad_range: Optional[Tuple[tf.Tensor, tf.Tensor]] = None) -> tf.Tensor:

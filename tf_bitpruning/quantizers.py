@@ -294,6 +294,9 @@ class ActivationBitQuantizer(BitlengthQuantizer):
     chance unless ranges expand. Expanded ranges sit at the batches' largest values,
     a coarser grid: at 2-3 bits on small networks they cost accuracy (README).
     ``freeze_range=True`` stops the updates (useful when fine-tuning a frozen model).
+    ``range_update="learned"``: the range starts at the first training batch's min/max,
+    then is trained by gradient (LSQ, ``quant_ops.learned_range_term``; also when frozen,
+    ``freeze_range`` aside), so 2-bit grids skip outliers; exported as any range.
     ``grid="pow2"``: the step is a power of two and the grid a ``ufixed<b, I>``
     (``min >= 0``) or ``fixed<b, I>`` type covering the range (``quant_ops.activation_grid``).
     Before the first training step the range is empty and the quantizer passes values
@@ -301,7 +304,7 @@ class ActivationBitQuantizer(BitlengthQuantizer):
     """
 
     kind = "activations"
-    RANGE_UPDATES = ("expand", "ema")
+    RANGE_UPDATES = ("expand", "ema", "learned")
 
     def __init__(self, min_bits: int = 1, max_bits: int = 8, init_bits: Optional[float] = None,
                  bits_lr_multiplier: float = 10.0, ema_decay: float = 0.99,
@@ -313,13 +316,16 @@ class ActivationBitQuantizer(BitlengthQuantizer):
         if range_update not in self.RANGE_UPDATES:
             raise ValueError(f"range_update (bitprune_model's activation_range) must be one of "
                              f"{self.RANGE_UPDATES}, got {range_update!r}.")
+        if range_update == "learned" and self.grid != "minmax":
+            raise ValueError(f"range_update (bitprune_model's activation_range) 'learned' needs grid='minmax' "
+                             f"(a power-of-two step has no gradient), got grid={grid!r}.")
         self.ema_decay = float(ema_decay)
         self.freeze_range = bool(freeze_range)
         self.range_update = range_update
 
     def build(self, tensor_shape, name, layer):
         def range_var(suffix):
-            return _add_variable(layer, f"{name}_{suffix}", (), 0.0, trainable=False)
+            return _add_variable(layer, f"{name}_{suffix}", (), 0.0, trainable=self.range_update == "learned")
 
         return {"bits": self._build_bits(tensor_shape, name, layer),
                 "min": range_var("min"), "max": range_var("max")}
@@ -349,6 +355,10 @@ class ActivationBitQuantizer(BitlengthQuantizer):
         min_var, max_var = weights["min"], weights["max"]
         old_min, old_max = tf.convert_to_tensor(min_var), tf.convert_to_tensor(max_var)  # one read each
         started = old_max > old_min
+        if self.range_update == "learned":  # the first batch's range, then the variables (with gradient)
+            new = tf.where(started, old_min, batch_min), tf.where(started, old_max, batch_max)
+            with tf.control_dependencies([min_var.assign(new[0]), max_var.assign(new[1])]):
+                return tf.identity(new[0]), tf.identity(new[1])
         d = self.ema_decay
         new_min = const(d) * old_min + const(1.0 - d) * batch_min
         new_max = const(d) * old_max + const(1.0 - d) * batch_max
@@ -362,13 +372,14 @@ class ActivationBitQuantizer(BitlengthQuantizer):
     @_not_converted
     def __call__(self, inputs, training, weights, **kwargs):
         x = tf.cast(inputs, tf.float32)
-        if training and not self.freeze_range:
+        if training and not (self.freeze_range and self.range_update != "learned"):
             range_min, range_max = self._update_range(tf.stop_gradient(x), weights)
         else:
             range_min = tf.identity(weights["min"])
             range_max = tf.identity(weights["max"])
 
         n = tf.cast(self.bitlength(weights), tf.float32)
+        learned = training and self.range_update == "learned"
 
         def math(x, n, range_min, range_max):
             # quant_ops.quantize_activations_int, x without gradient and the clamped
@@ -381,10 +392,13 @@ class ActivationBitQuantizer(BitlengthQuantizer):
 
             # STE: gradient 1 inside the range, 0 outside (where the grid clips).
             grad_range = (low, tf.maximum(range_max, quant_ops.const(0.0)))
-            return self._quantize_n(x, quantize_int, n, grad_range)
+            out = self._quantize_n(x, quantize_int, n, grad_range)
+            if learned:
+                out += quant_ops.learned_range_term(x_int, low, high, n, self.min_bits, self.max_bits, self.frozen)
+            return out
 
         def quantize(x=x):
-            return _call_math(("activations", self._math_key()), math, x, n, range_min, range_max)
+            return _call_math(("activations", learned, self._math_key()), math, x, n, range_min, range_max)
 
         if training:
             out = quantize()
