@@ -46,7 +46,7 @@ flags.DEFINE_list("weight_clip", ["max"], "bitprune_model(weight_clip=...), one 
                   "budget: max (max|w|, the spec's min-max) and/or mse (the least-squared-error clip).")
 flags.DEFINE_enum("activation_range", "ema", ["ema", "expand"], "bitprune_model(activation_range=...).")
 flags.DEFINE_list("levers", ["default"], "Accuracy levers, one BitPruning run per entry and budget: default, or "
-                  "'+'-joined range (activation_range='learned'), distill (tfbp.Distill(float model) in both "
+                  "'+'-joined range (activation_range='learned'), clip (weight_clip='learned'), distill (tfbp.Distill(float model) in both "
                   "phases), long (3x the fine-tuning epochs).")
 flags.DEFINE_float("distill_weight", 1.0, "tfbp.Distill(weight=...) of the distill lever.")
 flags.DEFINE_float("distill_temperature", 2.0, "tfbp.Distill(temperature=...) of the distill lever.")
@@ -111,7 +111,7 @@ def _step_time(model, x, y, steps=30, batch=64, callbacks=()):
     return float(np.median(times))
 
 
-LEVERS = {"range": "learned range", "distill": "distill", "long": "3x fine-tuning"}
+LEVERS = {"range": "learned range", "clip": "learned clip", "distill": "distill", "long": "3x fine-tuning"}
 
 
 def _levers(entry):
@@ -247,7 +247,8 @@ def run_task(name, load, build, seed, tmp):
         levers = _levers(levers)
         keras.utils.set_random_seed(seed)
         bp = tfbp.bitprune_model(base, bits_lr_multiplier=FLAGS.bits_lr_multiplier,
-                                 per_channel_bits=FLAGS.per_channel_bits, weight_clip=clip,
+                                 per_channel_bits=FLAGS.per_channel_bits,
+                                 weight_clip="learned" if "clip" in levers else clip,
                                  activation_range="learned" if "range" in levers else FLAGS.activation_range)
         distill = [tfbp.Distill(base, FLAGS.distill_weight, FLAGS.distill_temperature)] if "distill" in levers else []
         calibration = xtr[:256] if FLAGS.calibrate else None

@@ -34,35 +34,6 @@ def variable_key(variable) -> Any:
 _not_converted = tf.autograph.experimental.do_not_convert
 
 
-# The quantizer math of one quantizer call, a pure function of float32 tensors, traced
-# once per quantizer config and rank into a tf.function that every quantizer call of a
-# train step then calls (one call op in the step's graph instead of ~60 ops forward and
-# more backward: tracing and wrapping spend their time creating graph ops, Python's
-# part of it per op). The runtime inlines the call before optimizing the step graph,
-# so the step runs the same ops: same results, same speed.
-_MATH: Dict[Any, Any] = {}
-
-
-def _relaxed(shape) -> tf.TensorSpec:
-    """A float32 spec of ``shape``'s rank: dims of 1 kept (bitlengths broadcast along them), others free."""
-    return tf.TensorSpec([1 if d == 1 else None for d in shape], tf.float32)
-
-
-def _call_math(key, math, *tensors):
-    """``math(*tensors)`` through the shared tf.function of ``key`` (built at first use);
-    outputs get the static shape of ``tensors[0]``. Eager: ``math`` directly."""
-    if tf.executing_eagerly():
-        return math(*tensors)
-    specs = tuple(_relaxed(t.shape) for t in tensors)
-    full_key = (key, specs)
-    function = _MATH.get(full_key)
-    if function is None:
-        function = _MATH[full_key] = tf.function(math, input_signature=specs, autograph=False)
-    out = function(*tensors)
-    out.set_shape(tensors[0].shape)
-    return out
-
-
 def _add_variable(layer, name: str, shape, value: float, trainable: bool, constraint=None):
     """A float32 variable of ``layer`` (tf_keras or Keras 3) that mixed precision never
     casts (like BatchNormalization's statistics: autocast to float16 the bitlength would
@@ -200,7 +171,10 @@ class WeightBitQuantizer(BitlengthQuantizer):
         the spec) or ``"mse"`` (per channel or tensor and per integer bitlength, the
         clip value with the least squared error, :func:`quant_ops.mse_clip`; far
         better for ternary kernels, not always at 3 bits (docs/comparison_clip.md);
-        exported exactly the same way).
+        exported exactly the same way), or ``"learned"``: a variable ``<name>_clip``
+        (per tensor, or channel like the scale) that starts at the ``"mse"`` clip and
+        is trained by gradient (LSQ, :func:`quant_ops.learned_clip_term`; weights
+        beyond it get no gradient); ``"minmax"`` grid only.
       grid: ``"minmax"`` (the step ``clip / (2^(b-1) - 1)``) or ``"pow2"`` (that
         step rounded up to a power of two: a ``fixed<b, I>`` type, for hls4ml).
 
@@ -221,6 +195,8 @@ class WeightBitQuantizer(BitlengthQuantizer):
         self.channel_axes = tuple(int(a) for a in channel_axes)
         if clip not in quant_ops.WEIGHT_CLIPS:
             raise ValueError(f"WeightBitQuantizer: clip must be one of {quant_ops.WEIGHT_CLIPS}, got {clip!r}.")
+        if clip == "learned" and self.grid != "minmax":
+            raise ValueError(f"WeightBitQuantizer: clip='learned' needs grid='minmax', got grid={grid!r}.")
         self.clip = clip
 
     def _axes(self, rank: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -237,13 +213,32 @@ class WeightBitQuantizer(BitlengthQuantizer):
         return tuple(shape[a] if a in channel else 1 for a in range(len(shape)))
 
     def build(self, tensor_shape, name, layer):
-        return {"bits": self._build_bits(tensor_shape, name, layer)}
+        variables = {"bits": self._build_bits(tensor_shape, name, layer)}
+        if self.clip == "learned":
+            channel, _ = self._axes(len(tensor_shape))
+            per_channel = self.per_channel_scale or self.per_channel_bits
+            shape = tuple(d if a in channel else 1 for a, d in enumerate(tensor_shape)) if per_channel else ()
+            variables["clip"] = _add_variable(layer, f"{name}_clip", shape, 0.0, trainable=True)
+        return variables
 
-    def clip_value(self, w, bits, reduce_axes=None, w_max=None) -> tf.Tensor:
+    def _learned_clip(self, w, n, variables, training, reduce_axes) -> tf.Tensor:
+        """The learned clip, the ``"mse"`` clip at ``round(n)`` until it is set (by the first training call)."""
+        c = tf.convert_to_tensor(variables["clip"])
+        c = tf.cond(tf.reduce_all(c > 0.0), lambda: c,
+                    lambda: quant_ops.mse_clip(w, tf.round(tf.stop_gradient(n)), reduce_axes) + 0.0 * c)
+        if not training:
+            return c
+        with tf.control_dependencies([variables["clip"].assign(c)]):
+            return tf.identity(c)
+
+    def clip_value(self, w, bits, reduce_axes=None, w_max=None, variables=None) -> tf.Tensor:
         """The grid's top level at integer ``bits`` (the scale is it over ``2^(b-1) - 1``):
-        ``max|w|`` (``w_max`` if known), or with ``clip="mse"`` the least-error clip."""
+        ``max|w|`` (``w_max`` if known), with ``clip="mse"`` the least-error clip, with
+        ``clip="learned"`` the clip variable of ``variables``."""
         if self.clip == "mse":
             return quant_ops.mse_clip(w, bits, reduce_axes, w_max)
+        if self.clip == "learned":
+            return self._learned_clip(w, bits, variables, False, reduce_axes)
         return quant_ops.max_abs(w, reduce_axes) if w_max is None else w_max
 
     @_not_converted
@@ -254,21 +249,29 @@ class WeightBitQuantizer(BitlengthQuantizer):
             _, reduce_axes = self._axes(len(x.shape))
 
         n = self.bitlength(weights)
+        learned = self.clip == "learned"
+        clip = self._learned_clip(x, n, weights, training, reduce_axes) if learned else tf.zeros(())
 
-        def math(x, n):
+        def math(x, n, clip):
             # Once, shared by both integer quantizers: the kernel without gradient, max|w|.
             w = tf.stop_gradient(x)
             w_max = quant_ops.max_abs(w, reduce_axes)
 
+            top = tf.stop_gradient(clip)
+
             def quantize_int(b):
                 # quant_ops.quantize_weights_int, its levels computed once
-                return quant_ops.quantize_weights_levels(w, quant_ops.weight_levels(b),
-                                                         self.clip_value(w, b, reduce_axes, w_max), self.grid)
+                return quant_ops.quantize_weights_levels(
+                    w, quant_ops.weight_levels(b), top if learned else self.clip_value(w, b, reduce_axes, w_max),
+                    self.grid)
 
-            return self._quantize_n(x, quantize_int, n)
+            if not learned:
+                return self._quantize_n(x, quantize_int, n)
+            out = self._quantize_n(x, quantize_int, n, (-top, top))
+            return out + quant_ops.learned_clip_term(w, clip, n, self.min_bits, self.max_bits, self.frozen)
 
         key = ("weights", reduce_axes, self.clip, self._math_key())
-        return tf.cast(_call_math(key, math, x, tf.cast(n, tf.float32)), inputs.dtype)
+        return tf.cast(quant_ops.call_math(key, math, x, tf.cast(n, tf.float32), clip), inputs.dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -398,7 +401,7 @@ class ActivationBitQuantizer(BitlengthQuantizer):
             return out
 
         def quantize(x=x):
-            return _call_math(("activations", learned, self._math_key()), math, x, n, range_min, range_max)
+            return quant_ops.call_math(("activations", learned, self._math_key()), math, x, n, range_min, range_max)
 
         if training:
             out = quantize()
