@@ -16,6 +16,13 @@ every budget with both weight grids (``bitprune_model(weight_clip=...)``).
     python benchmarks/compare.py --tasks=digits --budgets=2.5,2.75 --uniform_bits=3 --weighting=memory \
         --per_channel_bits --weight_clip=max,mse --out=docs/comparison_memory
     python benchmarks/compare.py --seeds=1 --quick     # a fast smoke run
+
+``--levers`` adds rows for the accuracy levers of docs/accuracy.md (learned activation ranges,
+learned weight clips, distillation from the float model, longer fine-tuning), each alone and
+together, e.g. (docs/comparison_levers.md, docs/comparison_levers_mlp.md):
+
+    python benchmarks/compare.py --tasks=digits --budgets=2.5,3 --uniform_bits= \
+        --levers=default,range,clip,distill,range+clip+distill --out=docs/comparison_levers
 """
 
 from __future__ import annotations
