@@ -22,7 +22,7 @@ learned weight clips, distillation from the float model, longer fine-tuning), ea
 together, e.g. (docs/comparison_levers.md, docs/comparison_levers_mlp.md):
 
     python benchmarks/compare.py --tasks=digits --budgets=2.5,3 --uniform_bits= \
-        --levers=default,range,clip,distill,range+clip+distill --out=docs/comparison_levers
+        --levers=default,range,range+clip --out=docs/comparison_levers
 """
 
 from __future__ import annotations
