@@ -16,6 +16,13 @@ every budget with both weight grids (``bitprune_model(weight_clip=...)``).
     python benchmarks/compare.py --tasks=digits --budgets=2.5,2.75 --uniform_bits=3 --weighting=memory \
         --per_channel_bits --weight_clip=max,mse --out=docs/comparison_memory
     python benchmarks/compare.py --seeds=1 --quick     # a fast smoke run
+
+``--levers`` adds rows for the accuracy levers of docs/accuracy.md (learned activation ranges,
+learned weight clips, distillation from the float model, longer fine-tuning), each alone and
+together, e.g. (docs/comparison_levers.md, docs/comparison_levers_mlp.md):
+
+    python benchmarks/compare.py --tasks=digits --budgets=2.5,3 --uniform_bits= \
+        --levers=default,range,range+clip --out=docs/comparison_levers
 """
 
 from __future__ import annotations
@@ -45,6 +52,11 @@ flags.DEFINE_bool("per_channel_bits", False, "One learned bitlength per output c
 flags.DEFINE_list("weight_clip", ["max"], "bitprune_model(weight_clip=...), one BitPruning run per value and "
                   "budget: max (max|w|, the spec's min-max) and/or mse (the least-squared-error clip).")
 flags.DEFINE_enum("activation_range", "ema", ["ema", "expand"], "bitprune_model(activation_range=...).")
+flags.DEFINE_list("levers", ["default"], "Accuracy levers, one BitPruning run per entry and budget: default, or "
+                  "'+'-joined range (activation_range='learned'), clip (weight_clip='learned'), distill (tfbp.Distill(float model) in both "
+                  "phases), long (3x the fine-tuning epochs).")
+flags.DEFINE_float("distill_weight", 1.0, "tfbp.Distill(weight=...) of the distill lever.")
+flags.DEFINE_float("distill_temperature", 2.0, "tfbp.Distill(temperature=...) of the distill lever.")
 flags.DEFINE_bool("calibrate", True, "Give BitBudget and freeze_bitlengths 256 training inputs as calibration_data.")
 flags.DEFINE_bool("quick", False, "Few epochs, for a smoke run.")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "comparison"), "Output prefix (.md, .json, .png).")
@@ -83,11 +95,15 @@ def _epochs():
     return dict(float=3, qat=2, learn=3, finetune=1) if FLAGS.quick else dict(float=20, qat=10, learn=40, finetune=10)
 
 
-def _step_time(model, x, y, steps=30, batch=64):
-    """Median seconds per train step (after one warm-up step). The model's weights
-    are restored afterwards: the timed steps train on one batch."""
+def _step_time(model, x, y, steps=30, batch=64, callbacks=()):
+    """Median seconds per train step (after one warm-up step), with ``callbacks``'
+    train-begin changes (Distill's loss) in place. The model's weights are restored
+    afterwards: the timed steps train on one batch."""
     import numpy as np
 
+    for callback in callbacks:
+        callback.set_model(model)
+        callback.on_train_begin()
     weights = model.get_weights()
     xb, yb = x[:batch], y[:batch]
     model.train_on_batch(xb, yb)
@@ -97,10 +113,25 @@ def _step_time(model, x, y, steps=30, batch=64):
         model.train_on_batch(xb, yb)
         times.append(time.perf_counter() - t)
     model.set_weights(weights)
+    for callback in callbacks:
+        callback.on_train_end()
     return float(np.median(times))
 
 
-def _fine_tune(model, xtr, ytr, xte, yte, epochs):
+LEVERS = {"range": "learned range", "clip": "learned clip", "distill": "distill", "long": "3x fine-tuning"}
+
+
+def _levers(entry):
+    """The lever names of one ``--levers`` entry (``default``: none)."""
+    names = [] if entry == "default" else entry.split("+")
+    bad = set(names) - set(LEVERS)
+    if bad:
+        raise app.UsageError(f"--levers: unknown lever(s) {sorted(bad)} in {entry!r}; use default or "
+                             f"'+'-joined {sorted(LEVERS)}.")
+    return names
+
+
+def _fine_tune(model, xtr, ytr, xte, yte, epochs, callbacks=()):
     """Fine-tunes a compiled frozen model, keeping the epoch that does best on a
     held-out sixth of the training data (never one below where it started, as the
     example does); returns the test accuracy."""
@@ -111,7 +142,7 @@ def _fine_tune(model, xtr, ytr, xte, yte, epochs):
     start, weights = model.evaluate(*held, verbose=0)[1], model.get_weights()
     best = keras.callbacks.EarlyStopping("val_accuracy", patience=epochs, restore_best_weights=True)
     history = model.fit(xtr[:-n_val], ytr[:-n_val], epochs=epochs, batch_size=32, validation_data=held,
-                        callbacks=[best], verbose=0)
+                        callbacks=[best, *callbacks], verbose=0)
     if max(history.history["val_accuracy"]) < start:
         model.set_weights(weights)
     return float(model.evaluate(xte, yte, verbose=0)[1])
@@ -219,21 +250,25 @@ def run_task(name, load, build, seed, tmp):
             size = latency = float("nan")
         rows.append(_row(label, acc, bits, bits, inventory, _step_time(qat, xtr, ytr), size, latency))
 
-    for target, clip in [(t, c) for c in FLAGS.weight_clip for t in FLAGS.budgets]:
+    for levers, target, clip in [(v, t, c) for v in FLAGS.levers for c in FLAGS.weight_clip for t in FLAGS.budgets]:
+        levers = _levers(levers)
         keras.utils.set_random_seed(seed)
         bp = tfbp.bitprune_model(base, bits_lr_multiplier=FLAGS.bits_lr_multiplier,
-                                 per_channel_bits=FLAGS.per_channel_bits, weight_clip=clip,
-                                 activation_range=FLAGS.activation_range)
+                                 per_channel_bits=FLAGS.per_channel_bits,
+                                 weight_clip="learned" if "clip" in levers else clip,
+                                 activation_range="learned" if "range" in levers else FLAGS.activation_range)
+        distill = [tfbp.Distill(base, FLAGS.distill_weight, FLAGS.distill_temperature)] if "distill" in levers else []
         calibration = xtr[:256] if FLAGS.calibrate else None
         learn_acc = fit(bp, 1e-3, ep["learn"], [tfbp.BitBudget(target_bits=float(target), weighting=FLAGS.weighting,
-                                                               anneal=FLAGS.anneal, calibration_data=calibration)])
+                                                               anneal=FLAGS.anneal, calibration_data=calibration),
+                                                *distill])
         learn_bits = tfbp.average_bits(bp, weighting=FLAGS.weighting)
-        learn_step = _step_time(bp, xtr, ytr)
+        learn_step = _step_time(bp, xtr, ytr, callbacks=distill)
         exact = dict(target_bits=float(target), calibration_data=calibration) if FLAGS.exact else {}
         frozen = tfbp.freeze_bitlengths(bp, rounding=FLAGS.rounding, weighting=FLAGS.weighting, **exact)
         frozen.compile(keras.optimizers.Adam(FLAGS.finetune_lr), loss, metrics=["accuracy"])
         frozen_acc = float(frozen.evaluate(xte, yte, verbose=0)[1])
-        acc = _fine_tune(frozen, xtr, ytr, xte, yte, ep["finetune"])
+        acc = _fine_tune(frozen, xtr, ytr, xte, yte, ep["finetune"] * (3 if "long" in levers else 1), distill)
         path = os.path.join(tmp, f"{name}_bp{target}.tflite")
         tfbp.export_tflite(frozen, path, representative_dataset=xtr[:128])
         tensors = costs.quantized_tensors(frozen)
@@ -242,7 +277,8 @@ def run_task(name, load, build, seed, tmp):
         bops = sum(t.macs * float(t.bits()) * float(t.input_bits()) for t in w)
         suffix = "".join(f", {v}" for v, d in ((FLAGS.rounding, "ceil"), (FLAGS.weighting, "uniform"),
                                                ("per-channel" if FLAGS.per_channel_bits else "", ""),
-                                               ("mse clip" if clip == "mse" else "", "")) if v != d)
+                                               ("mse clip" if clip == "mse" else "", ""),
+                                               *((LEVERS[v], "") for v in levers)) if v != d)
         suffix = f" ({suffix[2:]})" if suffix else ""
         rows.append(_row(f"BitPruning {target} bits{suffix}", acc, w_bits,
                          tfbp.average_bits(frozen, kind="activations"), w, learn_step,
@@ -252,7 +288,7 @@ def run_task(name, load, build, seed, tmp):
         rows[-1].update(float_top1=float_acc, learn_top1=learn_acc, learn_bits=learn_bits, frozen_top1=frozen_acc,
                         deployed_bits=tfbp.average_bits(frozen, weighting=FLAGS.weighting),
                         tflite_top1=_tflite_top1(path, xte, yte))
-        print(f"{name} seed {seed} budget {target} ({FLAGS.weighting}): float {100 * float_acc:.2f} | learning "
+        print(f"{name} seed {seed} {rows[-1]['method']} ({FLAGS.weighting}): float {100 * float_acc:.2f} | learning "
               f"phase {100 * learn_acc:.2f} at {learn_bits:.3f} bits | frozen {100 * frozen_acc:.2f} | deployed "
               f"{100 * acc:.2f} at {rows[-1]['deployed_bits']:.3f} bits (.tflite {100 * rows[-1]['tflite_top1']:.2f})",
               flush=True)
@@ -302,7 +338,7 @@ def _runs_markdown(runs):
              "|---|---|---|---|---|---|---|---|"]
     for task, rows in runs.items():
         for i, r in enumerate(rows):
-            seed = i // max(1, len(FLAGS.budgets) * len(FLAGS.weight_clip))
+            seed = i // max(1, len(FLAGS.budgets) * len(FLAGS.weight_clip) * len(FLAGS.levers))
             lines.append(f"| {task} | {seed} | {r['method']} | {100 * r['float_top1']:.2f} | "
                          f"{100 * r['learn_top1']:.2f} ({r['learn_bits']:.2f}) | {100 * r['frozen_top1']:.2f} | "
                          f"{100 * r['top1']:.2f} ({r['deployed_bits']:.2f}) | {100 * r['tflite_top1']:.2f} |")
@@ -317,6 +353,14 @@ def _plot_bits(row):
     return row.get("deployed_bits", row["weight_bits"])
 
 
+def _family(row):
+    """A row's curve: tfmot, or BitPruning with its options (the budget left out)."""
+    method = row["method"]
+    if method.startswith("tfmot"):
+        return "tfmot"
+    return "BitPruning" + (method[method.index(" ("):] if " (" in method else "")
+
+
 def _plot(results, path):
     import matplotlib
 
@@ -325,9 +369,9 @@ def _plot(results, path):
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
     for ax, (task, rows) in zip(axes[0], results.items()):
-        for family, marker in (("tfmot", "s"), ("BitPruning", "o"), ("BitPruning (mse clip)", "D"), ("float32", "*")):
-            sel = sorted((r for r in rows if r["method"].startswith(family.split(" ")[0]) and r["weight_bits"] <= 8
-                          and ("mse clip" in r["method"]) == ("mse clip" in family)),
+        families = ["tfmot"] + list(dict.fromkeys(_family(r) for r in rows if r["method"].startswith("BitPruning")))
+        for family, marker in zip(families, "soD^vPX<>"):
+            sel = sorted((r for r in rows if _family(r) == family and r["weight_bits"] <= 8),
                          key=lambda r: r["weight_bits"])
             if sel:
                 ax.errorbar([_plot_bits(r) for r in sel], [100 * r["top1"] for r in sel],

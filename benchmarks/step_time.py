@@ -10,6 +10,7 @@ frozen <= 1.1 x tfmot QAT.
 
     python benchmarks/step_time.py                     # writes docs/step_time.md
     python benchmarks/step_time.py --batch=256 --threads=0 --out=/tmp/step_time.md
+    python benchmarks/step_time.py --levers --out=docs/step_time_levers.md   # + the accuracy levers
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ flags.DEFINE_integer("warmup", 20, "Untimed steps per variant before timing.")
 flags.DEFINE_float("frozen_bits", 4.0, "Bitlength every tensor is frozen at.")
 flags.DEFINE_integer("threads", 1, "TF intra- and inter-op threads (0: TF's default, all cores). One thread "
                      "makes the ratios steadier on a shared machine.")
+flags.DEFINE_bool("levers", False, "Also time the learning phase with each accuracy lever (docs/accuracy.md): "
+                  "activation_range='learned', weight_clip='learned', both, and tfbp.Distill.")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "step_time.md"), "Markdown file the table is written to "
                     "(empty: print only).")
 FLAGS = flags.FLAGS
@@ -56,11 +59,32 @@ def build_variants(x, y):
     learning = compiled(tfbp.bitprune_model(small_cnn()))
     learning.train_on_batch(x, y)  # calibrates the activation ranges
     variants["learning"] = learning
-    for t in costs.quantized_tensors(learning):
-        bits = max(min(FLAGS.frozen_bits, t.quantizer.max_bits), t.quantizer.min_bits)
-        t.bits_variable.assign(bits / t.quantizer.bits_lr_multiplier)
+
+    def set_bits(model):
+        for t in costs.quantized_tensors(model):
+            bits = max(min(FLAGS.frozen_bits, t.quantizer.max_bits), t.quantizer.min_bits)
+            t.bits_variable.assign(bits / t.quantizer.bits_lr_multiplier)
+
+    set_bits(learning)
     variants["frozen"] = compiled(tfbp.freeze_bitlengths(learning))
+    if FLAGS.levers:
+        for name, options in LEVER_OPTIONS.items():
+            model = compiled(tfbp.bitprune_model(small_cnn(), **options))
+            model.train_on_batch(x, y)
+            set_bits(model)
+            variants[name] = model
+        distilled = compiled(tfbp.bitprune_model(small_cnn()))
+        distilled.train_on_batch(x, y)
+        set_bits(distilled)
+        distill = tfbp.Distill(base)
+        distill.set_model(distilled)
+        distill.on_train_begin()  # its loss, in the train function make_train_function returns
+        variants["learning_distill"] = distilled
     return variants
+
+
+LEVER_OPTIONS = {"learning_range": dict(activation_range="learned"), "learning_clip": dict(weight_clip="learned"),
+                 "learning_range_clip": dict(activation_range="learned", weight_clip="learned")}
 
 
 def main(argv):
@@ -114,7 +138,7 @@ def main(argv):
         median = medians[label]
         qat, flt = median["tfmot_qat_8bit"], median["float"]
         print(f"{'variant':<16}{label + ' ms/step':>16}{'x tfmot QAT':>14}{'x float':>10}")
-        for name in VARIANTS:
+        for name in variants:
             print(f"{name:<16}{median[name] * 1e3:>16.3f}{median[name] / qat:>14.2f}{median[name] / flt:>10.2f}")
         # Paired: the ratio within each repeat, then the median over repeats.
         ratios[label] = float(np.median(np.array(times["frozen"]) / np.array(times["tfmot_qat_8bit"])))
@@ -127,9 +151,16 @@ def main(argv):
         print(f"wrote {FLAGS.out}")
 
 
-VARIANTS = ("float", "tfmot_qat_8bit", "learning", "frozen")
 LABELS = {"float": "float", "tfmot_qat_8bit": "tfmot 8-bit QAT", "learning": "learning phase (`bitprune_model`)",
-          "frozen": "frozen (`freeze_bitlengths`)"}
+          "frozen": "frozen (`freeze_bitlengths`)",
+          "learning_range": "learning phase, `activation_range=\"learned\"`",
+          "learning_clip": "learning phase, `weight_clip=\"learned\"`",
+          "learning_range_clip": "learning phase, both learned",
+          "learning_distill": "learning phase, `tfbp.Distill(float model)`"}
+
+
+LEVERS_NOTE = (" The learning phase is also timed with each accuracy lever of docs/accuracy.md (each from the "
+               "same float weights, after one calibrating step).")
 
 
 def markdown(made_by, title, medians, verdicts) -> str:
@@ -137,7 +168,7 @@ def markdown(made_by, title, medians, verdicts) -> str:
     wall, cpu = medians["wall"], medians["CPU"]
     rows = ["| variant | wall ms/step | × tfmot 8-bit QAT (wall) | × float (wall) | CPU ms/step "
             "| × tfmot 8-bit QAT (CPU) | × float (CPU) |", "|---|---|---|---|---|---|---|"]
-    for name in VARIANTS:
+    for name in wall:
         rows.append(f"| {LABELS[name]} | {wall[name] * 1e3:.3f} | {wall[name] / wall['tfmot_qat_8bit']:.2f} "
                     f"| {wall[name] / wall['float']:.2f} | {cpu[name] * 1e3:.3f} "
                     f"| {cpu[name] / cpu['tfmot_qat_8bit']:.2f} | {cpu[name] / cpu['float']:.2f} |")
@@ -148,7 +179,7 @@ def markdown(made_by, title, medians, verdicts) -> str:
             "interleaved in a shuffled order so that load from other processes hits them alike; a time is "
             "the median over the repeats, in wall-clock time and in this process's CPU time (steadier "
             "when other processes share the cores). One run on a shared machine: compare ratios, not "
-            f"milliseconds.\n\n{title}.\n\n" + "\n".join(rows) + "\n\n"
+            f"milliseconds.{LEVERS_NOTE if FLAGS.levers else ''}\n\n{title}.\n\n" + "\n".join(rows) + "\n\n"
             + "".join(f"- {v}\n" for v in verdicts))
 
 

@@ -168,7 +168,7 @@ def test_config_errors_name_the_layer_and_attribute():
     (lambda: WeightBitQuantizer(init_bits=9.0), "init_bits=9.0 is outside"),
     (lambda: ActivationBitQuantizer(bits_lr_multiplier=0.0), "bits_lr_multiplier must be > 0"),
     (lambda: ActivationBitQuantizer(ema_decay=1.0), r"ema_decay must be in \[0, 1\)"),
-    (lambda: ActivationBitQuantizer(range_update="max"), r"range_update \(bitprune_model's activation_range\) must be one of \('expand', 'ema'\), got 'max'"),
+    (lambda: ActivationBitQuantizer(range_update="max"), r"range_update \(bitprune_model's activation_range\) must be one of \('expand', 'ema', 'learned'\), got 'max'"),
 ])
 def test_invalid_quantizer_arguments(make, match):
     with pytest.raises(ValueError, match=match):

@@ -19,6 +19,7 @@ from tf_bitpruning.api import (bitprune_annotate_layer, bitprune_annotate_model,
 from tf_bitpruning.callbacks import BitBudget
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.costs import average_bits, bitlengths
+from tf_bitpruning.distill import Distill, distillation_loss
 from tf_bitpruning.export import align_to_hls4ml, align_to_tflite, export_hls4ml, export_tflite, load_model, read_precision, save_model
 # Keras 3 (import keras): registers its layers, so keras.saving.load_model finds them.
 from tf_bitpruning import keras3
@@ -32,6 +33,7 @@ __all__ = [
     "BitBudget",
     "BitPruneQuantizeConfig",
     "BitPruneQuantizeScheme",
+    "Distill",
     "WeightBitQuantizer",
     "align_to_hls4ml",
     "align_to_tflite",
@@ -42,6 +44,7 @@ __all__ = [
     "bitprune_apply",
     "bitprune_model",
     "bitprune_scope",
+    "distillation_loss",
     "export_hls4ml",
     "export_tflite",
     "keras3",

@@ -35,35 +35,6 @@ def variable_key(variable) -> Any:
 _not_converted = tf.autograph.experimental.do_not_convert
 
 
-# The quantizer math of one quantizer call, a pure function of float32 tensors, traced
-# once per quantizer config and rank into a tf.function that every quantizer call of a
-# train step then calls (one call op in the step's graph instead of ~60 ops forward and
-# more backward: tracing and wrapping spend their time creating graph ops, Python's
-# part of it per op). The runtime inlines the call before optimizing the step graph,
-# so the step runs the same ops: same results, same speed.
-_MATH: Dict[Any, Any] = {}
-
-
-def _relaxed(shape) -> tf.TensorSpec:
-    """A float32 spec of ``shape``'s rank: dims of 1 kept (bitlengths broadcast along them), others free."""
-    return tf.TensorSpec([1 if d == 1 else None for d in shape], tf.float32)
-
-
-def _call_math(key, math, *tensors):
-    """``math(*tensors)`` through the shared tf.function of ``key`` (built at first use);
-    outputs get the static shape of ``tensors[0]``. Eager: ``math`` directly."""
-    if tf.executing_eagerly():
-        return math(*tensors)
-    specs = tuple(_relaxed(t.shape) for t in tensors)
-    full_key = (key, specs)
-    function = _MATH.get(full_key)
-    if function is None:
-        function = _MATH[full_key] = tf.function(math, input_signature=specs, autograph=False)
-    out = function(*tensors)
-    out.set_shape(tensors[0].shape)
-    return out
-
-
 def _add_variable(layer, name: str, shape, value: float, trainable: bool, constraint=None):
     """A float32 variable of ``layer`` (tf_keras or Keras 3) that mixed precision never
     casts (like BatchNormalization's statistics: autocast to float16 the bitlength would
@@ -194,7 +165,10 @@ class WeightBitQuantizer(BitlengthQuantizer):
         the spec) or ``"mse"`` (per channel or tensor and per integer bitlength, the
         clip value with the least squared error, :func:`quant_ops.mse_clip`; far
         better for ternary kernels, not always at 3 bits (docs/comparison_clip.md);
-        exported exactly the same way).
+        exported exactly the same way), or ``"learned"``: a variable ``<name>_clip``
+        (per tensor, or channel like the scale) that starts at the ``"mse"`` clip and
+        is trained by gradient (LSQ, :func:`quant_ops.learned_clip_term`; weights
+        beyond it get no gradient); ``"minmax"`` grid only.
       grid: ``"minmax"`` (the step ``clip / (2^(b-1) - 1)``) or ``"pow2"`` (that
         step rounded up to a power of two: a ``fixed<b, I>`` type, for hls4ml; with
         ``clip="mse"`` the power-of-two step of least squared error,
@@ -217,6 +191,8 @@ class WeightBitQuantizer(BitlengthQuantizer):
         self.channel_axes = tuple(int(a) for a in channel_axes)
         if clip not in quant_ops.WEIGHT_CLIPS:
             raise ValueError(f"WeightBitQuantizer: clip must be one of {quant_ops.WEIGHT_CLIPS}, got {clip!r}.")
+        if clip == "learned" and self.grid != "minmax":
+            raise ValueError(f"WeightBitQuantizer: clip='learned' needs grid='minmax', got grid={grid!r}.")
         self.clip = clip
 
     def _axes(self, rank: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -233,15 +209,35 @@ class WeightBitQuantizer(BitlengthQuantizer):
         return tuple(shape[a] if a in channel else 1 for a in range(len(shape)))
 
     def build(self, tensor_shape, name, layer):
-        return {"bits": self._build_bits(tensor_shape, name, layer)}
+        variables = {"bits": self._build_bits(tensor_shape, name, layer)}
+        if self.clip == "learned":
+            channel, _ = self._axes(len(tensor_shape))
+            per_channel = self.per_channel_scale or self.per_channel_bits
+            shape = tuple(d if a in channel else 1 for a, d in enumerate(tensor_shape)) if per_channel else ()
+            variables["clip"] = _add_variable(layer, f"{name}_clip", shape, 0.0, trainable=True)
+        return variables
 
-    def clip_value(self, w, bits, reduce_axes=None, w_max=None) -> tf.Tensor:
+    def _learned_clip(self, w, n, variables, training, reduce_axes) -> tf.Tensor:
+        """The learned clip, the ``"mse"`` clip at ``round(n)`` until it is set (by the first training call)."""
+        c = tf.convert_to_tensor(variables["clip"])
+        c = tf.cond(tf.reduce_all(c > 0.0), lambda: c,
+                    lambda: quant_ops.mse_clip(w, tf.round(tf.stop_gradient(n)), reduce_axes) + 0.0 * c)
+        if not training:
+            return c
+        with tf.control_dependencies([variables["clip"].assign(c)]):
+            return tf.identity(c)
+
+    def clip_value(self, w, bits, reduce_axes=None, w_max=None, variables=None) -> tf.Tensor:
         """The grid's top level at integer ``bits`` (the scale is it over ``2^(b-1) - 1``):
-        ``max|w|`` (``w_max`` if known), or with ``clip="mse"`` the least-error clip."""
+        ``max|w|`` (``w_max`` if known), with ``clip="mse"`` the least-error clip (with
+        ``grid="pow2"`` the least-error power-of-two step's), with ``clip="learned"`` the
+        clip variable of ``variables``."""
         if self.clip == "mse" and self.grid == "pow2":
             return quant_ops.pow2_mse_clip(w, bits, reduce_axes, w_max)
         if self.clip == "mse":
             return quant_ops.mse_clip(w, bits, reduce_axes, w_max)
+        if self.clip == "learned":
+            return self._learned_clip(w, bits, variables, False, reduce_axes)
         return quant_ops.max_abs(w, reduce_axes) if w_max is None else w_max
 
     @_not_converted
@@ -252,21 +248,29 @@ class WeightBitQuantizer(BitlengthQuantizer):
             _, reduce_axes = self._axes(len(x.shape))
 
         n = self.bitlength(weights)
+        learned = self.clip == "learned"
+        clip = self._learned_clip(x, n, weights, training, reduce_axes) if learned else tf.zeros(())
 
-        def math(x, n):
+        def math(x, n, clip):
             # Once, shared by both integer quantizers: the kernel without gradient, max|w|.
             w = tf.stop_gradient(x)
             w_max = quant_ops.max_abs(w, reduce_axes)
 
+            top = tf.stop_gradient(clip)
+
             def quantize_int(b):
                 # quant_ops.quantize_weights_int, its levels computed once
-                return quant_ops.quantize_weights_levels(w, quant_ops.weight_levels(b),
-                                                         self.clip_value(w, b, reduce_axes, w_max), self.grid)
+                return quant_ops.quantize_weights_levels(
+                    w, quant_ops.weight_levels(b), top if learned else self.clip_value(w, b, reduce_axes, w_max),
+                    self.grid)
 
-            return self._quantize_n(x, quantize_int, n)
+            if not learned:
+                return self._quantize_n(x, quantize_int, n)
+            out = self._quantize_n(x, quantize_int, n, (-top, top))
+            return out + quant_ops.learned_clip_term(w, clip, n, self.min_bits, self.max_bits, self.frozen)
 
         key = ("weights", reduce_axes, self.clip, self._math_key())
-        return tf.cast(_call_math(key, math, x, tf.cast(n, tf.float32)), inputs.dtype)
+        return tf.cast(quant_ops.call_math(key, math, x, tf.cast(n, tf.float32), clip), inputs.dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -292,6 +296,9 @@ class ActivationBitQuantizer(BitlengthQuantizer):
     chance unless ranges expand. Expanded ranges sit at the batches' largest values,
     a coarser grid: at 2-3 bits on small networks they cost accuracy (README).
     ``freeze_range=True`` stops the updates (useful when fine-tuning a frozen model).
+    ``range_update="learned"``: the range starts at the first training batch's min/max,
+    then is trained by gradient (LSQ, ``quant_ops.learned_range_term``; also when frozen,
+    ``freeze_range`` aside), so 2-bit grids skip outliers; exported as any range.
     ``grid="pow2"``: the step is a power of two and the grid a ``ufixed<b, I>``
     (``min >= 0``) or ``fixed<b, I>`` type covering the range (``quant_ops.activation_grid``).
     Before the first training step the range is empty and the quantizer passes values
@@ -299,7 +306,7 @@ class ActivationBitQuantizer(BitlengthQuantizer):
     """
 
     kind = "activations"
-    RANGE_UPDATES = ("expand", "ema")
+    RANGE_UPDATES = ("expand", "ema", "learned")
 
     def __init__(self, min_bits: int = 1, max_bits: int = 8, init_bits: Optional[float] = None,
                  bits_lr_multiplier: float = 10.0, ema_decay: float = 0.99,
@@ -311,13 +318,16 @@ class ActivationBitQuantizer(BitlengthQuantizer):
         if range_update not in self.RANGE_UPDATES:
             raise ValueError(f"range_update (bitprune_model's activation_range) must be one of "
                              f"{self.RANGE_UPDATES}, got {range_update!r}.")
+        if range_update == "learned" and self.grid != "minmax":
+            raise ValueError(f"range_update (bitprune_model's activation_range) 'learned' needs grid='minmax' "
+                             f"(a power-of-two step has no gradient), got grid={grid!r}.")
         self.ema_decay = float(ema_decay)
         self.freeze_range = bool(freeze_range)
         self.range_update = range_update
 
     def build(self, tensor_shape, name, layer):
         def range_var(suffix):
-            return _add_variable(layer, f"{name}_{suffix}", (), 0.0, trainable=False)
+            return _add_variable(layer, f"{name}_{suffix}", (), 0.0, trainable=self.range_update == "learned")
 
         return {"bits": self._build_bits(tensor_shape, name, layer),
                 "min": range_var("min"), "max": range_var("max")}
@@ -347,6 +357,10 @@ class ActivationBitQuantizer(BitlengthQuantizer):
         min_var, max_var = weights["min"], weights["max"]
         old_min, old_max = tf.convert_to_tensor(min_var), tf.convert_to_tensor(max_var)  # one read each
         started = old_max > old_min
+        if self.range_update == "learned":  # the first batch's range, then the variables (with gradient)
+            new = tf.where(started, old_min, batch_min), tf.where(started, old_max, batch_max)
+            with tf.control_dependencies([min_var.assign(new[0]), max_var.assign(new[1])]):
+                return tf.identity(new[0]), tf.identity(new[1])
         d = self.ema_decay
         new_min = const(d) * old_min + const(1.0 - d) * batch_min
         new_max = const(d) * old_max + const(1.0 - d) * batch_max
@@ -360,13 +374,14 @@ class ActivationBitQuantizer(BitlengthQuantizer):
     @_not_converted
     def __call__(self, inputs, training, weights, **kwargs):
         x = tf.cast(inputs, tf.float32)
-        if training and not self.freeze_range:
+        if training and not (self.freeze_range and self.range_update != "learned"):
             range_min, range_max = self._update_range(tf.stop_gradient(x), weights)
         else:
             range_min = tf.identity(weights["min"])
             range_max = tf.identity(weights["max"])
 
         n = tf.cast(self.bitlength(weights), tf.float32)
+        learned = training and self.range_update == "learned"
 
         def math(x, n, range_min, range_max):
             # quant_ops.quantize_activations_int, x without gradient and the clamped
@@ -379,10 +394,13 @@ class ActivationBitQuantizer(BitlengthQuantizer):
 
             # STE: gradient 1 inside the range, 0 outside (where the grid clips).
             grad_range = (low, tf.maximum(range_max, quant_ops.const(0.0)))
-            return self._quantize_n(x, quantize_int, n, grad_range)
+            out = self._quantize_n(x, quantize_int, n, grad_range)
+            if learned:
+                out += quant_ops.learned_range_term(x_int, low, high, n, self.min_bits, self.max_bits, self.frozen)
+            return out
 
         def quantize(x=x):
-            return _call_math(("activations", self._math_key()), math, x, n, range_min, range_max)
+            return quant_ops.call_math(("activations", learned, self._math_key()), math, x, n, range_min, range_max)
 
         if training:
             out = quantize()

@@ -147,8 +147,9 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
         ``"ema"`` (tfmot's moving average) or ``"expand"`` (at once to take in a batch
         beyond it, back at the moving-average rate). Train deep networks from random
         weights with ``"expand"`` (VGG16 does not train otherwise; ResNet50 reaches
-        90 % instead of 36 % on digits); ``"ema"`` holds more accuracy at 2-3 bits.
-        See ``ActivationBitQuantizer``.
+        90 % instead of 36 % on digits); ``"ema"`` holds more accuracy at 2-3 bits;
+        ``"learned"``: trained by gradient (LSQ) from the first batch's range
+        (docs/accuracy.md). See ``ActivationBitQuantizer``.
       grid: ``"minmax"`` (the spec's grids) or ``"pow2"``: every step rounded up to a
         power of two (bitlengths still learned), so that fixed-point hardware holds
         each grid exactly as a ``fixed<b, I>``/``ufixed<b, I>`` type

@@ -172,7 +172,7 @@ def weight_export(quantizer: WeightBitQuantizer, variables, weight: tf.Variable,
     per_channel = quantizer.per_channel_scale or quantizer.per_channel_bits or fold is not None
     axes = reduce if (quantizer.per_channel_scale or quantizer.per_channel_bits) else None
     b = tf.constant(bits.astype(np.float32))
-    top = quantizer.clip_value(w, b, axes)  # max|w|, or the clip of clip="mse"
+    top = quantizer.clip_value(w, b, axes, variables=variables)  # max|w|, or the clip of clip="mse"/"learned"
     kernel = _np(quant_ops.quantize_weights_int(w, b, axes, top, quantizer.grid))
     scale = _np(quant_ops.weight_scale(w, b, axes, top, quantizer.grid)).astype(np.float64)
     levels = 2.0 ** (bits.astype(np.float64) - 1.0) - 1.0
