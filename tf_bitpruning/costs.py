@@ -23,6 +23,7 @@ import tf_keras as keras
 
 from tf_bitpruning import _compat
 from tf_bitpruning.quantizers import BitlengthQuantizer, variable_key
+from tf_bitpruning.layer_kinds import TABLE_LAYERS, builtin_kind
 
 WEIGHTINGS = ("uniform", "memory", "bops")
 KINDS = (None, "weights", "activations")
@@ -136,7 +137,9 @@ def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
                 producer = _producer(producer)
             source = activations.get(producer.name) if producer is not None else None
             out = _output_shape(layer)
-            positions = _output_elements(layer) // max(int(out[-1]), 1)
+            # A table (an Embedding's) is read by lookup: no multiply-accumulates.
+            positions = 0 if builtin_kind(user_layer(layer), exact=False) in TABLE_LAYERS else \
+                _output_elements(layer) // max(int(out[-1]), 1)
             for w, q, v, attr in weights:
                 name = f"{user_name}/weights" if len(weights) == 1 else f"{user_name}/{attr}"
                 elements = int(np.prod(w.shape))

@@ -24,7 +24,13 @@ KERNEL_LAYERS: Dict[str, Tuple[Dict[str, Tuple[int, ...]], bool]] = {
     "DepthwiseConv2D": ({"depthwise_kernel": (2, 3)}, True),
     "SeparableConv1D": ({"depthwise_kernel": (1, 2), "pointwise_kernel": (-1,)}, True),
     "SeparableConv2D": ({"depthwise_kernel": (2, 3), "pointwise_kernel": (-1,)}, True),
+    "Embedding": ({"embeddings": (-1,)}, False),
 }
+
+# Kernels read by lookup, not multiplied: one scale and one bitlength per table (TFLite's
+# GATHER keeps its table's one scale, and its output is on the table's grid, so no output
+# quantizer), no multiply-accumulates, no activation.
+TABLE_LAYERS = frozenset({"Embedding"})
 
 # Keras 3 names some kernels differently: class -> {tf_keras attribute: Keras 3 attribute}.
 KERAS3_KERNEL_ATTRS: Dict[str, Dict[str, str]] = {"DepthwiseConv2D": {"depthwise_kernel": "kernel"}}
@@ -145,6 +151,13 @@ def activation_name(activation) -> str:
         # Keras 3's names of swish and hard swish; tfmot and this registry know them as these.
         return {"silu": "swish", "hard_silu": "hard_swish"}.get(name, name)
     return name
+
+
+def integer_dtype(dtype) -> bool:
+    """Whether a model input of this dtype (``"int32"``, a ``tf.DType``) holds indices or
+    codes, not values: it gets no input quantizer (an ``Embedding`` reads it)."""
+    name = getattr(dtype, "name", dtype)
+    return isinstance(name, str) and name.startswith(("int", "uint", "bool"))
 
 
 def op_lambda_function(layer) -> Optional[str]:

@@ -10,7 +10,7 @@ from typing import Optional
 
 from tf_bitpruning import _compat
 from tf_bitpruning.configs import BitPruneQuantizeConfig
-from tf_bitpruning.layer_kinds import (KERAS3_KERNEL_ATTRS, KERNEL_LAYERS, OP_LAMBDAS, OUTPUT_ACTIVATIONS,
+from tf_bitpruning.layer_kinds import (KERAS3_KERNEL_ATTRS, KERNEL_LAYERS, TABLE_LAYERS, OP_LAMBDAS, OUTPUT_ACTIVATIONS,
                                        OUTPUT_LAYERS, PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS, TF_OP_OUTPUT, TRAINING_ONLY,
                                        TF_OP_PASS_THROUGH, activation_name, builtin_kind, op_lambda_function)
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
@@ -90,9 +90,11 @@ class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
             for attr, axes in kernels.items():
                 # A power-of-two grid is one fixed-point type per layer: one step per tensor.
                 per_channel = per_channel_scale and self.weight_quantizer.grid != "pow2"
-                weights[renames.get(attr, attr)] = WeightBitQuantizer.from_config(
-                    dict(base, per_channel_scale=per_channel, channel_axes=list(axes)))
-            activation_attrs = ["activation"]
+                config = dict(base, per_channel_scale=per_channel, channel_axes=list(axes))
+                if kind in TABLE_LAYERS:
+                    config["per_channel_bits"] = False  # one grid per table (TFLite's GATHER)
+                weights[renames.get(attr, attr)] = WeightBitQuantizer.from_config(config)
+            activation_attrs = [] if kind in TABLE_LAYERS else ["activation"]
         elif kind == "Activation":
             if activation_name(layer.activation) in OUTPUT_ACTIVATIONS:
                 quantize_output = True

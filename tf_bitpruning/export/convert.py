@@ -28,8 +28,9 @@ def as_generator(data) -> Callable[[], Iterable[List[np.ndarray]]]:
 def convert(model: keras.Model, run: Callable[..., Any], representative_dataset,
             inference_input_type, inference_output_type) -> bytes:
     """Converts ``run`` (the model's export graph) with ranges from its fake-quant ops."""
-    specs = [tf.TensorSpec([None] + list(x.shape[1:]), tf.float32, name=x.name.split(":")[0])
-             for x in model.inputs]
+    # Integer inputs (an Embedding's indices) stay integer; the others are float.
+    specs = [tf.TensorSpec([None] + list(x.shape[1:]), x.dtype if x.dtype.is_integer else tf.float32,
+                           name=x.name.split(":")[0]) for x in model.inputs]
     fn = tf.function(run, input_signature=specs, autograph=False)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
