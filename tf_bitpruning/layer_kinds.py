@@ -58,7 +58,7 @@ UPSAMPLINGS = frozenset({"UpSampling1D", "UpSampling2D"})
 
 # Layers whose output the registry quantizes.
 OUTPUT_LAYERS = (RELU_LAYERS | MERGES | AVERAGE_POOLINGS | UPSAMPLINGS
-                 | {"BatchNormalization", "GlobalAveragePooling1D", "GlobalAveragePooling2D"})
+                 | {"BatchNormalization", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "LayerNormalization"})
 
 # Run in float when they follow a model input (the input quantizer moves after them; the
 # exporter computes them in float on the input, then QUANTIZE).

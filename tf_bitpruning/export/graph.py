@@ -95,6 +95,9 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs, codes: IdentityCodes):
             kernel = plan.weights.get((layer.name, "kernel"))
             if isinstance(inner, L.Dense) and kernel is not None and kernel.scale.ndim > 0:
                 out = dense_as_conv(inner, inputs, kernel)
+            elif isinstance(inner, L.Dense) and getattr(inputs, "shape", None) is not None \
+                    and inputs.shape.rank is not None and inputs.shape.rank > 2:
+                out = dense_on_rows(inner, inputs)
             elif type(inner) is L.Conv1D and kernel is not None:
                 out = conv1d_as_conv2d(inner, inputs, kernel)
             elif as_depthwise(layer):
@@ -188,6 +191,21 @@ def dense_as_conv(inner: L.Dense, x: tf.Tensor, spec: WeightExport) -> tf.Tensor
     if inner.use_bias:
         y = tf.nn.bias_add(y, inner.bias)
     return inner.activation(y) if inner.activation is not None else y
+
+
+def dense_on_rows(inner: L.Dense, x: tf.Tensor) -> tf.Tensor:
+    """Dense on a 3-D or wider input (a sequence) as one FULLY_CONNECTED over its rows,
+    with the bias and activation fused into it, between reshapes: Keras' tensordot
+    leaves the bias add outside the matmul, where it has no grid (it would run in float)."""
+    n_in, n_out = int(x.shape[-1]), int(inner.kernel.shape[-1])
+    y = tf.matmul(tf.reshape(x, [-1, n_in]), inner.kernel)
+    if inner.use_bias:
+        y = tf.nn.bias_add(y, inner.bias)
+    y = inner.activation(y) if inner.activation is not None else y
+    inner_dims = x.shape[1:-1]
+    if all(d is not None for d in inner_dims):  # a static shape: no shape ops in the file
+        return tf.reshape(y, [-1] + [int(d) for d in inner_dims] + [n_out])
+    return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [n_out]], axis=0))
 
 
 def conv1d_as_conv2d(inner: L.Conv1D, x: tf.Tensor, spec: WeightExport) -> tf.Tensor:
