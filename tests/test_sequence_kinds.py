@@ -21,6 +21,9 @@ from tests.support.tflite_checks import top1_agreement
 
 pytest.importorskip("ai_edge_litert.interpreter")
 KERASES = {"tf_keras": tf_keras, "keras3": keras3}
+# Keras 3 models export through their tf_keras twin (keras3/bridge.py), so the fast tier runs
+# the Keras 3 variant (both paths, ~2 s); the tf_keras one (tfmot's clone: slower) is slow.
+BOTH = [pytest.param("tf_keras", marks=pytest.mark.slow), "keras3"]
 VOCAB, STEPS, WIDTH = 40, 10, 8
 
 
@@ -66,7 +69,7 @@ def _classifier(keras, body, tokens=True):
     return keras.Model(inputs, L.Dense(4, name="logits")(body(L, x)))
 
 
-@pytest.mark.parametrize("kname", KERASES)
+@pytest.mark.parametrize("kname", BOTH)
 def test_embedding_table_at_its_learned_bits_in_an_int8_gather(kname, tmp_path):
     keras = KERASES[kname]
     model = _classifier(keras, lambda L, x: L.GlobalAveragePooling1D()(x))
@@ -91,7 +94,7 @@ def test_embedding_table_at_its_learned_bits_in_an_int8_gather(kname, tmp_path):
     assert len(np.unique(codes)) <= 2 ** bits - 1, np.unique(codes)  # the table's learned grid
 
 
-@pytest.mark.parametrize("kname", KERASES)
+@pytest.mark.parametrize("kname", BOTH)
 def test_conv1d_and_global_max_pooling_1d_on_embeddings(kname, tmp_path):
     keras = KERASES[kname]
     model = _classifier(keras, lambda L, x: L.GlobalMaxPooling1D()(L.Conv1D(8, 3, activation="relu")(x)))
@@ -101,7 +104,7 @@ def test_conv1d_and_global_max_pooling_1d_on_embeddings(kname, tmp_path):
     assert {"GATHER", "CONV_2D", "REDUCE_MAX"} <= set(ops), ops
 
 
-@pytest.mark.parametrize("kname", KERASES)
+@pytest.mark.parametrize("kname", BOTH)
 def test_dense_on_3d_inputs_is_one_fully_connected(kname, tmp_path):
     keras = KERASES[kname]
     model = _classifier(keras, lambda L, x: L.GlobalAveragePooling1D()(L.Dense(8, activation="relu")(x)),
@@ -111,3 +114,68 @@ def test_dense_on_3d_inputs_is_one_fully_connected(kname, tmp_path):
     _assert_agrees(a)
     # The bias and relu fused into the FULLY_CONNECTED (Keras' tensordot left an ADD in float).
     assert ops.count("FULLY_CONNECTED") == 2 and "ADD" not in ops, ops
+
+
+def _sentiment(n, seed):
+    """Token sequences labelled by which of two word groups occurs more often (a tie: 0)."""
+    x = _tokens(n, seed)
+    positive, negative = np.isin(x, range(1, 9)).sum(1), np.isin(x, range(9, 17)).sum(1)
+    return x, (positive > negative).astype(np.int32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kname", BOTH)
+def test_text_classifier_end_to_end(kname, tmp_path):
+    """Embedding -> Conv1D -> GlobalAveragePooling1D -> Dense, trained under a 4-bit
+    budget, frozen, fine-tuned and exported: the file agrees with Keras and keeps its accuracy."""
+    keras = KERASES[kname]
+    L = keras.layers
+    (x, y), (xt, yt) = _sentiment(3072, 0), _sentiment(1024, 1)
+    inputs = keras.Input((STEPS,), dtype="int32")
+    h = L.Embedding(VOCAB, 16, name="embedding")(inputs)
+    h = L.GlobalAveragePooling1D()(L.Conv1D(16, 3, activation="relu")(h))
+    model = keras.Model(inputs, L.Dense(2)(h))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(3e-3), loss, metrics=["accuracy"])
+    model.fit(x, y, epochs=6, batch_size=64, verbose=0)
+    float_accuracy = model.evaluate(xt, yt, verbose=0)[1]
+    bp = tfbp.bitprune_model(model)
+    bp.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
+    bp.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[tfbp.BitBudget(4.0)])
+    frozen = tfbp.freeze_bitlengths(bp)
+    frozen.compile(keras.optimizers.Adam(5e-4), loss, metrics=["accuracy"])
+    frozen.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    assert tfbp.average_bits(frozen) <= 5.0, tfbp.bitlengths(frozen)  # the budget held (4 bits, ±1)
+    a, ops, _ = _agrees(frozen, xt, tmp_path / "text.tflite")
+    got, _ = run_file(tmp_path / "text.tflite", xt)
+    assert a.decided >= 500 and a.rate >= 0.99, a
+    deployed = float(np.mean(got.argmax(1) == yt))
+    print(f"{kname}: float {float_accuracy:.4f}, deployed {deployed:.4f}, bits {tfbp.average_bits(frozen):.2f}, {a}")
+    # A learnable task (float accuracy ~0.9): the 4-bit file stays within 3 points of float.
+    assert float_accuracy >= 0.8 and deployed >= float_accuracy - 0.03, (float_accuracy, deployed)
+
+
+@pytest.mark.parametrize("kname", BOTH)
+def test_layer_normalization_statistics_calibrated_output_on_its_grid(kname, tmp_path):
+    keras = KERASES[kname]
+    model = _classifier(keras, lambda L, x: L.Flatten()(  # logits of many features: spread out
+        L.LayerNormalization(name="norm")(L.Dense(16)(x))), tokens=False)
+    x = _sequences(128)
+    frozen = _frozen(model, x, keras)
+    assert "norm/activations" in tfbp.bitlengths(frozen)  # its output has a learned grid
+    with pytest.raises(ExportError, match=r"'norm' \(LayerNormalization\).*representative_dataset"):
+        export_tflite(frozen, tmp_path / "refused.tflite")
+    assert not (tmp_path / "refused.tflite").exists()
+    info = export_tflite(frozen, tmp_path / "norm.tflite", representative_dataset=x[:64])
+    assert info["calibrated"] == [{"layer": "norm", "tensors": "statistics", "bits": 8,
+                                   "source": "representative_dataset"}]
+    got, it = run_file(tmp_path / "norm.tflite", x)
+    ops = [op["op_name"] for op in it._get_ops_details()]
+    assert {"MEAN", "SQUARED_DIFFERENCE", "RSQRT"} <= set(ops), ops  # int8 statistics
+    # The statistics (mean, variance, 1/sqrt) are int8 at calibrated scales where Keras
+    # computes them in float: the normalized values move by up to about a step of the
+    # norm's 5-bit grid, and the logits by a few of theirs. Top-1 holds where the
+    # reference margin exceeds what 4 steps can move.
+    a = top1_agreement(got, np.asarray(frozen(x, training=False)), output_step(tmp_path / "norm.tflite"),
+                       tolerance=4.0)
+    assert a.decided >= 20 and a.rate >= 0.99, a

@@ -56,9 +56,14 @@ AVERAGE_POOLINGS = frozenset({"AveragePooling1D", "AveragePooling2D"})
 GLOBAL_AVERAGES = frozenset({"GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D"})
 UPSAMPLINGS = frozenset({"UpSampling1D", "UpSampling2D"})
 
+# Layers with inner tensors no learned quantizer covers (LayerNormalization's mean, variance
+# and 1/sqrt): the export calibrates them at 8 bits (``representative_dataset=``, required),
+# and the metadata lists them; the layer's output is on its learned grid.
+CALIBRATED_LAYERS = frozenset({"LayerNormalization"})
+
 # Layers whose output the registry quantizes.
 OUTPUT_LAYERS = (RELU_LAYERS | MERGES | AVERAGE_POOLINGS | UPSAMPLINGS
-                 | {"BatchNormalization", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "LayerNormalization"})
+                 | CALIBRATED_LAYERS | {"BatchNormalization", "GlobalAveragePooling1D", "GlobalAveragePooling2D"})
 
 # Run in float when they follow a model input (the input quantizer moves after them; the
 # exporter computes them in float on the input, then QUANTIZE).

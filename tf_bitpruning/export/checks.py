@@ -36,6 +36,18 @@ def check_frozen(model: keras.Model, what: str = "export_tflite") -> List[costs.
     return tensors
 
 
+def check_calibration(calibrated: Sequence[str], representative_dataset) -> None:
+    """Refuses layers with inner tensors no learned quantizer covers (``calibrated``: their
+    names) when there is no data to calibrate them."""
+    if calibrated and representative_dataset is None:
+        raise ExportError(
+            f"the layers {_names(list(calibrated))} (LayerNormalization) compute statistics (mean, "
+            f"variance, 1/sqrt) that no learned quantizer covers; the converter can make them "
+            f"full-integer only by calibrating them at 8 bits: pass representative_dataset=... (a few "
+            f"hundred model inputs). Their outputs stay on their learned grids, and the file's metadata "
+            f"lists the calibrated layers under 'calibrated'.")
+
+
 # Float elementwise ops allowed on the float model inputs before they are quantized:
 # Rescaling / Normalization / RandomCrop (which run in float before the input quantizer) and the
 # clip of the input grid at its learned min.

@@ -103,6 +103,8 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs, codes: IdentityCodes):
             elif as_depthwise(layer):
                 _, variables = _compat.output_quantizer(layer)
                 out = avg_pool_as_depthwise(inner, inputs, plan.act(variables))
+            elif layer.name in plan.calibrated and isinstance(inner, L.LayerNormalization):
+                out = layer_norm_ops(inner, inputs)
             elif layer.name in plan.unfolded_bn:
                 m, c, codes = plan.unfolded_bn[layer.name]
                 out = bn_as_depthwise(inner.name, m, c, inputs, codes)
@@ -206,6 +208,23 @@ def dense_on_rows(inner: L.Dense, x: tf.Tensor) -> tf.Tensor:
     if all(d is not None for d in inner_dims):  # a static shape: no shape ops in the file
         return tf.reshape(y, [-1] + [int(d) for d in inner_dims] + [n_out])
     return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [n_out]], axis=0))
+
+
+def layer_norm_ops(inner: L.LayerNormalization, x: tf.Tensor) -> tf.Tensor:
+    """LayerNormalization as the integer ops TFLite has (MEAN, SQUARED_DIFFERENCE, RSQRT,
+    MUL, ADD) rather than Keras' fused batch norm (transposes, FILLs): its statistics have
+    no learned grid, the converter calibrates them (``representative_dataset``); the
+    output is quantized onto its learned grid after."""
+    axes = [a % x.shape.rank for a in (inner.axis if isinstance(inner.axis, (list, tuple)) else [inner.axis])]
+    mean = tf.reduce_mean(x, axes, keepdims=True)
+    variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axes, keepdims=True)
+    y = (x - mean) * tf.math.rsqrt(variance + inner.epsilon)
+    shape = [x.shape[a] if a in axes else 1 for a in range(x.shape.rank)]
+    if inner.scale:
+        y = y * tf.reshape(tf.cast(inner.gamma, tf.float32), shape)
+    if inner.center:
+        y = y + tf.reshape(tf.cast(inner.beta, tf.float32), shape)
+    return y
 
 
 def conv1d_as_conv2d(inner: L.Conv1D, x: tf.Tensor, spec: WeightExport) -> tf.Tensor:

@@ -21,6 +21,7 @@ import numpy as np
 import tf_keras as keras
 
 from tf_bitpruning import costs
+from tf_bitpruning.layer_kinds import CALIBRATED_LAYERS
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.grids import ActivationExport, WeightExport, int_bits, weight_export
 from tf_bitpruning.export.int4 import packed_as
@@ -225,6 +226,13 @@ def depthwise_inputs(model: keras.Model, grids: Grids, unfolded_bn: Mapping) -> 
     """The input grid of each layer run as a depthwise conv (an unfolded BN, an average pooling)."""
     return _grid_table(model, grids.layer_input_grid,
                        lambda layer: layer.name in unfolded_bn or as_depthwise(layer))
+
+
+def calibrated_layers(model: keras.Model) -> Dict[str, str]:
+    """Bit-pruned layers with inner tensors that no learned quantizer covers
+    (``layer_kinds.CALIBRATED_LAYERS``): wrapper name -> the user's layer name."""
+    return {layer.name: layer.layer.name for layer in model.layers
+            if bitpruned(layer) and type(_compat.inner(layer)).__name__ in CALIBRATED_LAYERS}
 
 
 def float_layers(model: keras.Model) -> Dict[str, Tuple[str, ...]]:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import tf_keras as keras
@@ -16,8 +16,9 @@ from tf_bitpruning.export.grids import int_bits
 
 
 def precision_info(model: keras.Model, tensors: List[costs.QuantizedTensor],
-                   storage: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    """The metadata JSON: every tensor's bits, elements and storage; per-layer bits; averages."""
+                   storage: Dict[str, Dict[str, Any]], calibrated: Sequence[str] = ()) -> Dict[str, Any]:
+    """The metadata JSON: every tensor's bits, elements and storage; per-layer bits; averages;
+    and (``calibrated``) the layers whose inner tensors the converter calibrated at 8 bits."""
     entries, layers = [], {}
     for t in tensors:
         bits = int_bits(t.quantizer, t.variables)
@@ -37,11 +38,16 @@ def precision_info(model: keras.Model, tensors: List[costs.QuantizedTensor],
         chosen = [t for t in tensors if kind is None or t.kind == kind]
         return round(float(costs.average_bits_tensor(chosen)), 4) if chosen else None
 
-    return {"format": _metadata.FORMAT_VERSION, "tool": "tf_bitpruning",
+    info = {"format": _metadata.FORMAT_VERSION, "tool": "tf_bitpruning",
             "version": __version__, "model": model.name,
             "average_bits": {"all": average(None), "weights": average("weights"),
                              "activations": average("activations")},
             "layers": layers, "tensors": entries}
+    if calibrated:
+        # No learned quantizer covers these tensors (a LayerNormalization's statistics).
+        info["calibrated"] = [{"layer": name, "tensors": "statistics", "bits": 8,
+                               "source": "representative_dataset"} for name in calibrated]
+    return info
 
 
 

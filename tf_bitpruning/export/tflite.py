@@ -30,7 +30,7 @@ import tf_keras as keras
 from tf_bitpruning._compat import is_keras3
 from tf_bitpruning._files import write_atomic
 from tf_bitpruning.export import metadata as _metadata
-from tf_bitpruning.export.checks import ExportError, check_frozen, check_full_integer
+from tf_bitpruning.export.checks import ExportError, check_calibration, check_frozen, check_full_integer
 from tf_bitpruning.export.convert import convert
 from tf_bitpruning.export.fine_bias import refine_inputs
 from tf_bitpruning.export.flatbuffer import match_filters, read, to_bytes
@@ -114,6 +114,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     ops = int4_ops_for(int4, int4_ops)
 
     plan = build_plan(model, ops, fine_bias)
+    check_calibration(list(plan.calibrated.values()), representative_dataset)
     content = convert(model, export_graph(model, plan), representative_dataset,
                       inference_input_type, inference_output_type)
     model_obj = read(content)
@@ -135,7 +136,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
                             "tflite_tensor": _metadata.text(tensor.name), "tflite_op": op_name,
                             "code_multiplier": int_or_list(plan.weights[key].multiplier)}
                for key, (op_name, _, tensor) in matched.items()}
-    info = precision_info(model, tensors, storage)
+    info = precision_info(model, tensors, storage, calibrated=sorted(plan.calibrated.values()))
     write_precision(model_obj, info)
     final = to_bytes(model_obj)
     if packed and verify_int4 is not False:
