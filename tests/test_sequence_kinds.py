@@ -179,3 +179,34 @@ def test_layer_normalization_statistics_calibrated_output_on_its_grid(kname, tmp
     a = top1_agreement(got, np.asarray(frozen(x, training=False)), output_step(tmp_path / "norm.tflite"),
                        tolerance=4.0)
     assert a.decided >= 20 and a.rate >= 0.99, a
+
+
+@pytest.mark.parametrize("kname", BOTH)
+@pytest.mark.parametrize("equation, output_shape, bias_axes", [
+    ("abc,cd->abd", (STEPS, 8), "d"), ("abc,cde->abde", (STEPS, 2, 4), "de")])
+def test_einsum_dense_kernel_at_its_learned_bits(kname, equation, output_shape, bias_axes, tmp_path):
+    keras = KERASES[kname]
+
+    def body(L, x):
+        x = L.EinsumDense(equation, output_shape=output_shape, bias_axes=bias_axes, activation="relu",
+                          name="einsum")(x)
+        return L.GlobalAveragePooling1D()(L.Reshape((STEPS, 8))(x))
+
+    x = _sequences(128)
+    frozen = _frozen(_classifier(keras, body, tokens=False), x, keras)
+    assert {"einsum/weights", "einsum/activations"} <= set(tfbp.bitlengths(frozen))
+    a, ops, info = _agrees(frozen, x, tmp_path / "einsum.tflite")
+    _assert_agrees(a)
+    (entry,) = [e for e in info["tensors"] if e["name"] == "einsum/weights"]
+    assert entry["tflite_op"] == "FULLY_CONNECTED" and "ADD" not in ops, ops  # bias and relu fused
+
+
+def test_einsum_contraction_recognizes_dense_over_rows():
+    from tf_bitpruning.export.graph import einsum_contraction
+
+    assert einsum_contraction("abc,cd->abd") == 1
+    assert einsum_contraction("abc,cde->abde") == 1
+    assert einsum_contraction("abcd,cde->abe") == 2  # attention's output projection
+    assert einsum_contraction("ab,bc->ac") == 1
+    for other in ("abc,dc->abd", "abc,cd->adb", "abc,cd->abcd", "...b,bc->...c", "abc->ab"):
+        assert einsum_contraction(other) is None, other

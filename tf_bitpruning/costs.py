@@ -65,7 +65,8 @@ def _output_shape(layer):
 
 
 def _output_elements(layer) -> int:
-    return int(np.prod([d for d in _output_shape(layer)[1:]]))
+    # A dimension Keras does not know (a sequence length Keras 3's EinsumDense left None) counts once.
+    return int(np.prod([d if d is not None else 1 for d in _output_shape(layer)[1:]]))
 
 
 _producer = _compat.producer

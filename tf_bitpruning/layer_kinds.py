@@ -25,6 +25,8 @@ KERNEL_LAYERS: Dict[str, Tuple[Dict[str, Tuple[int, ...]], bool]] = {
     "SeparableConv1D": ({"depthwise_kernel": (1, 2), "pointwise_kernel": (-1,)}, True),
     "SeparableConv2D": ({"depthwise_kernel": (2, 3), "pointwise_kernel": (-1,)}, True),
     "Embedding": ({"embeddings": (-1,)}, False),
+    # One scale per kernel: its output axes depend on the equation.
+    "EinsumDense": ({"kernel": (-1,)}, False),
 }
 
 # Kernels read by lookup, not multiplied: one scale and one bitlength per table (TFLite's

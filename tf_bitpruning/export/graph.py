@@ -98,6 +98,8 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs, codes: IdentityCodes):
             elif isinstance(inner, L.Dense) and getattr(inputs, "shape", None) is not None \
                     and inputs.shape.rank is not None and inputs.shape.rank > 2:
                 out = dense_on_rows(inner, inputs)
+            elif isinstance(inner, L.EinsumDense) and einsum_contraction(inner.equation) is not None:
+                out = einsum_on_rows(inner, inputs)
             elif type(inner) is L.Conv1D and kernel is not None:
                 out = conv1d_as_conv2d(inner, inputs, kernel)
             elif as_depthwise(layer):
@@ -208,6 +210,37 @@ def dense_on_rows(inner: L.Dense, x: tf.Tensor) -> tf.Tensor:
     if all(d is not None for d in inner_dims):  # a static shape: no shape ops in the file
         return tf.reshape(y, [-1] + [int(d) for d in inner_dims] + [n_out])
     return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [n_out]], axis=0))
+
+
+def einsum_contraction(equation: str) -> Optional[int]:
+    """How many trailing input axes an EinsumDense equation contracts with the kernel's
+    leading ones, its output being the other input axes then the other kernel axes (a
+    Dense over rows: ``abc,cd->abd``, ``abc,cde->abde``, ``abcd,cde->abe``); else None."""
+    try:
+        operands, out = equation.replace(" ", "").split("->")
+        x, kernel = operands.split(",")
+    except ValueError:
+        return None
+    k = len([c for c in kernel if c in x and c not in out])
+    if k == 0 or "." in equation or x[len(x) - k:] != kernel[:k] or out != x[:len(x) - k] + kernel[k:]:
+        return None
+    return k
+
+
+def einsum_on_rows(inner: L.EinsumDense, x: tf.Tensor) -> tf.Tensor:
+    """An EinsumDense that is a Dense over rows (:func:`einsum_contraction`) as one
+    FULLY_CONNECTED with its bias and activation fused, between reshapes: Keras' einsum
+    leaves the bias add of a multi-axis output outside the matmul (in float)."""
+    k = einsum_contraction(inner.equation)
+    kernel = inner.kernel
+    n_in = int(np.prod(kernel.shape[:k]))
+    out_dims = [int(d) for d in kernel.shape[k:]]
+    y = tf.matmul(tf.reshape(x, [-1, n_in]), tf.reshape(kernel, [n_in, -1]))
+    if inner.bias is not None:
+        y = y + tf.reshape(tf.broadcast_to(tf.cast(inner.bias, tf.float32), out_dims), [-1])
+    y = inner.activation(y) if inner.activation is not None else y
+    lead = [int(d) for d in x.shape[1:x.shape.rank - k]]
+    return tf.reshape(y, [-1] + lead + out_dims)
 
 
 def layer_norm_ops(inner: L.LayerNormalization, x: tf.Tensor) -> tf.Tensor:
