@@ -210,3 +210,80 @@ def test_einsum_contraction_recognizes_dense_over_rows():
     assert einsum_contraction("ab,bc->ac") == 1
     for other in ("abc,dc->abd", "abc,cd->adb", "abc,cd->abcd", "...b,bc->...c", "abc->ab"):
         assert einsum_contraction(other) is None, other
+
+
+def _attention(L, x):
+    return L.GlobalAveragePooling1D()(L.MultiHeadAttention(2, 4, name="attention")(x, x))
+
+
+@pytest.mark.parametrize("kname", ["keras3", "tf_keras"])
+@pytest.mark.parametrize("kind", ["MultiHeadAttention", "LSTM", "GRU"])
+def test_layers_not_bit_pruned_yet_are_refused_with_what_to_do(kname, kind):
+    keras = KERASES[kname]
+    body = _attention if kind == "MultiHeadAttention" else lambda L, x: getattr(L, kind)(8, name="attention")(x)
+    with pytest.raises(ValueError, match=r"'attention' \(" + kind + r"\).*skip_layers.*representative_dataset"):
+        tfbp.bitprune_model(_classifier(keras, body, tokens=False))
+
+
+@pytest.mark.parametrize("kname", BOTH)
+def test_attention_left_in_float_is_calibrated_full_integer(kname, tmp_path):
+    keras = KERASES[kname]
+    x = _sequences(128)
+    model = _classifier(keras, lambda L, h: L.Flatten()(_attention_block(L, h)), tokens=False)
+    bp = tfbp.bitprune_model(model, regularization=0.0, init_bits=5.0, skip_layers=["attention"])
+    bp.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+               run_eagerly=True)
+    bp.train_on_batch(x[:32], np.zeros(32))
+    frozen = tfbp.freeze_bitlengths(bp)
+    with pytest.raises(ExportError, match="representative_dataset"):
+        export_tflite(frozen, tmp_path / "refused.tflite")  # float attention: no ranges
+    _, ops, info = _agrees(frozen, x, tmp_path / "attention.tflite", representative_dataset=x[:64])
+    assert {"layer": "attention", "tensors": "all", "bits": 8, "source": "representative_dataset"} \
+        in info["calibrated"]
+    assert "SOFTMAX" in ops and "BATCH_MATMUL" in ops, ops  # int8 attention (full-integer: export checks)
+    # The attention runs int8 at calibrated scales where Keras runs it in float: its outputs
+    # move by up to a step or two of the next learned grid, the logits by a few of theirs.
+    a = top1_agreement(run_file(tmp_path / "attention.tflite", x)[0], np.asarray(frozen(x, training=False)),
+                       output_step(tmp_path / "attention.tflite"), tolerance=4.0)
+    assert a.decided >= 20 and a.rate >= 0.99, a
+
+
+def _attention_block(L, x):
+    """Dense -> attention (in float) -> Dense: the float layer between two learned grids."""
+    x = L.Dense(WIDTH, name="before")(x)
+    return L.Dense(WIDTH, name="after")(L.MultiHeadAttention(2, 4, name="attention")(x, x))
+
+
+def _recurrent_frozen(keras, kind, unroll, x):
+    """Dense -> LSTM/GRU (left in float) -> logits, bit-pruned, a step trained, frozen."""
+    model = _classifier(keras, lambda L, h: getattr(L, kind)(8, unroll=unroll, name="recurrent")(
+        L.Dense(WIDTH, name="before")(h)), tokens=False)
+    bp = tfbp.bitprune_model(model, regularization=0.0, init_bits=5.0, skip_layers=["recurrent"])
+    bp.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+               run_eagerly=True)
+    bp.train_on_batch(x[:32], np.zeros(32))
+    return tfbp.freeze_bitlengths(bp)
+
+
+@pytest.mark.parametrize("kname", BOTH)
+def test_recurrent_loop_is_refused_with_what_to_do(kname, tmp_path):
+    x = _sequences(64)
+    frozen = _recurrent_frozen(KERASES[kname], "GRU", False, x)
+    with pytest.raises(ExportError, match=r"'recurrent' run a loop.*unroll=True"):
+        export_tflite(frozen, tmp_path / "looped.tflite", representative_dataset=x)
+    assert not (tmp_path / "looped.tflite").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kname", KERASES)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_unrolled_recurrent_layer_left_in_float_is_calibrated_full_integer(kname, kind, tmp_path):
+    x = _sequences(256)
+    frozen = _recurrent_frozen(KERASES[kname], kind, True, x)
+    _, ops, info = _agrees(frozen, x, tmp_path / "recurrent.tflite", representative_dataset=x[:128])
+    assert {"layer": "recurrent", "tensors": "all", "bits": 8, "source": "representative_dataset"} \
+        in info["calibrated"]
+    # Gates and states int8 at calibrated scales (Keras: float): a few steps of the logits.
+    a = top1_agreement(run_file(tmp_path / "recurrent.tflite", x)[0], np.asarray(frozen(x, training=False)),
+                       output_step(tmp_path / "recurrent.tflite"), tolerance=4.0)
+    assert a.decided >= 20 and a.rate >= 0.99, a

@@ -97,6 +97,27 @@ VALUE_PRESERVING = frozenset({
 # value-preserving ones only.)
 PASS_THROUGH_LAYERS = VALUE_PRESERVING | {"Softmax", "Identity"}
 
+# -- layers that are not bit-pruned yet, and what to do instead ------------------------------------
+# Their kernels are sublayers or a cell's (the wrapper quantizes the layer's own attributes) and
+# they take several tensors: leave them in float, and the export calibrates them at 8 bits.
+FLOAT_ONLY_LAYERS: Dict[str, str] = {
+    "MultiHeadAttention": (
+        "its query/key/value/output kernels are sublayers, which the bit-pruning wrapper cannot "
+        "quantize yet. Leave it in float (skip_layers=[its name]) and export with "
+        "representative_dataset=...: the converter calibrates it at 8 bits and the file is "
+        "full-integer (the metadata lists it under 'calibrated'); or build the attention from "
+        "EinsumDense layers, whose kernels are bit-pruned"),
+    "LSTM": (
+        "its input and recurrent kernels belong to its cell, which the bit-pruning wrapper cannot "
+        "quantize yet. Leave it in float (skip_layers=[its name]), build it with unroll=True (TFLite's "
+        "converter cannot make a recurrent loop full-integer) and export with "
+        "representative_dataset=...: the converter calibrates it at 8 bits (the metadata lists it "
+        "under 'calibrated')"),
+}
+FLOAT_ONLY_LAYERS["GRU"] = FLOAT_ONLY_LAYERS["LSTM"]
+# Recurrent layers: the export needs them unrolled (a loop is not full-integer in TFLite).
+RECURRENT_LAYERS = frozenset({"LSTM", "GRU", "SimpleRNN", "RNN"})
+
 # -- TF functions on Keras tensors (tf_keras' TFOpLambda layers) ------------------------------------
 
 OP_LAMBDAS = ("TFOpLambda", "SlicingOpLambda", "ElementwiseOpLambda")

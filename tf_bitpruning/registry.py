@@ -10,9 +10,10 @@ from typing import Optional
 
 from tf_bitpruning import _compat
 from tf_bitpruning.configs import BitPruneQuantizeConfig
-from tf_bitpruning.layer_kinds import (KERAS3_KERNEL_ATTRS, KERNEL_LAYERS, TABLE_LAYERS, OP_LAMBDAS, OUTPUT_ACTIVATIONS,
-                                       OUTPUT_LAYERS, PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS, TF_OP_OUTPUT, TRAINING_ONLY,
-                                       TF_OP_PASS_THROUGH, activation_name, builtin_kind, op_lambda_function)
+from tf_bitpruning.layer_kinds import (FLOAT_ONLY_LAYERS, KERAS3_KERNEL_ATTRS, KERNEL_LAYERS, OP_LAMBDAS,
+                                       OUTPUT_ACTIVATIONS, OUTPUT_LAYERS, PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS,
+                                       TABLE_LAYERS, TF_OP_OUTPUT, TF_OP_PASS_THROUGH, TRAINING_ONLY,
+                                       activation_name, builtin_kind, op_lambda_function)
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 
 
@@ -56,6 +57,8 @@ class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
                     f"registry knows (supported: {sorted(TF_OP_OUTPUT | TF_OP_PASS_THROUGH)})")
         known = (kind in KERNEL_LAYERS or kind in OUTPUT_LAYERS or kind in PASS_THROUGH_LAYERS
                  or kind in PREPROCESSING_LAYERS)
+        if kind in FLOAT_ONLY_LAYERS:
+            return FLOAT_ONLY_LAYERS[kind]
         if not known and kind != "Activation":
             return f"no built-in bit-pruning config for {cls.__name__}"
         activation = getattr(layer, "activation", None)

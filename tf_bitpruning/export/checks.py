@@ -48,6 +48,18 @@ def check_calibration(calibrated: Sequence[str], representative_dataset) -> None
             f"lists the calibrated layers under 'calibrated'.")
 
 
+def check_unrolled(model: keras.Model) -> None:
+    """Refuses recurrent layers that run a loop: TFLite's converter cannot make one full-integer."""
+    loops = [layer.name for layer in model.layers
+             if isinstance(layer, keras.layers.RNN) and not getattr(layer, "unroll", False)]
+    if loops:
+        raise ExportError(
+            f"the recurrent layers {_names(loops)} run a loop over time (unroll=False), which TFLite's "
+            f"converter cannot make full-integer. Build them with unroll=True (a fixed sequence length), "
+            f"copy the weights (model.set_weights), and export again with representative_dataset=... "
+            f"(they are left in float and calibrated at 8 bits).")
+
+
 # Float elementwise ops allowed on the float model inputs before they are quantized:
 # Rescaling / Normalization / RandomCrop (which run in float before the input quantizer) and the
 # clip of the input grid at its learned min.

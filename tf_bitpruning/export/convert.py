@@ -16,7 +16,9 @@ def as_generator(data) -> Callable[[], Iterable[List[np.ndarray]]]:
     """A converter ``representative_dataset`` from an array (first 500 samples) or a generator function."""
     if callable(data):
         return data
-    arrays = np.asarray(data, np.float32)
+    arrays = np.asarray(data)
+    if not np.issubdtype(arrays.dtype, np.integer):  # integer inputs (token ids) stay integer
+        arrays = arrays.astype(np.float32)
 
     def gen():
         for i in range(min(len(arrays), 500)):

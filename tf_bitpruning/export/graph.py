@@ -205,11 +205,12 @@ def dense_on_rows(inner: L.Dense, x: tf.Tensor) -> tf.Tensor:
     y = tf.matmul(tf.reshape(x, [-1, n_in]), inner.kernel)
     if inner.use_bias:
         y = tf.nn.bias_add(y, inner.bias)
-    y = inner.activation(y) if inner.activation is not None else y
     inner_dims = x.shape[1:-1]
     if all(d is not None for d in inner_dims):  # a static shape: no shape ops in the file
-        return tf.reshape(y, [-1] + [int(d) for d in inner_dims] + [n_out])
-    return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [n_out]], axis=0))
+        y = tf.reshape(y, [-1] + [int(d) for d in inner_dims] + [n_out])
+    else:
+        y = tf.reshape(y, tf.concat([tf.shape(x)[:-1], [n_out]], axis=0))
+    return inner.activation(y) if inner.activation is not None else y
 
 
 def einsum_contraction(equation: str) -> Optional[int]:

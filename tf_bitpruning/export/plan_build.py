@@ -21,7 +21,8 @@ import numpy as np
 import tf_keras as keras
 
 from tf_bitpruning import costs
-from tf_bitpruning.layer_kinds import CALIBRATED_LAYERS
+from tf_bitpruning.layer_kinds import CALIBRATED_LAYERS, INPUT_CHAIN_LAYERS, PASS_THROUGH_LAYERS
+from tf_bitpruning.registry import is_pass_through
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.grids import ActivationExport, WeightExport, int_bits, weight_export
 from tf_bitpruning.export.int4 import packed_as
@@ -233,6 +234,15 @@ def calibrated_layers(model: keras.Model) -> Dict[str, str]:
     (``layer_kinds.CALIBRATED_LAYERS``): wrapper name -> the user's layer name."""
     return {layer.name: layer.layer.name for layer in model.layers
             if bitpruned(layer) and type(_compat.inner(layer)).__name__ in CALIBRATED_LAYERS}
+
+
+def unquantized_layers(model: keras.Model) -> Tuple[str, ...]:
+    """Layers left in float (``skip_layers``) that compute something: the converter calibrates
+    them (``representative_dataset``). Not the ones that only move values."""
+    return tuple(layer.name for layer in model.layers
+                 if not isinstance(layer, (_compat.QuantizeWrapper, _compat.QuantizeLayer))
+                 and type(layer).__name__ not in PASS_THROUGH_LAYERS | INPUT_CHAIN_LAYERS
+                 and not is_pass_through(layer))
 
 
 def float_layers(model: keras.Model) -> Dict[str, Tuple[str, ...]]:

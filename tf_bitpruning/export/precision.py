@@ -16,9 +16,11 @@ from tf_bitpruning.export.grids import int_bits
 
 
 def precision_info(model: keras.Model, tensors: List[costs.QuantizedTensor],
-                   storage: Dict[str, Dict[str, Any]], calibrated: Sequence[str] = ()) -> Dict[str, Any]:
+                   storage: Dict[str, Dict[str, Any]], calibrated: Sequence[str] = (),
+                   float_layers: Sequence[str] = ()) -> Dict[str, Any]:
     """The metadata JSON: every tensor's bits, elements and storage; per-layer bits; averages;
-    and (``calibrated``) the layers whose inner tensors the converter calibrated at 8 bits."""
+    and the layers the converter calibrated at 8 bits: the inner tensors of ``calibrated``
+    (LayerNormalization's statistics), all of ``float_layers`` (left in float)."""
     entries, layers = [], {}
     for t in tensors:
         bits = int_bits(t.quantizer, t.variables)
@@ -43,10 +45,11 @@ def precision_info(model: keras.Model, tensors: List[costs.QuantizedTensor],
             "average_bits": {"all": average(None), "weights": average("weights"),
                              "activations": average("activations")},
             "layers": layers, "tensors": entries}
-    if calibrated:
-        # No learned quantizer covers these tensors (a LayerNormalization's statistics).
-        info["calibrated"] = [{"layer": name, "tensors": "statistics", "bits": 8,
-                               "source": "representative_dataset"} for name in calibrated]
+    # Tensors no learned quantizer covers (a LayerNormalization's statistics, a float layer's).
+    entries = [(name, "statistics") for name in calibrated] + [(name, "all") for name in float_layers]
+    if entries:
+        info["calibrated"] = [{"layer": name, "tensors": what, "bits": 8, "source": "representative_dataset"}
+                              for name, what in entries]
     return info
 
 

@@ -228,6 +228,12 @@ def _copy_variables(source: keras.layers.Layer, target: keras.layers.Layer) -> N
     non-trainable moves in the layer's variable order; paths differ between a built
     and a loaded model)."""
     by_name = {v.name: v for v in source.variables}
+    if len(by_name) != len(source.variables) and len(source.variables) == len(target.variables) \
+            and all(tuple(a.shape) == tuple(b.shape) for a, b in zip(source.variables, target.variables)):
+        # Names repeat (a float MultiHeadAttention's sublayers: kernel, bias, ...): one class, in order.
+        for s, t in zip(source.variables, target.variables):
+            t.assign(s)
+        return
     if len(by_name) != len(source.variables) or len(source.variables) != len(target.variables):
         raise ValueError(f"Layer '{target.name}': cannot match its {len(target.variables)} variables "
                          f"to the source layer's {len(source.variables)}.")
