@@ -228,7 +228,7 @@ def test_layers_not_bit_pruned_yet_are_refused_with_what_to_do(kname, kind):
 @pytest.mark.parametrize("kname", BOTH)
 def test_attention_left_in_float_is_calibrated_full_integer(kname, tmp_path):
     keras = KERASES[kname]
-    x = _sequences(128)
+    x = _sequences(256)
     model = _classifier(keras, lambda L, h: L.Flatten()(_attention_block(L, h)), tokens=False)
     bp = tfbp.bitprune_model(model, regularization=0.0, init_bits=5.0, skip_layers=["attention"])
     bp.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -242,9 +242,9 @@ def test_attention_left_in_float_is_calibrated_full_integer(kname, tmp_path):
         in info["calibrated"]
     assert "SOFTMAX" in ops and "BATCH_MATMUL" in ops, ops  # int8 attention (full-integer: export checks)
     # The attention runs int8 at calibrated scales where Keras runs it in float: its outputs
-    # move by up to a step or two of the next learned grid, the logits by a few of theirs.
+    # move by up to a step of the next learned grid, the logits by a few of theirs (2 seen).
     a = top1_agreement(run_file(tmp_path / "attention.tflite", x)[0], np.asarray(frozen(x, training=False)),
-                       output_step(tmp_path / "attention.tflite"), tolerance=4.0)
+                       output_step(tmp_path / "attention.tflite"), tolerance=3.0)
     assert a.decided >= 20 and a.rate >= 0.99, a
 
 

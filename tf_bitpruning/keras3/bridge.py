@@ -50,6 +50,8 @@ def _tf_keras_layer(class_name: str, config: Dict[str, Any]):
     accepted = set(inspect.signature(cls.__init__).parameters) | _BASE_KEYS
     kept = {k: v for k, v in config.items() if k in accepted
             and not k.endswith(("_initializer", "_regularizer", "_constraint"))}
+    if class_name == "MultiHeadAttention":  # tf_keras' from_config reads these (None: built on call)
+        kept.update(query_shape=None, key_shape=None, value_shape=None)
     if "dtype" in kept:
         kept["dtype"] = _dtype_name(kept["dtype"])
     if isinstance(kept.get("activation"), str) and kept["activation"] in _KERAS3_ACTIVATIONS:
