@@ -79,6 +79,7 @@ def test_embedding_table_at_its_learned_bits_in_an_int8_gather(kname, tmp_path):
     assert table.kind == "weights" and table.macs == 0  # a lookup, no multiply-accumulates
     assert not [t for t in costs.quantized_tensors(frozen) if t.wrapper.startswith("quantize_layer")], \
         "token ids are indices: no input quantizer"
+    assert tfbp.precision_report(frozen)["calibrated"] == []  # every tensor on a learned grid
     a, ops, info = _agrees(frozen, x, tmp_path / "embedding.tflite")
     _assert_agrees(a)
     model_obj = flatbuffer_utils.read_model(str(tmp_path / "embedding.tflite"))
@@ -163,6 +164,7 @@ def test_layer_normalization_statistics_calibrated_output_on_its_grid(kname, tmp
     x = _sequences(128)
     frozen = _frozen(model, x, keras)
     assert "norm/activations" in tfbp.bitlengths(frozen)  # its output has a learned grid
+    assert tfbp.precision_report(frozen)["calibrated"] == [{"layer": "norm", "tensors": "statistics"}]
     with pytest.raises(ExportError, match=r"'norm' \(LayerNormalization\).*representative_dataset"):
         export_tflite(frozen, tmp_path / "refused.tflite")
     assert not (tmp_path / "refused.tflite").exists()
@@ -202,7 +204,7 @@ def test_einsum_dense_kernel_at_its_learned_bits(kname, equation, output_shape, 
 
 
 def test_einsum_contraction_recognizes_dense_over_rows():
-    from tf_bitpruning.export.graph import einsum_contraction
+    from tf_bitpruning.export.rows import einsum_contraction
 
     assert einsum_contraction("abc,cd->abd") == 1
     assert einsum_contraction("abc,cde->abde") == 1
@@ -235,6 +237,7 @@ def test_attention_left_in_float_is_calibrated_full_integer(kname, tmp_path):
                run_eagerly=True)
     bp.train_on_batch(x[:32], np.zeros(32))
     frozen = tfbp.freeze_bitlengths(bp)
+    assert tfbp.precision_report(frozen)["calibrated"] == [{"layer": "attention", "tensors": "all"}]
     with pytest.raises(ExportError, match="representative_dataset"):
         export_tflite(frozen, tmp_path / "refused.tflite")  # float attention: no ranges
     _, ops, info = _agrees(frozen, x, tmp_path / "attention.tflite", representative_dataset=x[:64])
