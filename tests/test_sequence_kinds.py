@@ -219,12 +219,10 @@ def _attention(L, x):
 
 
 @pytest.mark.parametrize("kname", ["keras3", "tf_keras"])
-@pytest.mark.parametrize("kind", ["MultiHeadAttention", "LSTM", "GRU"])
-def test_layers_not_bit_pruned_yet_are_refused_with_what_to_do(kname, kind):
+def test_attention_is_refused_with_what_to_do(kname):
     keras = KERASES[kname]
-    body = _attention if kind == "MultiHeadAttention" else lambda L, x: getattr(L, kind)(8, name="attention")(x)
-    with pytest.raises(ValueError, match=r"'attention' \(" + kind + r"\).*skip_layers.*representative_dataset"):
-        tfbp.bitprune_model(_classifier(keras, body, tokens=False))
+    with pytest.raises(ValueError, match=r"'attention' \(MultiHeadAttention\).*skip_layers.*representative_dataset"):
+        tfbp.bitprune_model(_classifier(keras, _attention, tokens=False))
 
 
 @pytest.mark.parametrize("kname", BOTH)
@@ -257,11 +255,11 @@ def _attention_block(L, x):
     return L.Dense(WIDTH, name="after")(L.MultiHeadAttention(2, 4, name="attention")(x, x))
 
 
-def _recurrent_frozen(keras, kind, unroll, x):
-    """Dense -> LSTM/GRU (left in float) -> logits, bit-pruned, a step trained, frozen."""
+def _recurrent_frozen(keras, kind, unroll, x, skip=()):
+    """Dense -> LSTM/GRU -> logits, bit-pruned (``skip``: left in float), a step trained, frozen."""
     model = _classifier(keras, lambda L, h: getattr(L, kind)(8, unroll=unroll, name="recurrent")(
         L.Dense(WIDTH, name="before")(h)), tokens=False)
-    bp = tfbp.bitprune_model(model, regularization=0.0, init_bits=5.0, skip_layers=["recurrent"])
+    bp = tfbp.bitprune_model(model, regularization=0.0, init_bits=5.0, skip_layers=list(skip))
     bp.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                run_eagerly=True)
     bp.train_on_batch(x[:32], np.zeros(32))
@@ -280,13 +278,17 @@ def test_recurrent_loop_is_refused_with_what_to_do(kname, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("kname", KERASES)
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_unrolled_recurrent_layer_left_in_float_is_calibrated_full_integer(kname, kind, tmp_path):
+def test_recurrent_kernels_at_their_learned_bits_states_calibrated(kname, kind, tmp_path):
     x = _sequences(256)
     frozen = _recurrent_frozen(KERASES[kname], kind, True, x)
+    assert {"recurrent/kernel", "recurrent/recurrent_kernel", "recurrent/activations"} <= set(tfbp.bitlengths(frozen))
+    with pytest.raises(ExportError, match=r"'recurrent' \(gates and states\).*representative_dataset"):
+        export_tflite(frozen, tmp_path / "refused.tflite")
     _, ops, info = _agrees(frozen, x, tmp_path / "recurrent.tflite", representative_dataset=x[:128])
-    assert {"layer": "recurrent", "tensors": "all", "bits": 8, "source": "representative_dataset"} \
-        in info["calibrated"]
-    # Gates and states int8 at calibrated scales (Keras: float): a few steps of the logits.
+    assert info["calibrated"] == [{"layer": "recurrent", "tensors": "gates and states", "bits": 8,
+                                   "source": "representative_dataset"}]
+    assert tfbp.precision_report(frozen)["calibrated"] == [{"layer": "recurrent", "tensors": "gates and states"}]
+    # Gates and states int8 at calibrated scales (Keras: float): a few steps of the logits (3 seen).
     a = top1_agreement(run_file(tmp_path / "recurrent.tflite", x)[0], np.asarray(frozen(x, training=False)),
                        output_step(tmp_path / "recurrent.tflite"), tolerance=4.0)
     assert a.decided >= 20 and a.rate >= 0.99, a

@@ -27,6 +27,9 @@ KERNEL_LAYERS: Dict[str, Tuple[Dict[str, Tuple[int, ...]], bool]] = {
     "Embedding": ({"embeddings": (-1,)}, False),
     # One scale per kernel: its output axes depend on the equation.
     "EinsumDense": ({"kernel": (-1,)}, False),
+    # The cell's input and recurrent kernels (configs.weight_owner).
+    "LSTM": ({"kernel": (-1,), "recurrent_kernel": (-1,)}, False),
+    "GRU": ({"kernel": (-1,), "recurrent_kernel": (-1,)}, False),
 }
 
 # Kernels read by lookup, not multiplied: one scale and one bitlength per table (TFLite's
@@ -61,7 +64,9 @@ UPSAMPLINGS = frozenset({"UpSampling1D", "UpSampling2D"})
 # Layers with inner tensors no learned quantizer covers (LayerNormalization's mean, variance
 # and 1/sqrt): the export calibrates them at 8 bits (``representative_dataset=``, required),
 # and the metadata lists them; the layer's output is on its learned grid.
-CALIBRATED_LAYERS = frozenset({"LayerNormalization"})
+CALIBRATED_LAYERS = frozenset({"LayerNormalization", "LSTM", "GRU"})
+# What of them is calibrated (the metadata's and the report's words).
+CALIBRATED_TENSORS = {"LayerNormalization": "statistics", "LSTM": "gates and states", "GRU": "gates and states"}
 
 # Layers whose output the registry quantizes.
 OUTPUT_LAYERS = (RELU_LAYERS | MERGES | AVERAGE_POOLINGS | UPSAMPLINGS
@@ -98,7 +103,7 @@ VALUE_PRESERVING = frozenset({
 PASS_THROUGH_LAYERS = VALUE_PRESERVING | {"Softmax", "Identity"}
 
 # -- layers that are not bit-pruned yet, and what to do instead ------------------------------------
-# Their kernels are sublayers or a cell's (the wrapper quantizes the layer's own attributes) and
+# Their kernels are sublayers (the wrapper quantizes the layer's own attributes, or its cell's) and
 # they take several tensors: leave them in float, and the export calibrates them at 8 bits.
 FLOAT_ONLY_LAYERS: Dict[str, str] = {
     "MultiHeadAttention": (
@@ -107,14 +112,7 @@ FLOAT_ONLY_LAYERS: Dict[str, str] = {
         "representative_dataset=...: the converter calibrates it at 8 bits and the file is "
         "full-integer (the metadata lists it under 'calibrated'); or build the attention from "
         "EinsumDense layers, whose kernels are bit-pruned"),
-    "LSTM": (
-        "its input and recurrent kernels belong to its cell, which the bit-pruning wrapper cannot "
-        "quantize yet. Leave it in float (skip_layers=[its name]), build it with unroll=True (TFLite's "
-        "converter cannot make a recurrent loop full-integer) and export with "
-        "representative_dataset=...: the converter calibrates it at 8 bits (the metadata lists it "
-        "under 'calibrated')"),
 }
-FLOAT_ONLY_LAYERS["GRU"] = FLOAT_ONLY_LAYERS["LSTM"]
 # Recurrent layers: the export needs them unrolled (a loop is not full-integer in TFLite).
 RECURRENT_LAYERS = frozenset({"LSTM", "GRU", "SimpleRNN", "RNN"})
 

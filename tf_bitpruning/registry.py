@@ -12,7 +12,7 @@ from tf_bitpruning import _compat
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.layer_kinds import (FLOAT_ONLY_LAYERS, KERAS3_KERNEL_ATTRS, KERNEL_LAYERS, OP_LAMBDAS,
                                        OUTPUT_ACTIVATIONS, OUTPUT_LAYERS, PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS,
-                                       TABLE_LAYERS, TF_OP_OUTPUT, TF_OP_PASS_THROUGH, TRAINING_ONLY,
+                                       RECURRENT_LAYERS, TABLE_LAYERS, TF_OP_OUTPUT, TF_OP_PASS_THROUGH, TRAINING_ONLY,
                                        activation_name, builtin_kind, op_lambda_function)
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 
@@ -97,7 +97,9 @@ class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
                 if kind in TABLE_LAYERS:
                     config["per_channel_bits"] = False  # one grid per table (TFLite's GATHER)
                 weights[renames.get(attr, attr)] = WeightBitQuantizer.from_config(config)
-            activation_attrs = [] if kind in TABLE_LAYERS else ["activation"]
+            activation_attrs = [] if kind in TABLE_LAYERS | RECURRENT_LAYERS else ["activation"]
+            # A recurrent layer's activations are its cell's (calibrated on export); its output is quantized.
+            quantize_output = kind in RECURRENT_LAYERS
         elif kind == "Activation":
             if activation_name(layer.activation) in OUTPUT_ACTIVATIONS:
                 quantize_output = True

@@ -21,7 +21,7 @@ import numpy as np
 import tf_keras as keras
 
 from tf_bitpruning import _compat, costs
-from tf_bitpruning.layer_kinds import (CALIBRATED_LAYERS, INPUT_CHAIN_LAYERS, PASS_THROUGH_LAYERS, TF_OP_PASS_THROUGH,
+from tf_bitpruning.layer_kinds import (CALIBRATED_LAYERS, CALIBRATED_TENSORS, INPUT_CHAIN_LAYERS, PASS_THROUGH_LAYERS, TF_OP_PASS_THROUGH,
                                        builtin_kind, op_lambda_function)
 
 KB_BITS = 8.0 * 1024.0
@@ -62,13 +62,14 @@ def _float_parameters(model: keras.Model) -> int:
 
 def calibrated_layers(model: keras.Model) -> List[Dict[str, str]]:
     """Layers with tensors that no learned quantizer covers, which the TFLite export calibrates
-    at 8 bits: a LayerNormalization's ``"statistics"``, ``"all"`` of a layer left in float."""
+    at 8 bits: a LayerNormalization's ``"statistics"``, an LSTM's ``"gates and states"``, ``"all"``
+    of a layer left in float."""
     found = []
     for layer in model.layers:
         user = costs.user_layer(layer)
         if user is not layer:
             if builtin_kind(user, exact=False) in CALIBRATED_LAYERS:
-                found.append({"layer": user.name, "tensors": "statistics"})
+                found.append({"layer": user.name, "tensors": CALIBRATED_TENSORS[builtin_kind(user, exact=False)]})
         elif not (costs.is_input_quantizer(layer) or builtin_kind(layer, exact=False) in PASS_THROUGH_LAYERS
                   or builtin_kind(layer, exact=False) in INPUT_CHAIN_LAYERS
                   or op_lambda_function(layer) in TF_OP_PASS_THROUGH):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import tf_keras as keras
 
@@ -36,21 +36,23 @@ def check_frozen(model: keras.Model, what: str = "export_tflite") -> List[costs.
     return tensors
 
 
-def check_calibration(calibrated: Sequence[str], representative_dataset) -> None:
+def check_calibration(calibrated: Sequence[Tuple[str, str]], representative_dataset) -> None:
     """Refuses layers with inner tensors no learned quantizer covers (``calibrated``: their
-    names) when there is no data to calibrate them."""
+    names and which tensors) when there is no data to calibrate them."""
     if calibrated and representative_dataset is None:
+        layers = ", ".join(f"'{name}' ({what})" for name, what in calibrated)
         raise ExportError(
-            f"the layers {_names(list(calibrated))} (LayerNormalization) compute statistics (mean, "
-            f"variance, 1/sqrt) that no learned quantizer covers; the converter can make them "
-            f"full-integer only by calibrating them at 8 bits: pass representative_dataset=... (a few "
-            f"hundred model inputs). Their outputs stay on their learned grids, and the file's metadata "
-            f"lists the calibrated layers under 'calibrated'.")
+            f"the layers {layers} compute tensors that no learned quantizer covers (a "
+            f"LayerNormalization's statistics: mean, variance, 1/sqrt; an LSTM's or GRU's gates and "
+            f"states); the converter can make them full-integer only by calibrating them at 8 bits: pass "
+            f"representative_dataset=... (a few hundred model inputs). Their outputs stay on their learned "
+            f"grids, and the file's metadata lists the calibrated layers under 'calibrated'.")
 
 
 def check_unrolled(model: keras.Model) -> None:
     """Refuses recurrent layers that run a loop: TFLite's converter cannot make one full-integer."""
-    loops = [layer.name for layer in model.layers
+    inner = [getattr(layer, "layer", layer) for layer in model.layers]  # bit-pruned or left in float
+    loops = [layer.name for layer in inner
              if isinstance(layer, keras.layers.RNN) and not getattr(layer, "unroll", False)]
     if loops:
         raise ExportError(

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_bitpruning.configs import BitPruneQuantizeConfig
+from tf_bitpruning.configs import BitPruneQuantizeConfig, weight_owner
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError, check_frozen
 from tf_bitpruning.export.grids import ActivationExport, WeightExport
@@ -69,8 +69,9 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs, codes: IdentityCodes):
     saved: Dict[str, Any] = {}
 
     def swap(attr, value):
-        old = _compat.set_attribute(inner, attr, value)
-        saved.setdefault(attr, old)
+        owner = weight_owner(inner, attr)  # the layer, or its cell (an LSTM's kernels)
+        old = _compat.set_attribute(owner, attr, value)
+        saved.setdefault((owner, attr), old)
 
     try:
         if layer.name in plan.relu_rescaled:  # one rounding, in a depthwise conv (plan.coarsens)
@@ -131,8 +132,8 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs, codes: IdentityCodes):
                    else quantizer(out, False, weights=variables))
         return out
     finally:
-        for attr, value in saved.items():
-            _compat.set_attribute(inner, attr, value)
+        for (owner, attr), value in saved.items():
+            _compat.set_attribute(owner, attr, value)
 
 
 def _on_output_grid(layer, plan: Plan, inputs, codes: IdentityCodes):

@@ -86,8 +86,9 @@ class Plan(Grids):
     # the converter chains them and the partial results have no grid (named in the error).
     wide_merges: Tuple[str, ...]
     # Layers with inner tensors no learned quantizer covers (LayerNormalization's statistics),
-    # calibrated at 8 bits from the representative dataset: wrapper -> the user's layer name.
-    calibrated: Mapping[str, str]
+    # (or an LSTM's gates and states) calibrated at 8 bits from the representative dataset:
+    # wrapper -> (the user's layer name, which tensors).
+    calibrated: Mapping[str, Tuple[str, str]]
     # Several plain relu layers reading one tensor (NASNet's cells): each quantizes its
     # input onto its own output grid before the relu (ActivationExport.relu).
     relu_first: Mapping[str, ActivationExport]

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import tf_keras as keras
@@ -16,11 +16,11 @@ from tf_bitpruning.export.grids import int_bits
 
 
 def precision_info(model: keras.Model, tensors: List[costs.QuantizedTensor],
-                   storage: Dict[str, Dict[str, Any]], calibrated: Sequence[str] = (),
+                   storage: Dict[str, Dict[str, Any]], calibrated: Sequence[Tuple[str, str]] = (),
                    float_layers: Sequence[str] = ()) -> Dict[str, Any]:
     """The metadata JSON: every tensor's bits, elements and storage; per-layer bits; averages;
     and the layers the converter calibrated at 8 bits: the inner tensors of ``calibrated``
-    (LayerNormalization's statistics), all of ``float_layers`` (left in float)."""
+    ((name, which tensors): LayerNormalization's statistics), all of ``float_layers`` (left in float)."""
     entries, layers = [], {}
     for t in tensors:
         bits = int_bits(t.quantizer, t.variables)
@@ -46,7 +46,7 @@ def precision_info(model: keras.Model, tensors: List[costs.QuantizedTensor],
                              "activations": average("activations")},
             "layers": layers, "tensors": entries}
     # Tensors no learned quantizer covers (a LayerNormalization's statistics, a float layer's).
-    entries = [(name, "statistics") for name in calibrated] + [(name, "all") for name in float_layers]
+    entries = list(calibrated) + [(name, "all") for name in float_layers]
     if entries:
         info["calibrated"] = [{"layer": name, "tensors": what, "bits": 8, "source": "representative_dataset"}
                               for name, what in entries]

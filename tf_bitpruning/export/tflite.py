@@ -117,7 +117,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
 
     check_unrolled(model)
     plan = build_plan(model, ops, fine_bias)
-    check_calibration(list(plan.calibrated.values()), representative_dataset)
+    check_calibration(sorted(plan.calibrated.values()), representative_dataset)
     left = unquantized_layers(model)
     try:
         content = convert(model, export_graph(model, plan), representative_dataset,
