@@ -165,7 +165,7 @@ def test_layer_normalization_statistics_calibrated_output_on_its_grid(kname, tmp
     frozen = _frozen(model, x, keras)
     assert "norm/activations" in tfbp.bitlengths(frozen)  # its output has a learned grid
     assert tfbp.precision_report(frozen)["calibrated"] == [{"layer": "norm", "tensors": "statistics"}]
-    with pytest.raises(ExportError, match=r"'norm' \(LayerNormalization\).*representative_dataset"):
+    with pytest.raises(ExportError, match=r"'norm' \(statistics\).*representative_dataset"):
         export_tflite(frozen, tmp_path / "refused.tflite")
     assert not (tmp_path / "refused.tflite").exists()
     info = export_tflite(frozen, tmp_path / "norm.tflite", representative_dataset=x[:64])
