@@ -225,7 +225,8 @@ def test_attention_is_refused_with_what_to_do(kname):
         tfbp.bitprune_model(_classifier(keras, _attention, tokens=False))
 
 
-@pytest.mark.parametrize("kname", BOTH)
+@pytest.mark.slow  # (two exports through a float attention: ~10 s)
+@pytest.mark.parametrize("kname", KERASES)
 def test_attention_left_in_float_is_calibrated_full_integer(kname, tmp_path):
     keras = KERASES[kname]
     x = _sequences(256)
@@ -255,21 +256,23 @@ def _attention_block(L, x):
     return L.Dense(WIDTH, name="after")(L.MultiHeadAttention(2, 4, name="attention")(x, x))
 
 
-def _recurrent_frozen(keras, kind, unroll, x, skip=()):
-    """Dense -> LSTM/GRU -> logits, bit-pruned (``skip``: left in float), a step trained, frozen."""
+def _recurrent_frozen(keras, kind, unroll, x, steps=1):
+    """Dense -> LSTM/GRU -> logits, bit-pruned, ``steps`` trained, frozen."""
     model = _classifier(keras, lambda L, h: getattr(L, kind)(8, unroll=unroll, name="recurrent")(
         L.Dense(WIDTH, name="before")(h)), tokens=False)
-    bp = tfbp.bitprune_model(model, regularization=0.0, init_bits=5.0, skip_layers=list(skip))
+    bp = tfbp.bitprune_model(model, regularization=0.0, init_bits=5.0)
     bp.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                run_eagerly=True)
-    bp.train_on_batch(x[:32], np.zeros(32))
+    for i in range(steps):
+        bp.train_on_batch(x[32 * i:32 * (i + 1)], np.zeros(32))
     return tfbp.freeze_bitlengths(bp)
 
 
+@pytest.mark.filterwarnings("ignore:freeze_bitlengths")  # (no training step: ranges never calibrated)
 @pytest.mark.parametrize("kname", BOTH)
 def test_recurrent_loop_is_refused_with_what_to_do(kname, tmp_path):
     x = _sequences(64)
-    frozen = _recurrent_frozen(KERASES[kname], "GRU", False, x)
+    frozen = _recurrent_frozen(KERASES[kname], "GRU", False, x, steps=0)  # refused before any range is read
     with pytest.raises(ExportError, match=r"'recurrent' run a loop.*unroll=True"):
         export_tflite(frozen, tmp_path / "looped.tflite", representative_dataset=x)
     assert not (tmp_path / "looped.tflite").exists()

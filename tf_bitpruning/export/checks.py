@@ -9,6 +9,7 @@ import tf_keras as keras
 from tf_bitpruning import _compat, api, costs
 from tf_bitpruning.export._compat import flatbuffer_utils, schema
 from tf_bitpruning.export.metadata import text
+from tf_bitpruning.layer_kinds import RECURRENT_LAYERS, builtin_kind
 
 
 class ExportError(RuntimeError):
@@ -52,8 +53,8 @@ def check_calibration(calibrated: Sequence[Tuple[str, str]], representative_data
 def check_unrolled(model: keras.Model) -> None:
     """Refuses recurrent layers that run a loop: TFLite's converter cannot make one full-integer."""
     inner = [getattr(layer, "layer", layer) for layer in model.layers]  # bit-pruned or left in float
-    loops = [layer.name for layer in inner
-             if isinstance(layer, keras.layers.RNN) and not getattr(layer, "unroll", False)]
+    loops = [layer.name for layer in inner  # (tf_keras or Keras 3)
+             if builtin_kind(layer, exact=False) in RECURRENT_LAYERS and not getattr(layer, "unroll", False)]
     if loops:
         raise ExportError(
             f"the recurrent layers {_names(loops)} run a loop over time (unroll=False), which TFLite's "

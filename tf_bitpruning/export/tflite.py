@@ -107,6 +107,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     if is_keras3(model):
         from tf_bitpruning.keras3.bridge import to_tf_keras
         check_frozen(model)
+        check_unrolled(model)
         model = to_tf_keras(model)  # the same layers, weights and grids, for the one pipeline
     tensors = check_frozen(model)
     path = os.fspath(path)
