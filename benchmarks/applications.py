@@ -36,6 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags
 
+from benchmarks.common import agreement, digits, fast_bn_statistics
+
 # name -> (input size, extra constructor arguments, whether the model rescales [0, 255] itself)
 FAMILIES = {
     "MobileNet": (32, {}, False),
@@ -103,33 +105,6 @@ def residual_stack(size: int, blocks: int):
     return keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling2D()(x)))
 
 
-def fast_bn_statistics(model, momentum: float = 0.9):
-    """BatchNormalization moving statistics that follow the batches within a few hundred
-    steps (MobileNetV3 uses momentum 0.999, so inference after 200 steps would see
-    statistics still near their initial values: constant logits)."""
-    import tf_keras as keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = momentum
-    return model
-
-
-def digits(size: int, raw_255: bool):
-    """Digits resized to ``size`` and tiled to 3 channels; [0, 1] or [0, 255]."""
-    import numpy as np
-    import tensorflow as tf
-
-    from examples import data
-
-    xtr, ytr, xte, yte = data.load("digits")
-
-    def prep(x):
-        x = tf.image.resize(x, (size, size)).numpy()
-        x = np.repeat(np.clip(x, 0.0, 1.0), 3, axis=-1).astype("float32")
-        return x * 255.0 if raw_255 else x
-
-    return prep(xtr), ytr, prep(xte), yte
 
 
 def _litert(path: str, x):
@@ -148,22 +123,6 @@ def _error(e: BaseException) -> str:
     return text[:400]
 
 
-def agreement(keras_logits, tflite_logits, tie_margin: float) -> dict:
-    """Top-1 agreement over inputs whose Keras top-2 margin exceeds ``tie_margin``
-    of the logit range; near-ties apart; the largest difference / range."""
-    import numpy as np
-
-    logit_range = float(keras_logits.max() - keras_logits.min())
-    top2 = np.sort(keras_logits, axis=1)[:, -2:]
-    confident = (top2[:, 1] - top2[:, 0]) > tie_margin * logit_range
-    same = keras_logits.argmax(1) == tflite_logits.argmax(1)
-    return {
-        "confident": int(confident.sum()),
-        "agreement": float(same[confident].mean()) if confident.any() else float("nan"),
-        "near_ties": int((~confident).sum()),
-        "near_tie_agreement": float(same[~confident].mean()) if (~confident).any() else float("nan"),
-        "max_diff_over_range": float(np.abs(tflite_logits - keras_logits).max() / max(logit_range, 1e-12)),
-    }
 
 
 def trace(frozen, path: str, x) -> list:

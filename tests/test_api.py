@@ -241,3 +241,21 @@ def test_quantize_inputs_false_leaves_the_inputs_float(keras_name):
     floats = set(tfbp.bitlengths(tfbp.bitprune_model(model(), quantize_inputs=False)))
     assert "rescaling/activations" in default  # the input quantizer, moved past the preprocessing
     assert default - floats == {"rescaling/activations"}, (default, floats)
+
+
+def test_bitprune_options_are_bitprune_apply_s_keywords():
+    """``bitprune_model`` hands its options to either Keras as one record; its fields and
+    defaults are ``bitprune_apply``'s keyword arguments (so both Kerases default alike)."""
+    import dataclasses
+    import inspect
+
+    from tf_bitpruning.options import BitPruneOptions
+    keywords = {name: p.default for name, p in inspect.signature(tfbp.bitprune_apply).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert {f.name: f.default for f in dataclasses.fields(BitPruneOptions)} == keywords
+
+
+def test_bitprune_model_names_unknown_options():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(TypeError, match=r"bitprune_model: unexpected options \['wieght_bits'\]"):
+        tfbp.bitprune_model(model, wieght_bits=(2, 4))

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["tf_bitpruning", "tf_bitpruning.api", "tf_bitpruning.configs", "tf_bitpruning.quantizers",
+MODULES = ["tf_bitpruning", "tf_bitpruning.api", "tf_bitpruning.tfkeras_api", "tf_bitpruning.configs", "tf_bitpruning.quantizers",
            "tf_bitpruning.scheme", "tf_bitpruning.callbacks", "tf_bitpruning.export.metadata"]
 
 

@@ -59,8 +59,7 @@ def test_training_only_layers_pass_through(kname, tmp_path):
     x = K.layers.GaussianDropout(0.1, name="gdrop")(x)
     x = K.layers.GlobalAveragePooling2D(name="gap")(x)
     x = K.layers.AlphaDropout(0.1, name="adrop")(x)
-    if kname == "keras3":  # tf_keras: fit fails on its regularization loss (an out-of-scope tensor)
-        x = K.layers.ActivityRegularization(0.01, name="areg")(x)
+    x = K.layers.ActivityRegularization(0.01, name="areg")(x)
     model = K.Model(inp, K.layers.Dense(3, name="dense")(x))
     bp = tfbp.bitprune_model(model)
     bits = tfbp.bitlengths(bp)
@@ -207,6 +206,24 @@ def test_training_false_keeps_batchnorm_in_inference_mode():
     # The model in training mode computes what it does in inference (BN on moving statistics).
     frozen = tfbp.freeze_bitlengths(bp)
     np.testing.assert_allclose(frozen(x, training=True), frozen(x, training=False), atol=1e-5)
+
+
+def test_training_false_batchnorm_output_learns_its_range(tmp_path):
+    """A backbone BN whose output is quantized (no ReLU after it: MobileNetV2's projection
+    convs) learns its output range under base(x, training=False), so the model exports."""
+    K = tf_keras
+    inp = K.Input(SHAPE)
+    x = K.layers.BatchNormalization(name="bn")(K.layers.Conv2D(4, 3, use_bias=False, name="conv")(inp))
+    base = K.Model(inp, x, name="backbone")
+    inp = K.Input(SHAPE)
+    x = K.layers.GlobalAveragePooling2D(name="gap")(base(inp, training=False))
+    bp = tfbp.bitprune_model(K.Model(inp, K.layers.Dense(3, name="head")(x)))
+    assert "bn/activations" in tfbp.bitlengths(bp)
+    before = _variable(bp, "bn", "moving_mean")
+    _train_step(bp, *_data())
+    np.testing.assert_array_equal(before, _variable(bp, "bn", "moving_mean"))
+    frozen = tfbp.freeze_bitlengths(bp)
+    tfbp.export_tflite(frozen, tmp_path / "m.tflite")  # refused if the BN's range stayed empty
 
 
 @BOTH

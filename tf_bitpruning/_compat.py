@@ -1,5 +1,6 @@
-"""The private Keras graph access and tfmot internals that the package needs outside
-the exporter, in one place, for both Kerases: tf_keras (Keras 2, through tfmot) and Keras 3.
+"""The private tf_keras graph access and tfmot internals that the package needs outside
+the exporter, in one place (tf_keras, Keras 2, through tfmot). Keras 3's are in
+``keras3/_compat.py``; the front ends (:mod:`tf_bitpruning.frontend`) choose between them.
 
 When tf_keras or Keras 3 is upgraded, this module (with ``export/_compat.py`` and
 ``keras3/_compat.py``) is where to look.
@@ -7,7 +8,7 @@ When tf_keras or Keras 3 is upgraded, this module (with ``export/_compat.py`` an
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List
 
 # tfmot's internals (``tensorflow_model_optimization.python...``, not its public API): the
 # classes our wrappers, registry and layout transform build on. Imported here only.
@@ -49,44 +50,23 @@ from tensorflow.python.saved_model.function_deserialization import RestoredFunct
 TFOpLambda, SlicingOpLambda = _tf_op_layer.TFOpLambda, _tf_op_layer.SlicingOpLambda
 
 
-def is_keras3(obj: Any) -> bool:
-    """Whether ``obj`` (a model, layer or tensor) belongs to Keras 3 (``import keras``)."""
-    for cls in type(obj).__mro__:
-        top = cls.__module__.split(".")[0]
-        if top == "keras":
-            return True
-        if top == "tf_keras":
-            return False
-    return False
-
-
 def is_graph_network(model) -> bool:
     """Whether a tf_keras ``model`` is functional (not subclassed)."""
     return bool(model._is_graph_network)
 
 
 def consumers(layer) -> List[Any]:
-    """The layers that take ``layer``'s output, one per call."""
-    if is_keras3(layer):
-        return [node.operation for node in layer._outbound_nodes]
+    """The layers that take a tf_keras ``layer``'s output, one per call."""
     return [node.outbound_layer for node in layer._outbound_nodes]
 
 
 def producers(layer, node_index: int = 0) -> List[Any]:
-    """The layers feeding ``layer``'s call ``node_index`` (empty at a model input)."""
+    """The layers feeding a tf_keras ``layer``'s call ``node_index`` (empty at a model input)."""
     nodes = layer._inbound_nodes
     if len(nodes) <= node_index:
         return []
-    if is_keras3(layer):
-        return [t._keras_history.operation for t in nodes[node_index].input_tensors]
     import tensorflow as tf
     return list(tf.nest.flatten(nodes[node_index].inbound_layers))
-
-
-def producer(layer) -> Optional[Any]:
-    """The layer feeding ``layer``'s (first) input, or None at a model input."""
-    found = producers(layer)
-    return found[0] if found else None
 
 
 # -- tfmot's wrappers (the tf_keras path) ---------------------------------------------------------
@@ -149,17 +129,11 @@ def tfmot_pre_quantize_also(predicate) -> None:
 # -- re-running a functional graph (the nested-model flattening, flatten.py) ------------------------
 
 def run_nodes(model, inputs: List[Any], call) -> List[Any]:
-    """Re-runs the graph of a functional or Sequential ``model`` (tf_keras or Keras 3) on
-    ``inputs`` (one tensor per model input), with ``call(layer, args, kwargs)`` in place of
-    every layer call (``kwargs`` as the call was recorded: tf_keras keeps ``training=False``,
-    Keras 3 does not). Returns the new outputs, one per model output."""
+    """Re-runs the graph of a functional or Sequential tf_keras ``model`` on ``inputs`` (one
+    tensor per model input), with ``call(layer, args, kwargs)`` in place of every layer call
+    (``kwargs`` as the call was recorded: tf_keras keeps ``training=False``). Returns the new
+    outputs, one per model output."""
     import tensorflow as tf
-    if is_keras3(model):
-        import keras
-        graph = getattr(model, "_functional", None) or model
-        outputs = graph._run_through_graph(
-            inputs, operation_fn=lambda op: (lambda *args, **kwargs: call(op, args, kwargs)))
-        return list(keras.tree.flatten(outputs))
     values = {id(x): y for x, y in zip(model.inputs, inputs)}
 
     def new(t):
@@ -177,8 +151,8 @@ def run_nodes(model, inputs: List[Any], call) -> List[Any]:
 
 
 def input_layer_name(x) -> str:
-    """The name of the input layer of a model input tensor ``x``."""
-    return x._keras_history.operation.name if is_keras3(x) else x._keras_history[0].name
+    """The name of the input layer of a tf_keras model input tensor ``x``."""
+    return x._keras_history[0].name
 
 
 def keep_frozen(model) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_bitpruning import _compat
+from tf_bitpruning.frontend import frontend_for, producer
 from tf_bitpruning.quantizers import BitlengthQuantizer, variable_key
 from tf_bitpruning.layer_kinds import TABLE_LAYERS, builtin_kind
 
@@ -60,7 +60,7 @@ class QuantizedTensor:
 
 
 def _output_shape(layer):
-    shape = tuple(layer.output.shape) if _compat.is_keras3(layer) else layer.get_output_shape_at(0)
+    shape = frontend_for(layer).output_shape(layer)
     return shape[0] if isinstance(shape, list) else shape
 
 
@@ -69,50 +69,24 @@ def _output_elements(layer) -> int:
     return int(np.prod([d if d is not None else 1 for d in _output_shape(layer)[1:]]))
 
 
-_producer = _compat.producer
-
-
-def _keras3_role(layer) -> Optional[str]:
-    """What a Keras 3 layer of ours is (``tf_bitpruning.keras3.layers``, not imported
-    here: the core loads without the Keras 3 front end): its class's ``bitprune_role``,
-    ``"wrapper"`` or ``"input"``; None for any other layer."""
-    return getattr(type(layer), "bitprune_role", None)
-
-
 def activation_tensors(layer) -> List[tuple]:
     """(quantizer, variables) of the activation quantizers a layer owns."""
-    if _compat.is_keras3(layer):
-        return list(getattr(layer, "activation_quantizers", []) or [])
-    if isinstance(layer, _compat.QuantizeLayer):
-        return [(layer.quantizer, layer.quantizer_vars)] if layer.quantizer else []
-    if not isinstance(layer, _compat.QuantizeWrapper):
-        return []
-    return _compat.tfmot_activation_quantizers(layer)
+    return frontend_for(layer).activation_tensors(layer)
 
 
 def weight_tensors(layer) -> List[tuple]:
     """(weight, quantizer, variables, attribute) of the kernels a layer quantizes."""
-    if _compat.is_keras3(layer):
-        return layer.weight_quantizers if _keras3_role(layer) == "wrapper" else []
-    if isinstance(layer, _compat.QuantizeWrapper):
-        return _compat.tfmot_weight_quantizers(layer)
-    return []
+    return frontend_for(layer).weight_tensors(layer)
 
 
 def is_input_quantizer(layer) -> bool:
     """Whether ``layer`` quantizes a model input (tfmot's ``QuantizeLayer`` or ours)."""
-    if _compat.is_keras3(layer):
-        return _keras3_role(layer) == "input"
-    return isinstance(layer, _compat.QuantizeLayer)
+    return frontend_for(layer).is_input_quantizer(layer)
 
 
 def user_layer(layer):
     """The user's layer inside a wrapper (tfmot's or ours), or the layer itself."""
-    if isinstance(layer, _compat.QuantizeWrapper):
-        return layer.layer
-    if _compat.is_keras3(layer):
-        return layer.layer if _keras3_role(layer) == "wrapper" else layer
-    return layer
+    return frontend_for(layer).user_layer(layer)
 
 
 def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
@@ -133,10 +107,10 @@ def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
         weights = [(w, q, v, attr) for w, q, v, attr in weight_tensors(layer)
                    if isinstance(q, BitlengthQuantizer)]
         if weights:
-            producer = _producer(layer)
-            while producer is not None and producer.name not in activations:
-                producer = _producer(producer)
-            source = activations.get(producer.name) if producer is not None else None
+            feeding = producer(layer)
+            while feeding is not None and feeding.name not in activations:
+                feeding = producer(feeding)
+            source = activations.get(feeding.name) if feeding is not None else None
             out = _output_shape(layer)
             # A table (an Embedding's) is read by lookup: no multiply-accumulates.
             positions = 0 if builtin_kind(user_layer(layer), exact=False) in TABLE_LAYERS else \
@@ -349,10 +323,7 @@ def attach_bit_loss(model: keras.Model, regularization: float, weighting: str = 
     loss = BitLoss(tensors, regularization, weighting)
     # Not a Keras attribute: λ must not show up in model.weights / get_weights().
     object.__setattr__(model, "_bitprune_loss", loss)
-    if _compat.is_keras3(model):
-        return loss  # a BitPrunedModel: its `losses` property adds it, its save keeps the variables
-    _compat.track(model, loss, "bit_loss")
-    model.add_loss(loss)
+    frontend_for(model).keep_bit_loss(model, loss)
     return loss
 
 

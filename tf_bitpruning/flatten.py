@@ -8,8 +8,11 @@ backbone's last conv still folds, an input quantizer still moves past preprocess
 
 - ``base(x, training=False)``: under tf_keras the call records it, and every layer of
   ``base`` that takes ``training`` is called with ``training=False`` in the flat model
-  (recorded on its own call, kept by tfmot's clone): its BatchNormalization stays in
-  inference mode while the model trains. Keras 3 records no ``training`` argument (its own
+  (recorded on its own call, kept by tfmot's clone), except BatchNormalization: its copy
+  is ``trainable=False`` instead, which keeps it in inference mode (moving statistics)
+  while the model trains. (``training=False`` would reach its wrapper, whose output
+  quantizer would then never learn its range; as in Keras with a frozen base, its scale
+  and offset are not trained either.) Keras 3 records no ``training`` argument (its own
   ``fit`` updates such a backbone's BN statistics); the flat model does what the nested one
   does. Under both, ``base.trainable = False`` freezes its layers (configs keep it).
 - names: a layer keeps its name, unless the name is taken in the flat model (by a layer of
@@ -21,21 +24,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from tf_bitpruning import _compat
+from tf_bitpruning.frontend import frontend_for
+from tf_bitpruning.layer_kinds import builtin_kind
 from tf_bitpruning.layout import unique_name
-
-
-def _model_class(model) -> type:
-    if _compat.is_keras3(model):
-        import keras
-        return keras.Model
-    import tf_keras
-    return tf_keras.Model
 
 
 def is_nested(model) -> bool:
     """Whether ``model`` has a model among its layers."""
-    cls = _model_class(model)
+    cls = frontend_for(model).model_class
     return any(isinstance(layer, cls) for layer in model.layers)
 
 
@@ -57,13 +53,16 @@ def flatten(model):
     itself. The copy has the same inputs, outputs, name and weights (see module doc)."""
     if not is_nested(model):
         return model
-    cls = _model_class(model)
+    front = frontend_for(model)
+    cls = front.model_class
     taken: Set[str] = set(_leaf_names(model, cls))
     copies: Dict[int, Tuple[Any, Any]] = {}  # id(leaf layer) -> (copy, leaf)
 
-    def copy_of(layer, owner):
+    def copy_of(layer, owner, inference=False):
         if id(layer) not in copies:
             config = layer.get_config()
+            if inference and builtin_kind(layer, exact=False) == "BatchNormalization":
+                config["trainable"] = False  # inference mode without telling its wrapper (below)
             name = layer.name
             if owner is not None and name in taken:  # an inner layer whose name is taken
                 name = unique_name(f"{owner}.{name}", taken)
@@ -77,16 +76,16 @@ def flatten(model):
             if isinstance(layer, cls):
                 inner = inference or kwargs.get("training") is False
                 inputs = _flat(args)
-                outputs = _compat.run_nodes(layer, inputs, runner(layer.name, inner))
+                outputs = front.run_nodes(layer, inputs, runner(layer.name, inner))
                 return outputs[0] if len(outputs) == 1 else outputs
             kwargs = dict(kwargs)
-            if inference and _accepts_training(layer):
+            if inference and _accepts_training(layer) and builtin_kind(layer, exact=False) != "BatchNormalization":
                 kwargs["training"] = False
-            return copy_of(layer, owner)(*args, **kwargs)
+            return copy_of(layer, owner, inference)(*args, **kwargs)
         return call
 
     inputs = [_input_like(model, x) for x in model.inputs]
-    outputs = _compat.run_nodes(model, inputs, runner(None, False))
+    outputs = front.run_nodes(model, inputs, runner(None, False))
     flat = cls(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs,
                name=model.name)
     for copy, leaf in copies.values():
@@ -101,9 +100,5 @@ def _flat(args) -> List[Any]:
 
 def _input_like(model, x):
     """A new model input like ``x`` (its shape, dtype and input layer name)."""
-    name = _compat.input_layer_name(x)
-    if _compat.is_keras3(model):
-        import keras
-        return keras.Input(batch_shape=x.shape, dtype=x.dtype, name=name)
-    import tf_keras
-    return tf_keras.Input(batch_shape=x.shape, dtype=x.dtype, name=name)
+    front = frontend_for(model)
+    return front.make_input(batch_shape=x.shape, dtype=x.dtype, name=front.input_layer_name(x))

@@ -9,9 +9,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_bitpruning import _compat, costs
-from tf_bitpruning.api import bitprune_scope
+from tf_bitpruning import costs
 from tf_bitpruning.configs import BitPruneQuantizeConfig
+from tf_bitpruning.pipeline import pipeline_for
 from tf_bitpruning.quantizers import ActivationBitQuantizer, BitlengthQuantizer
 from tf_bitpruning.rounding import (ROUNDINGS, check_allowed_bits, check_target, distance_cost, fit_budget,
                                     learned_bits, model_outputs, output_change_cost, round_all, round_bits)
@@ -32,20 +32,6 @@ def _freeze_config(config, freeze_ranges):
     return config.replace(
         weight_quantizer={a: _frozen(q, freeze_ranges) for a, q in config.weight_quantizers.items()},
         activation_quantizer=_frozen(config.activation_quantizer, freeze_ranges))
-
-
-def _copy_weights(source: keras.Model, target: keras.Model) -> None:
-    """Copies weights layer by layer, matched by name within each layer: a bitlength
-    that turns non-trainable moves in a layer's ``weights`` order (e.g. past
-    BatchNormalization's moving statistics), so model-wide positions differ."""
-    for src, dst in zip(source.layers, target.layers):
-        by_name = {w.name.split("/")[-1]: w for w in src.weights}
-        names = [w.name.split("/")[-1] for w in dst.weights]
-        if len(by_name) == len(src.weights) and sorted(names) == sorted(by_name):
-            for w, name in zip(dst.weights, names):
-                w.assign(by_name[name])
-        else:
-            dst.set_weights(src.get_weights())
 
 
 def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
@@ -110,27 +96,9 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
                       f"calibrated (no training batch yet); they are left to update during fine-tuning.",
                       stacklevel=2)
 
-    def clone(layer):
-        freeze_layer_ranges = freeze_ranges and layer.name not in uncalibrated
-        if isinstance(layer, _compat.QuantizeWrapper):
-            inner = layer.layer.__class__.from_config(layer.layer.get_config())
-            return _compat.QuantizeWrapperV2(
-                inner, _freeze_config(layer.quantize_config, freeze_layer_ranges), name=layer.name)
-        if isinstance(layer, _compat.QuantizeLayer) and isinstance(layer.quantizer, BitlengthQuantizer):
-            return _compat.QuantizeLayer(_frozen(layer.quantizer, freeze_layer_ranges),
-                                                      name=layer.name)
-        return layer.__class__.from_config(layer.get_config())
-
-    if _compat.is_keras3(model):
-        from tf_bitpruning.keras3 import api as keras3_api
-        frozen = keras3_api.clone_frozen(
-            model, lambda config, name: _freeze_config(config, freeze_ranges and name not in uncalibrated),
-            lambda quantizer, name: _frozen(quantizer, freeze_ranges and name not in uncalibrated))
-    else:
-        with bitprune_scope():
-            frozen = keras.models.clone_model(model, clone_function=clone)
-        _compat.keep_frozen(frozen)
-        _copy_weights(model, frozen)
+    frozen = pipeline_for(model).clone_frozen(
+        model, lambda config, name: _freeze_config(config, freeze_ranges and name not in uncalibrated),
+        lambda quantizer, name: _frozen(quantizer, freeze_ranges and name not in uncalibrated))
     twins = dict(zip(tensors, costs.quantized_tensors(frozen)))
     _assign_bits(twins, start)
     if target_bits is not None:

@@ -87,8 +87,12 @@ AUGMENTATIONS = frozenset({"RandomFlip", "RandomRotation", "RandomZoom", "Random
 TRAINING_ONLY = AUGMENTATIONS | {
     "GaussianNoise", "GaussianDropout", "AlphaDropout", "SpatialDropout1D", "SpatialDropout2D",
     "SpatialDropout3D", "ActivityRegularization"}
+# Left unwrapped on the tf_keras path: tfmot's wrapper calls the inner layer's ``call``, which
+# skips the activity loss its ``__call__`` adds (and keeps a stale symbolic loss that breaks
+# ``fit``). Not part of an input chain (the input quantizer goes before it).
+UNWRAPPED = frozenset({"ActivityRegularization"})
 # What may follow a model input in its float preprocessing chain.
-INPUT_CHAIN_LAYERS = PREPROCESSING_LAYERS | TRAINING_ONLY
+INPUT_CHAIN_LAYERS = PREPROCESSING_LAYERS | (TRAINING_ONLY - UNWRAPPED)
 
 # -- layers that are not quantized -----------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Dict, Tuple
 
 import tf_keras as keras
 
-from tf_bitpruning import _compat
+from tf_bitpruning import _compat, frontend
 from tf_bitpruning.layer_kinds import (FOLDABLE_PRODUCERS, FUSED_ACTIVATIONS, INPUT_CHAIN_LAYERS, TRAINING_ONLY,
                                        REQUANTIZING_CONSUMERS, SPLIT_LAYERS, UNFUSED_PRODUCERS, activation_name,
                                        builtin_kind, integer_dtype)
@@ -171,7 +171,7 @@ def output_requantized(layer, annotated, producer=None) -> bool:
     """Whether ``layer``'s output quantizer is dropped: its only consumer (annotated,
     a name in ``annotated``) re-quantizes it right away. ``producer``: the layer that
     computes ``layer``'s output in the bit-pruned model, if another (a split's pointwise conv)."""
-    consumers = _compat.consumers(layer)
+    consumers = frontend.consumers(layer)
     return (len(consumers) == 1 and _requantizes(consumers[0], producer or layer)
             and consumers[0].name in annotated)
 
@@ -209,7 +209,7 @@ def preprocessing_chain(input_layer, layer_quantize_map) -> list:
     layers that follow ``input_layer`` one after another."""
     chain, layer = [], input_layer
     while True:
-        consumers = _compat.consumers(layer)
+        consumers = frontend.consumers(layer)
         if (len(consumers) != 1 or builtin_kind(consumers[0], exact=False) not in INPUT_CHAIN_LAYERS
                 or (layer_quantize_map is not None and consumers[0].name not in layer_quantize_map)):
             return chain

@@ -18,7 +18,8 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow_model_optimization.quantization.keras import quantizers as tfmot_quantizers
 
-from tf_bitpruning import _compat, quant_ops
+from tf_bitpruning import quant_ops
+from tf_bitpruning.frontend import frontend_for
 
 
 def variable_key(variable) -> Any:
@@ -68,14 +69,7 @@ def _add_variable(layer, name: str, shape, value: float, trainable: bool, constr
     casts (like BatchNormalization's statistics: autocast to float16 the bitlength would
     clash with the float32 quantizer math and move in steps of ~0.005 bits), averaged
     across replicas."""
-    if _compat.is_keras3(layer):
-        import keras as keras3
-        return layer.add_weight(name=name, shape=shape, initializer=keras3.initializers.Constant(value),
-                                trainable=trainable, constraint=constraint, aggregation="mean",
-                                autocast=False)
-    return layer.add_weight(name, shape=shape, initializer=keras.initializers.Constant(value),
-                            constraint=constraint, trainable=trainable,
-                            aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
+    return frontend_for(layer).add_variable(layer, name, shape, value, trainable, constraint)
 
 
 class _ClipParam(keras.constraints.Constraint):

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-from tf_bitpruning import _compat
+from tf_bitpruning import _compat, frontend
 from tf_bitpruning.configs import BitPruneQuantizeConfig
-from tf_bitpruning.layer_kinds import (FLOAT_ONLY_LAYERS, KERAS3_KERNEL_ATTRS, KERNEL_LAYERS, OP_LAMBDAS,
-                                       OUTPUT_ACTIVATIONS, OUTPUT_LAYERS, PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS,
-                                       RECURRENT_LAYERS, TABLE_LAYERS, TF_OP_OUTPUT, TF_OP_PASS_THROUGH, TRAINING_ONLY,
-                                       activation_name, builtin_kind, op_lambda_function)
+from tf_bitpruning.layer_kinds import (FLOAT_ONLY_LAYERS, KERNEL_LAYERS, OP_LAMBDAS, OUTPUT_ACTIVATIONS, OUTPUT_LAYERS,
+                                       PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS, RECURRENT_LAYERS, TABLE_LAYERS,
+                                       TF_OP_OUTPUT, TF_OP_PASS_THROUGH, TRAINING_ONLY, UNWRAPPED, activation_name,
+                                       builtin_kind, op_lambda_function)
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 
 
@@ -74,7 +74,8 @@ class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
         return None
 
     def supports(self, layer) -> bool:
-        return self.unsupported_reason(layer) is None
+        """Whether tfmot may wrap ``layer`` (``UNWRAPPED`` kinds are accepted but stay unwrapped)."""
+        return builtin_kind(layer) not in UNWRAPPED and self.unsupported_reason(layer) is None
 
     def get_quantize_config(self, layer, quantize_outputs: bool = True) -> BitPruneQuantizeConfig:
         """The config for ``layer``; ``quantize_outputs=False`` drops its
@@ -89,7 +90,7 @@ class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
         if kind in KERNEL_LAYERS:
             kernels, per_channel_scale = KERNEL_LAYERS[kind]
             base = self.weight_quantizer.get_config()
-            renames = KERAS3_KERNEL_ATTRS.get(kind, {}) if _compat.is_keras3(layer) else {}
+            renames = frontend.frontend_for(layer).kernel_renames(kind)
             for attr, axes in kernels.items():
                 # A power-of-two grid is one fixed-point type per layer: one step per tensor.
                 per_channel = per_channel_scale and self.weight_quantizer.grid != "pow2"

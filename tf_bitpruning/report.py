@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import tf_keras as keras
 
-from tf_bitpruning import _compat, costs
+from tf_bitpruning import costs, frontend
 from tf_bitpruning.layer_kinds import (CALIBRATED_LAYERS, CALIBRATED_TENSORS, INPUT_CHAIN_LAYERS, PASS_THROUGH_LAYERS, TF_OP_PASS_THROUGH,
                                        builtin_kind, op_lambda_function)
 
@@ -43,7 +43,7 @@ def _input_layer_names(model: keras.Model) -> Dict[str, str]:
     names = {}
     for layer in model.layers:
         if costs.is_input_quantizer(layer):
-            inbound = _compat.producer(layer)
+            inbound = frontend.producer(layer)
             if inbound is not None and builtin_kind(inbound) == "InputLayer":
                 names[layer.name] = inbound.name
     return names

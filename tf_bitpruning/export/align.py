@@ -16,12 +16,12 @@ from typing import Dict, Union
 import numpy as np
 import tf_keras as keras
 
-from tf_bitpruning._compat import is_keras3
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export._compat import flatbuffer_utils
 from tf_bitpruning.export.checks import check_frozen
 from tf_bitpruning.export.metadata import text
 from tf_bitpruning.export.plan import build_plan
+from tf_bitpruning.pipeline import pipeline_for
 
 _BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
@@ -40,10 +40,7 @@ def align_to_tflite(model: keras.Model, path: Union[str, os.PathLike]) -> Dict[s
     biases. Returns, per moved layer, the largest move relative to its bias step (at
     most 0.5). A file of another model, or of this one before more training, raises.
     """
-    if is_keras3(model):
-        raise ValueError("align_to_tflite: a Keras 3 model exports through a tf_keras twin; aligning "
-                         "the twin would not change it. Use the tf_keras path (bitprune_model on a "
-                         "tf_keras model) for aligned biases.")
+    pipeline_for(model).check_alignable(model, "align_to_tflite")
     check_frozen(model)
     plan = build_plan(model)
     by_inner = {_compat.inner(layer).name: layer for layer in model.layers}

@@ -6,10 +6,11 @@ from typing import List, Sequence, Tuple
 
 import tf_keras as keras
 
-from tf_bitpruning import _compat, api, costs
+from tf_bitpruning import costs
 from tf_bitpruning.export._compat import flatbuffer_utils, schema
 from tf_bitpruning.export.metadata import text
 from tf_bitpruning.layer_kinds import RECURRENT_LAYERS, builtin_kind
+from tf_bitpruning.pipeline import pipeline_for
 
 
 class ExportError(RuntimeError):
@@ -19,11 +20,7 @@ class ExportError(RuntimeError):
 def check_frozen(model: keras.Model, what: str = "export_tflite") -> List[costs.QuantizedTensor]:
     """The model's quantized tensors; raises unless every bitlength is frozen (``what``
     names the caller in the messages)."""
-    if _compat.is_keras3(model):
-        from tf_bitpruning.keras3.api import check_model
-        check_model(model, what)
-    else:
-        api.check_model(model, what)
+    pipeline_for(model).check_model(model, what)
     tensors = costs.quantized_tensors(model)
     if not tensors:
         raise ValueError(f"{what}: model '{model.name}' has no learned bitlengths. Make it with "

@@ -20,9 +20,10 @@ from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
-from tf_bitpruning import _compat, costs
+from tf_bitpruning import costs
 from tf_bitpruning.export.checks import ExportError, check_frozen
 from tf_bitpruning.export.hls_graph import HlsGraph, build
+from tf_bitpruning.pipeline import pipeline_for
 
 PRECISION_FILE = "bitpruning_precision.json"
 BACKENDS = ("Vitis", "Vivado")
@@ -57,10 +58,7 @@ class HlsExport:
 def _tf_keras(model):
     """The tf_keras model to walk (a Keras 3 model's twin); checks that it is frozen."""
     check_frozen(model, "export_hls4ml")
-    if _compat.is_keras3(model):
-        from tf_bitpruning.keras3.bridge import to_tf_keras
-        return to_tf_keras(model)
-    return model
+    return pipeline_for(model).export_model(model)
 
 
 def _check_grids(model) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import keras
 import numpy as np
 
-from tf_bitpruning import _compat as _root_compat
+from tf_bitpruning import frontend
 from tf_bitpruning import costs, quant_ops
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError
@@ -110,7 +110,7 @@ class _Builder:
 
     # -- helpers ----------------------------------------------------------------------------------
     def _source(self, layer) -> Tuple[Any, FixedType]:
-        producers = _root_compat.producers(layer)
+        producers = frontend.producers(layer)
         if len(producers) != 1:
             raise ExportError(f"layer '{layer.name}' takes {len(producers)} inputs; one expected.")
         return self._typed(producers[0], layer)
@@ -166,7 +166,7 @@ class _Builder:
         if kind == "InputLayer":
             return  # made by build() from the model's inputs
         if costs.is_input_quantizer(layer):
-            src = _root_compat.producer(layer)
+            src = frontend.producer(layer)
             if src is None or builtin_kind(src) != "InputLayer":
                 raise ExportError(f"input quantizer '{layer.name}' does not follow a model input (float "
                                   f"preprocessing before it): hls4ml would run that preprocessing in fixed point.")
@@ -219,7 +219,7 @@ class _Builder:
         self.bits[name] = {"weight": w_bits}
         bias = np.asarray(inner.bias, np.float64) if getattr(inner, "use_bias", False) else \
             np.zeros(kernel.shape[-1] * (kernel.shape[-2] if kind == "DepthwiseConv2D" else 1))
-        users = _root_compat.consumers(layer)
+        users = frontend.consumers(layer)
         bn = users[0] if len(users) == 1 and builtin_kind(_compat.inner(users[0]), exact=False) == \
             "BatchNormalization" else None
         if bn is not None:
@@ -315,7 +315,7 @@ class _Builder:
 
     def _merge(self, layer, kind: str) -> None:
         inner = _compat.inner(layer)
-        typed = [self._typed(p, layer) for p in _root_compat.producers(layer)]
+        typed = [self._typed(p, layer) for p in frontend.producers(layer)]
         tensors, types = [x for x, _ in typed], [t for _, t in typed]
         if kind == "Add":
             fraction = max(t.fraction for t in types)

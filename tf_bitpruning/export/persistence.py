@@ -31,92 +31,33 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
-import zipfile
 from typing import Dict, Optional
 
 import tf_keras as keras
 
 from tf_bitpruning import _compat, costs
-from tf_bitpruning._files import write_atomic
-from tf_bitpruning.api import bitprune_scope
+from tf_bitpruning.frontend import frontend_for_archive
+from tf_bitpruning.pipeline import pipeline_for
+from tf_bitpruning.tfkeras_api import bitprune_scope
+from tf_bitpruning.tfkeras_pipeline import H5_BIT_LOSS_ATTR, is_h5_file, is_keras_archive
 
-_KERAS_V3_HELP = (
-    "the Keras v3 '.keras' format cannot restore tfmot quantize wrappers (their quantizer "
-    "variables are tracked twice, and loading fails with \"expected 7 variables, but received "
-    "4\"). Save bit-pruned models as a SavedModel directory, model.save('my_model'), or as h5, "
-    "model.save('my_model.h5'), and load them with tf_bitpruning.export.load_model(path) or "
-    "keras.models.load_model(path) under tfbp.bitprune_scope().")
-
-
-def _is_keras_v3(path) -> bool:
-    return os.fspath(path).endswith(".keras")
-
-
-# The bit-loss settings tfbp.save_model writes into an h5 file (h5 keeps no λ of its own).
-H5_BIT_LOSS_ATTR = "tf_bitpruning_bit_loss"
 # restore_bit_loss / load_model: kind=SAVED takes the saved kind (kind=None means all tensors).
 SAVED = "saved"
 
 
-def _is_h5_file(path) -> bool:
-    import h5py
-
-    path = os.fspath(path)
-    return os.path.isfile(path) and h5py.is_hdf5(path)
-
-
 def save_model(model: keras.Model, path, **kwargs) -> None:
-    """``model.save(path)``, refusing the ``.keras`` format that cannot be loaded back.
+    """``model.save(path)``, refusing a format that cannot be loaded back (tf_keras: the
+    ``.keras`` archive; Keras 3: anything but it).
 
     An h5 file also gets the bit loss's λ, weighting and kind (a SavedModel keeps them
     by itself), which :func:`load_model` restores."""
-    if _compat.is_keras3(model):
-        _save_keras3(model, path, **kwargs)
-        return
-    if _is_keras_v3(path):
-        raise ValueError(f"save_model('{os.fspath(path)}'): {_KERAS_V3_HELP}")
-    model.save(path, **kwargs)
-    bit_loss = costs.get_bit_loss(model)
-    if bit_loss is not None and _is_h5_file(path):
-        import h5py
-
-        record = {"regularization": float(bit_loss.regularization.numpy()),
-                  "weighting": bit_loss.weighting, "kind": bit_loss.kind}
-        with h5py.File(os.fspath(path), "a") as f:
-            f.attrs[H5_BIT_LOSS_ATTR] = json.dumps(record)
+    pipeline_for(model).save(model, path, **kwargs)
 
 
-def _save_keras3(model, path, **kwargs) -> None:
-    """``model.save`` into a temporary file, then an atomic replace of ``path``."""
-    path = os.fspath(path)
-    if not _is_keras_v3(path):
-        raise ValueError(f"save_model('{path}'): a Keras 3 model is saved in Keras 3's own format; "
-                         f"give a path that ends in '.keras'.")
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        model.save(tmp, **kwargs)
-        with open(tmp, "rb") as f:
-            write_atomic(path, f.read())
-    finally:
-        os.remove(tmp)
-
-
-def _keras_version_of_archive(path) -> Optional[str]:
-    """The Keras version that wrote a ``.keras`` archive (None if it is not one)."""
-    try:
-        with zipfile.ZipFile(os.fspath(path)) as archive:
-            return str(json.loads(archive.read("metadata.json")).get("keras_version", ""))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return None
-
-
-def _load_keras3(path, regularization, weighting, kind, compile: bool):
-    import keras as keras3
-
-    model = keras3.saving.load_model(path, compile=compile)
+def _load_archive(path, regularization, weighting, kind, compile: bool):
+    """A ``.keras`` archive, loaded by the Keras that wrote it (tf_keras refuses it)."""
+    model = frontend_for_archive(path).load_archive(os.fspath(path), compile)
     existing = costs.get_bit_loss(model)
     if existing is not None:
         _restore(model, None, weighting, kind, {})  # an explicit weighting/kind must agree
@@ -231,16 +172,13 @@ def load_model(path, regularization: Optional[float] = None, weighting: Optional
     to 0 (the model predicts and fine-tunes but does not prune further) and the
     weighting to ``"uniform"``, with a warning unless ``regularization`` or
     ``weighting`` is given."""
-    if _is_keras_v3(path):
-        version = _keras_version_of_archive(path)
-        if version is not None and version.startswith("3"):
-            return _load_keras3(path, regularization, weighting, kind, compile)
-        raise ValueError(f"load_model('{os.fspath(path)}'): {_KERAS_V3_HELP}")
+    if is_keras_archive(path):
+        return _load_archive(path, regularization, weighting, kind, compile)
     with bitprune_scope():
         model = keras.models.load_model(path, compile=compile)
     if not (isinstance(model, keras.Model) and costs.quantized_tensors(model)):
         return model
-    saved = _h5_settings(path) if _is_h5_file(path) else _saved_settings(model)
+    saved = _h5_settings(path) if is_h5_file(path) else _saved_settings(model)
     if "weighting" not in saved and regularization is None and weighting is None:
         warnings.warn(
             f"load_model('{os.fspath(path)}'): the file keeps no bit-loss settings (an h5 file written by "

@@ -27,7 +27,6 @@ from typing import Any, Dict, Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_bitpruning._compat import is_keras3
 from tf_bitpruning._files import write_atomic
 from tf_bitpruning.export import metadata as _metadata
 from tf_bitpruning.export.checks import (ExportError, check_calibration, check_frozen, check_full_integer,
@@ -45,6 +44,7 @@ from tf_bitpruning.export.plan_build import unquantized_layers
 from tf_bitpruning.export.precision import int_or_list, precision_info, write_precision
 from tf_bitpruning.export.rename import rename_tensors
 from tf_bitpruning.export.requantize import precise_requantize
+from tf_bitpruning.pipeline import pipeline_for
 
 __all__ = ["ExportError", "FAST_INT4_OPS", "INT4_OPS", "export_graph", "export_tflite", "pack_int4_values",
            "unpack_int4", "unpack_int4_values"]
@@ -104,11 +104,9 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     Returns:
       The precision metadata written to the file (see :mod:`.metadata`).
     """
-    if is_keras3(model):
-        from tf_bitpruning.keras3.bridge import to_tf_keras
-        check_frozen(model)
-        check_unrolled(model)
-        model = to_tf_keras(model)  # the same layers, weights and grids, for the one pipeline
+    check_frozen(model)
+    check_unrolled(model)  # before a Keras 3 model's twin is built (either Keras' layers)
+    model = pipeline_for(model).export_model(model)  # a Keras 3 model's tf_keras twin
     tensors = check_frozen(model)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -116,7 +114,6 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
         raise FileNotFoundError(f"export_tflite: the directory '{directory}' does not exist.")
     ops = int4_ops_for(int4, int4_ops)
 
-    check_unrolled(model)
     plan = build_plan(model, ops, fine_bias)
     check_calibration(sorted(plan.calibrated.values()), representative_dataset)
     left = unquantized_layers(model)

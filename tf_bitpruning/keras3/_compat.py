@@ -32,7 +32,7 @@ def run_through_graph(graph, inputs, operation_fn: Callable[[Any], Any]):
 
 def input_names(graph) -> List[str]:
     """The names of a functional graph's input layers, in input order."""
-    return [x._keras_history.operation.name for x in graph.inputs]
+    return [input_layer_name(x) for x in graph.inputs]
 
 
 def graph_operations(graph):
@@ -47,3 +47,31 @@ def lora_enabled(layer) -> bool:
 def quantization_mode(layer):
     """Keras 3's own quantization of a layer (``layer.quantize("int8")``), or None."""
     return getattr(layer, "quantization_mode", None)
+
+
+def consumers(layer) -> List[Any]:
+    """The layers that take a Keras 3 ``layer``'s output, one per call."""
+    return [node.operation for node in layer._outbound_nodes]
+
+
+def producers(layer, node_index: int = 0) -> List[Any]:
+    """The layers feeding a Keras 3 ``layer``'s call ``node_index`` (empty at a model input)."""
+    nodes = layer._inbound_nodes
+    if len(nodes) <= node_index:
+        return []
+    return [t._keras_history.operation for t in nodes[node_index].input_tensors]
+
+
+def input_layer_name(x) -> str:
+    """The name of the input layer of a Keras 3 model input tensor ``x``."""
+    return x._keras_history.operation.name
+
+
+def run_nodes(model, inputs: List[Any], call) -> List[Any]:
+    """Re-runs the graph of a functional or Sequential Keras 3 ``model`` on ``inputs`` (one
+    tensor per model input), with ``call(layer, args, kwargs)`` in place of every layer call
+    (``kwargs`` as the call was recorded: Keras 3 records no ``training``). Returns the new
+    outputs, one per model output."""
+    graph = getattr(model, "_functional", None) or model
+    outputs = run_through_graph(graph, inputs, lambda op: (lambda *args, **kwargs: call(op, args, kwargs)))
+    return list(keras.tree.flatten(outputs))

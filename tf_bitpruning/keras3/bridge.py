@@ -19,7 +19,7 @@ import tf_keras
 from tensorflow_model_optimization.quantization.keras import quantize_apply
 
 from tf_bitpruning import costs
-from tf_bitpruning.api import bitprune_annotate_layer, bitprune_scope
+from tf_bitpruning.tfkeras_api import bitprune_annotate_layer, bitprune_scope
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
 from tf_bitpruning.keras3.api import rerun

@@ -1,0 +1,48 @@
+"""What the coverage benchmarks share: the digits images and the Keras/LiteRT agreement count."""
+
+from __future__ import annotations
+
+
+def digits(size: int, raw_255: bool):
+    """Digits resized to ``size`` and tiled to 3 channels; [0, 1] or [0, 255]."""
+    import numpy as np
+    import tensorflow as tf
+
+    from examples import data
+
+    xtr, ytr, xte, yte = data.load("digits")
+
+    def prep(x):
+        x = tf.image.resize(x, (size, size)).numpy()
+        x = np.repeat(np.clip(x, 0.0, 1.0), 3, axis=-1).astype("float32")
+        return x * 255.0 if raw_255 else x
+
+    return prep(xtr), ytr, prep(xte), yte
+
+
+def agreement(keras_logits, tflite_logits, tie_margin: float) -> dict:
+    """Top-1 agreement over inputs whose Keras top-2 margin exceeds ``tie_margin``
+    of the logit range; near-ties apart; the largest difference / range."""
+    import numpy as np
+
+    logit_range = float(keras_logits.max() - keras_logits.min())
+    top2 = np.sort(keras_logits, axis=1)[:, -2:]
+    confident = (top2[:, 1] - top2[:, 0]) > tie_margin * logit_range
+    same = keras_logits.argmax(1) == tflite_logits.argmax(1)
+    return {
+        "confident": int(confident.sum()),
+        "agreement": float(same[confident].mean()) if confident.any() else float("nan"),
+        "near_ties": int((~confident).sum()),
+        "near_tie_agreement": float(same[~confident].mean()) if (~confident).any() else float("nan"),
+        "max_diff_over_range": float(np.abs(tflite_logits - keras_logits).max() / max(logit_range, 1e-12)),
+    }
+
+
+def fast_bn_statistics(model, momentum: float = 0.9):
+    """BatchNormalization moving statistics that follow the batches within a few hundred
+    steps (MobileNetV2/V3 use momentum 0.999, so inference after 200 steps would see
+    statistics still near their initial values: constant logits). Either Keras."""
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            layer.momentum = momentum
+    return model
