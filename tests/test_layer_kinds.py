@@ -10,7 +10,7 @@ LAYER_TABLES = {name: getattr(K, name) for name in (
     "KERNEL_LAYERS", "SEPARABLE_LAYERS", "SPLIT_LAYERS", "RELU_LAYERS", "MERGES", "PAIRWISE_MERGES",
     "AVERAGE_POOLINGS", "GLOBAL_AVERAGES", "UPSAMPLINGS", "OUTPUT_LAYERS", "PREPROCESSING_LAYERS",
     "VALUE_PRESERVING", "PASS_THROUGH_LAYERS", "REQUANTIZING_CONSUMERS", "UNFUSED_PRODUCERS",
-    "FOLDABLE_PRODUCERS")}
+    "FOLDABLE_PRODUCERS", "TABLE_LAYERS", "CALIBRATED_LAYERS", "RECURRENT_LAYERS")}
 
 
 def test_every_kind_is_a_tf_keras_layer():
@@ -27,6 +27,15 @@ def test_tables_nest():
     assert K.REQUANTIZING_CONSUMERS <= K.OUTPUT_LAYERS and K.UNFUSED_PRODUCERS <= K.MERGES
     quantized = set(K.KERNEL_LAYERS) | K.OUTPUT_LAYERS | K.PREPROCESSING_LAYERS
     assert not quantized & K.PASS_THROUGH_LAYERS
+    assert K.TABLE_LAYERS <= set(K.KERNEL_LAYERS) and K.CALIBRATED_LAYERS <= K.OUTPUT_LAYERS
+    # Layers refused with what to do are not also configured.
+    assert not set(K.FLOAT_ONLY_LAYERS) & (quantized | K.PASS_THROUGH_LAYERS)
+    assert all(isinstance(getattr(tf_keras.layers, kind, None), type) for kind in K.FLOAT_ONLY_LAYERS)
+
+
+def test_integer_dtype():
+    assert K.integer_dtype("int32") and K.integer_dtype(tf_keras.Input((3,), dtype="int64").dtype)
+    assert not K.integer_dtype("float32") and not K.integer_dtype(None)
 
 
 def test_the_exporter_reads_the_same_tables():

@@ -20,6 +20,12 @@ from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 
 
+def weight_owner(layer, attr: str):
+    """The object that holds ``layer``'s kernel ``attr``: the layer, or its cell (an LSTM's
+    ``kernel`` and ``recurrent_kernel`` are its cell's)."""
+    return layer if hasattr(layer, attr) else getattr(layer, "cell", layer)
+
+
 class BitPruneQuantizeConfig(QuantizeConfig):
     """Quantizes a layer's kernels and activations with learned bitlengths.
 
@@ -58,11 +64,12 @@ class BitPruneQuantizeConfig(QuantizeConfig):
         self.activation_quantizer = activation_quantizer or ActivationBitQuantizer()
 
     def _attr(self, layer, attr):
-        if not hasattr(layer, attr):
+        owner = weight_owner(layer, attr)
+        if not hasattr(owner, attr):
             raise AttributeError(
                 f"Layer '{layer.name}' ({type(layer).__name__}) has no attribute '{attr}' "
                 f"named in its BitPruneQuantizeConfig.")
-        return getattr(layer, attr)
+        return getattr(owner, attr)
 
     def get_weights_and_quantizers(self, layer):
         return [(self._attr(layer, a), self.weight_quantizers[a]) for a in self.weight_attrs]
@@ -78,7 +85,7 @@ class BitPruneQuantizeConfig(QuantizeConfig):
                 f"Layer '{layer.name}': expected {len(self.weight_attrs)} quantized weights, "
                 f"got {len(quantize_weights)}.")
         for attr, weight in zip(self.weight_attrs, quantize_weights):
-            setattr(layer, attr, weight)
+            setattr(weight_owner(layer, attr), attr, weight)
 
     def set_quantize_activations(self, layer, quantize_activations):
         if len(quantize_activations) != len(self.activation_attrs):

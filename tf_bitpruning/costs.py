@@ -23,6 +23,7 @@ import tf_keras as keras
 
 from tf_bitpruning.frontend import frontend_for, producer
 from tf_bitpruning.quantizers import BitlengthQuantizer, variable_key
+from tf_bitpruning.layer_kinds import TABLE_LAYERS, builtin_kind
 
 WEIGHTINGS = ("uniform", "memory", "bops")
 KINDS = (None, "weights", "activations")
@@ -64,7 +65,8 @@ def _output_shape(layer):
 
 
 def _output_elements(layer) -> int:
-    return int(np.prod([d for d in _output_shape(layer)[1:]]))
+    # A dimension Keras does not know (a sequence length Keras 3's EinsumDense left None) counts once.
+    return int(np.prod([d if d is not None else 1 for d in _output_shape(layer)[1:]]))
 
 
 def activation_tensors(layer) -> List[tuple]:
@@ -110,7 +112,9 @@ def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
                 feeding = producer(feeding)
             source = activations.get(feeding.name) if feeding is not None else None
             out = _output_shape(layer)
-            positions = _output_elements(layer) // max(int(out[-1]), 1)
+            # A table (an Embedding's) is read by lookup: no multiply-accumulates.
+            positions = 0 if builtin_kind(user_layer(layer), exact=False) in TABLE_LAYERS else \
+                _output_elements(layer) // max(int(out[-1]), 1)
             for w, q, v, attr in weights:
                 name = f"{user_name}/weights" if len(weights) == 1 else f"{user_name}/{attr}"
                 elements = int(np.prod(w.shape))

@@ -24,7 +24,18 @@ KERNEL_LAYERS: Dict[str, Tuple[Dict[str, Tuple[int, ...]], bool]] = {
     "DepthwiseConv2D": ({"depthwise_kernel": (2, 3)}, True),
     "SeparableConv1D": ({"depthwise_kernel": (1, 2), "pointwise_kernel": (-1,)}, True),
     "SeparableConv2D": ({"depthwise_kernel": (2, 3), "pointwise_kernel": (-1,)}, True),
+    "Embedding": ({"embeddings": (-1,)}, False),
+    # One scale per kernel: its output axes depend on the equation.
+    "EinsumDense": ({"kernel": (-1,)}, False),
+    # The cell's input and recurrent kernels (configs.weight_owner).
+    "LSTM": ({"kernel": (-1,), "recurrent_kernel": (-1,)}, False),
+    "GRU": ({"kernel": (-1,), "recurrent_kernel": (-1,)}, False),
 }
+
+# Kernels read by lookup, not multiplied: one scale and one bitlength per table (TFLite's
+# GATHER keeps its table's one scale, and its output is on the table's grid, so no output
+# quantizer), no multiply-accumulates, no activation.
+TABLE_LAYERS = frozenset({"Embedding"})
 
 # Keras 3 names some kernels differently: class -> {tf_keras attribute: Keras 3 attribute}.
 KERAS3_KERNEL_ATTRS: Dict[str, Dict[str, str]] = {"DepthwiseConv2D": {"depthwise_kernel": "kernel"}}
@@ -50,9 +61,16 @@ AVERAGE_POOLINGS = frozenset({"AveragePooling1D", "AveragePooling2D"})
 GLOBAL_AVERAGES = frozenset({"GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D"})
 UPSAMPLINGS = frozenset({"UpSampling1D", "UpSampling2D"})
 
+# Layers with inner tensors no learned quantizer covers (LayerNormalization's mean, variance
+# and 1/sqrt): the export calibrates them at 8 bits (``representative_dataset=``, required),
+# and the metadata lists them; the layer's output is on its learned grid.
+CALIBRATED_LAYERS = frozenset({"LayerNormalization", "LSTM", "GRU"})
+# What of them is calibrated (the metadata's and the report's words).
+CALIBRATED_TENSORS = {"LayerNormalization": "statistics", "LSTM": "gates and states", "GRU": "gates and states"}
+
 # Layers whose output the registry quantizes.
 OUTPUT_LAYERS = (RELU_LAYERS | MERGES | AVERAGE_POOLINGS | UPSAMPLINGS
-                 | {"BatchNormalization", "GlobalAveragePooling1D", "GlobalAveragePooling2D"})
+                 | CALIBRATED_LAYERS | {"BatchNormalization", "GlobalAveragePooling1D", "GlobalAveragePooling2D"})
 
 # Run in float when they follow a model input (the input quantizer moves after them; the
 # exporter computes them in float on the input, then QUANTIZE).
@@ -87,6 +105,20 @@ VALUE_PRESERVING = frozenset({
 # Layers that get no quantizer, not even a wrapper. (The exporter follows a grid through the
 # value-preserving ones only.)
 PASS_THROUGH_LAYERS = VALUE_PRESERVING | {"Softmax", "Identity"}
+
+# -- layers that are not bit-pruned yet, and what to do instead ------------------------------------
+# Their kernels are sublayers (the wrapper quantizes the layer's own attributes, or its cell's) and
+# they take several tensors: leave them in float, and the export calibrates them at 8 bits.
+FLOAT_ONLY_LAYERS: Dict[str, str] = {
+    "MultiHeadAttention": (
+        "its query/key/value/output kernels are sublayers, which the bit-pruning wrapper cannot "
+        "quantize yet. Leave it in float (skip_layers=[its name]) and export with "
+        "representative_dataset=...: the converter calibrates it at 8 bits and the file is "
+        "full-integer (the metadata lists it under 'calibrated'); or build the attention from "
+        "EinsumDense layers, whose kernels are bit-pruned"),
+}
+# Recurrent layers: the export needs them unrolled (a loop is not full-integer in TFLite).
+RECURRENT_LAYERS = frozenset({"LSTM", "GRU", "SimpleRNN", "RNN"})
 
 # -- TF functions on Keras tensors (tf_keras' TFOpLambda layers) ------------------------------------
 
@@ -149,6 +181,13 @@ def activation_name(activation) -> str:
         # Keras 3's names of swish and hard swish; tfmot and this registry know them as these.
         return {"silu": "swish", "hard_silu": "hard_swish"}.get(name, name)
     return name
+
+
+def integer_dtype(dtype) -> bool:
+    """Whether a model input of this dtype (``"int32"``, a ``tf.DType``) holds indices or
+    codes, not values: it gets no input quantizer (an ``Embedding`` reads it)."""
+    name = getattr(dtype, "name", dtype)
+    return isinstance(name, str) and name.startswith(("int", "uint", "bool"))
 
 
 def op_lambda_function(layer) -> Optional[str]:

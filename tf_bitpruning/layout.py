@@ -23,7 +23,7 @@ import tf_keras as keras
 from tf_bitpruning import _compat, frontend
 from tf_bitpruning.layer_kinds import (FOLDABLE_PRODUCERS, FUSED_ACTIVATIONS, INPUT_CHAIN_LAYERS, TRAINING_ONLY,
                                        REQUANTIZING_CONSUMERS, SPLIT_LAYERS, UNFUSED_PRODUCERS, activation_name,
-                                       builtin_kind)
+                                       builtin_kind, integer_dtype)
 from tf_bitpruning.quantizers import ActivationBitQuantizer
 from tf_bitpruning.registry import BitPruneQuantizeRegistry
 
@@ -101,7 +101,8 @@ class _SeparableConvSplit(_compat.Transform):
 
 
 class _InputLayerQuantize(_compat.InputLayerQuantize):
-    """InputLayer => InputLayer -> QuantizeLayer(ActivationBitQuantizer)."""
+    """InputLayer => InputLayer -> QuantizeLayer(ActivationBitQuantizer), for inputs of values
+    (not integer ones: indices)."""
 
     def __init__(self, quantizer: ActivationBitQuantizer, skip: frozenset = frozenset()):
         super().__init__()
@@ -109,8 +110,9 @@ class _InputLayerQuantize(_compat.InputLayerQuantize):
         self._skip = skip  # inputs whose preprocessing chain quantizes at its end
 
     def replacement(self, match_layer):
-        if match_layer.layer["config"]["name"] in self._skip:
-            return match_layer
+        config = match_layer.layer["config"]
+        if config["name"] in self._skip or integer_dtype(config.get("dtype")):
+            return match_layer  # quantized at the chain's end, or indices (an Embedding's)
         quant_layer = _compat.QuantizeLayer(self._quantizer)
         layer_config = _compat.serialize_layer(quant_layer, use_legacy_format=True)
         layer_config["name"] = quant_layer.name

@@ -10,9 +10,10 @@ from typing import Optional
 
 from tf_bitpruning import _compat, frontend
 from tf_bitpruning.configs import BitPruneQuantizeConfig
-from tf_bitpruning.layer_kinds import (KERNEL_LAYERS, OP_LAMBDAS, OUTPUT_ACTIVATIONS,
-                                       OUTPUT_LAYERS, PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS, TF_OP_OUTPUT, TRAINING_ONLY, UNWRAPPED,
-                                       TF_OP_PASS_THROUGH, activation_name, builtin_kind, op_lambda_function)
+from tf_bitpruning.layer_kinds import (FLOAT_ONLY_LAYERS, KERNEL_LAYERS, OP_LAMBDAS, OUTPUT_ACTIVATIONS, OUTPUT_LAYERS,
+                                       PASS_THROUGH_LAYERS, PREPROCESSING_LAYERS, RECURRENT_LAYERS, TABLE_LAYERS,
+                                       TF_OP_OUTPUT, TF_OP_PASS_THROUGH, TRAINING_ONLY, UNWRAPPED, activation_name,
+                                       builtin_kind, op_lambda_function)
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 
 
@@ -56,6 +57,8 @@ class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
                     f"registry knows (supported: {sorted(TF_OP_OUTPUT | TF_OP_PASS_THROUGH)})")
         known = (kind in KERNEL_LAYERS or kind in OUTPUT_LAYERS or kind in PASS_THROUGH_LAYERS
                  or kind in PREPROCESSING_LAYERS)
+        if kind in FLOAT_ONLY_LAYERS:
+            return FLOAT_ONLY_LAYERS[kind]
         if not known and kind != "Activation":
             return f"no built-in bit-pruning config for {cls.__name__}"
         activation = getattr(layer, "activation", None)
@@ -91,9 +94,13 @@ class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
             for attr, axes in kernels.items():
                 # A power-of-two grid is one fixed-point type per layer: one step per tensor.
                 per_channel = per_channel_scale and self.weight_quantizer.grid != "pow2"
-                weights[renames.get(attr, attr)] = WeightBitQuantizer.from_config(
-                    dict(base, per_channel_scale=per_channel, channel_axes=list(axes)))
-            activation_attrs = ["activation"]
+                config = dict(base, per_channel_scale=per_channel, channel_axes=list(axes))
+                if kind in TABLE_LAYERS:
+                    config["per_channel_bits"] = False  # one grid per table (TFLite's GATHER)
+                weights[renames.get(attr, attr)] = WeightBitQuantizer.from_config(config)
+            activation_attrs = [] if kind in TABLE_LAYERS | RECURRENT_LAYERS else ["activation"]
+            # A recurrent layer's activations are its cell's (calibrated on export); its output is quantized.
+            quantize_output = kind in RECURRENT_LAYERS
         elif kind == "Activation":
             if activation_name(layer.activation) in OUTPUT_ACTIVATIONS:
                 quantize_output = True

@@ -21,7 +21,8 @@ import numpy as np
 import tf_keras as keras
 
 from tf_bitpruning import costs, frontend
-from tf_bitpruning.layer_kinds import builtin_kind
+from tf_bitpruning.layer_kinds import (CALIBRATED_LAYERS, CALIBRATED_TENSORS, INPUT_CHAIN_LAYERS, PASS_THROUGH_LAYERS, TF_OP_PASS_THROUGH,
+                                       builtin_kind, op_lambda_function)
 
 KB_BITS = 8.0 * 1024.0
 # hls4ml's names for the kernels of layers with several: SeparableConv1D, and a SeparableConv2D
@@ -59,6 +60,23 @@ def _float_parameters(model: keras.Model) -> int:
     return total
 
 
+def calibrated_layers(model: keras.Model) -> List[Dict[str, str]]:
+    """Layers with tensors that no learned quantizer covers, which the TFLite export calibrates
+    at 8 bits: a LayerNormalization's ``"statistics"``, an LSTM's ``"gates and states"``, ``"all"``
+    of a layer left in float."""
+    found = []
+    for layer in model.layers:
+        user = costs.user_layer(layer)
+        if user is not layer:
+            if builtin_kind(user, exact=False) in CALIBRATED_LAYERS:
+                found.append({"layer": user.name, "tensors": CALIBRATED_TENSORS[builtin_kind(user, exact=False)]})
+        elif not (costs.is_input_quantizer(layer) or builtin_kind(layer, exact=False) in PASS_THROUGH_LAYERS
+                  or builtin_kind(layer, exact=False) in INPUT_CHAIN_LAYERS
+                  or op_lambda_function(layer) in TF_OP_PASS_THROUGH):
+            found.append({"layer": layer.name, "tensors": "all"})
+    return found
+
+
 def _fixed_type(bits: int, low: float, high: float) -> str:
     """An hls4ml/Vivado fixed-point type of ``bits`` total bits whose integer part
     covers ``[low, high]``: ``ap_ufixed<b,I>`` for non-negative ranges, else ``ap_fixed<b,I>``."""
@@ -82,7 +100,7 @@ def _hls_bits(t: costs.QuantizedTensor) -> int:
 def precision_report(model: keras.Model) -> Dict[str, Any]:
     """The per-layer costs of a bit-pruned model as a JSON-serializable dict.
 
-    Returns ``{"rows": [...], "totals": {...}, "hls4ml": {"LayerName": {...}}}``:
+    Returns ``{"rows": [...], "totals": {...}, "hls4ml": {"LayerName": {...}}, "calibrated": [...]}``:
 
     - each row: ``layer``, ``weight_bits`` (parameter-weighted over the layer's
       kernels; None without kernel), ``activation_bits`` (its quantized output;
@@ -92,6 +110,9 @@ def precision_report(model: keras.Model) -> Dict[str, Any]:
       ``avg_bits``/``avg_weight_bits``/``avg_activation_bits`` (per tensor, the
       paper's metric), ``memory_weight_bits`` (memory / parameters), the kernels'
       size in float32 and int8 and the compression against both, ``frozen``;
+    - ``calibrated``: the layers with tensors no learned quantizer covers, which the TFLite
+      export calibrates at 8 bits (``{"layer", "tensors": "statistics" | "all"}``: a
+      LayerNormalization's statistics, a layer left in float);
     - ``hls4ml``: ``{"LayerName": {name: {"Precision": {"weight": "ap_fixed<b,I>",
       "result": "ap_ufixed<b,I>"}}}}``, shaped like ``config["LayerName"]`` of
       ``hls4ml.utils.config_from_keras_model(model, granularity="name")``, to merge
@@ -171,7 +192,7 @@ def precision_report(model: keras.Model) -> Dict[str, Any]:
             low = min(float(np.asarray(t.variables["min"])), 0.0) if "min" in t.variables else 0.0
             high = max(float(np.asarray(t.variables["max"])), 0.0) if "max" in t.variables else 1.0
             precision["result"] = _fixed_type(width, low, high)
-    return {"rows": rows, "totals": totals, "hls4ml": {"LayerName": hls}}
+    return {"rows": rows, "totals": totals, "hls4ml": {"LayerName": hls}, "calibrated": calibrated_layers(model)}
 
 
 def _format_bits(value: Optional[float], frozen: bool) -> str:
@@ -233,3 +254,6 @@ def summary(model: keras.Model, print_fn: Callable[[str], Any] = print) -> None:
              f"and {t['int8_memory_kb']:.2f} kB int8 ({ratio(t['compression_vs_int8'])} smaller)")
     print_fn(f"Float parameters (biases, BatchNormalization, unquantized layers): "
              f"{_format_count(t['float_parameters'])}")
+    if report["calibrated"]:
+        print_fn("No learned grid, calibrated at 8 bits by export_tflite(representative_dataset=...): "
+                 + ", ".join(f"{c['layer']} ({c['tensors']})" for c in report["calibrated"]))

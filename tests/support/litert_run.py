@@ -33,16 +33,19 @@ def kernels(builtin: bool) -> dict:
 
 
 def run_file(path, x: np.ndarray, builtin: bool = False, preserve: bool = False):
-    """Runs a .tflite file (float or int8 I/O) on a batch; returns (float outputs, interpreter)."""
+    """Runs a .tflite file (float or int8 I/O, or integer indices in) on a batch; returns
+    (float outputs, interpreter)."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=preserve, **kernels(builtin))
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     it.resize_tensor_input(inp["index"], x.shape)
     it.allocate_tensors()
-    if inp["dtype"] != np.float32:
+    if inp["dtype"] != np.float32 and inp["quantization"][0]:
         scale, zero = inp["quantization"]
         x = np.clip(np.round(x / scale) + zero, -128, 127).astype(inp["dtype"])
+    else:
+        x = x.astype(inp["dtype"])  # float values, or integer indices (an Embedding's)
     it.set_tensor(inp["index"], x)
     it.invoke()
     y = it.get_tensor(it.get_output_details()[0]["index"])

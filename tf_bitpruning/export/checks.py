@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import tf_keras as keras
 
 from tf_bitpruning import costs
 from tf_bitpruning.export._compat import flatbuffer_utils, schema
 from tf_bitpruning.export.metadata import text
+from tf_bitpruning.layer_kinds import RECURRENT_LAYERS, builtin_kind
 from tf_bitpruning.pipeline import pipeline_for
 
 
@@ -31,6 +32,32 @@ def check_frozen(model: keras.Model, what: str = "export_tflite") -> List[costs.
             f"real-valued, e.g. {loose[:3]}). Export needs integer bitlengths: call "
             f"frozen = tfbp.freeze_bitlengths(model), fine-tune `frozen`, and export it.")
     return tensors
+
+
+def check_calibration(calibrated: Sequence[Tuple[str, str]], representative_dataset) -> None:
+    """Refuses layers with inner tensors no learned quantizer covers (``calibrated``: their
+    names and which tensors) when there is no data to calibrate them."""
+    if calibrated and representative_dataset is None:
+        layers = ", ".join(f"'{name}' ({what})" for name, what in calibrated)
+        raise ExportError(
+            f"the layers {layers} compute tensors that no learned quantizer covers (a "
+            f"LayerNormalization's statistics: mean, variance, 1/sqrt; an LSTM's or GRU's gates and "
+            f"states); the converter can make them full-integer only by calibrating them at 8 bits: pass "
+            f"representative_dataset=... (a few hundred model inputs). Their outputs stay on their learned "
+            f"grids, and the file's metadata lists the calibrated layers under 'calibrated'.")
+
+
+def check_unrolled(model: keras.Model) -> None:
+    """Refuses recurrent layers that run a loop: TFLite's converter cannot make one full-integer."""
+    inner = [getattr(layer, "layer", layer) for layer in model.layers]  # bit-pruned or left in float
+    loops = [layer.name for layer in inner  # (tf_keras or Keras 3)
+             if builtin_kind(layer, exact=False) in RECURRENT_LAYERS and not getattr(layer, "unroll", False)]
+    if loops:
+        raise ExportError(
+            f"the recurrent layers {_names(loops)} run a loop over time (unroll=False), which TFLite's "
+            f"converter cannot make full-integer. Build them with unroll=True (a fixed sequence length), "
+            f"copy the weights (model.set_weights), and export again with representative_dataset=... "
+            f"(they are left in float and calibrated at 8 bits).")
 
 
 # Float elementwise ops allowed on the float model inputs before they are quantized:

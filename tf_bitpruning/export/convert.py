@@ -16,7 +16,9 @@ def as_generator(data) -> Callable[[], Iterable[List[np.ndarray]]]:
     """A converter ``representative_dataset`` from an array (first 500 samples) or a generator function."""
     if callable(data):
         return data
-    arrays = np.asarray(data, np.float32)
+    arrays = np.asarray(data)
+    if not np.issubdtype(arrays.dtype, np.integer):  # integer inputs (token ids) stay integer
+        arrays = arrays.astype(np.float32)
 
     def gen():
         for i in range(min(len(arrays), 500)):
@@ -28,8 +30,9 @@ def as_generator(data) -> Callable[[], Iterable[List[np.ndarray]]]:
 def convert(model: keras.Model, run: Callable[..., Any], representative_dataset,
             inference_input_type, inference_output_type) -> bytes:
     """Converts ``run`` (the model's export graph) with ranges from its fake-quant ops."""
-    specs = [tf.TensorSpec([None] + list(x.shape[1:]), tf.float32, name=x.name.split(":")[0])
-             for x in model.inputs]
+    # Integer inputs (an Embedding's indices) stay integer; the others are float.
+    specs = [tf.TensorSpec([None] + list(x.shape[1:]), x.dtype if x.dtype.is_integer else tf.float32,
+                           name=x.name.split(":")[0]) for x in model.inputs]
     fn = tf.function(run, input_signature=specs, autograph=False)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -12,6 +12,8 @@ from tf_bitpruning.export.grids import WeightExport
 
 # The filter operand of every op that has one.
 FILTER_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1}
+# The table operand of the ops that look values up (an Embedding's GATHER; never packed to INT4).
+TABLE_INPUT = {"GATHER": 0}
 
 # (op name, op, filter tensor) of one exported kernel, keyed by (wrapper name, attribute).
 Matched = Dict[Tuple[str, str], Tuple[str, Any, Any]]
@@ -30,13 +32,14 @@ def op_name(model_obj, op) -> str:
 
 
 def filters(model_obj) -> List[Tuple[str, Any, Any]]:
-    """(op name, op, tensor) of every constant int8 filter."""
+    """(op name, op, tensor) of every constant int8 filter (and lookup table)."""
     found = []
     sg = model_obj.subgraphs[0]
+    operand = {**FILTER_INPUT, **TABLE_INPUT}
     for op in sg.operators:
         name = op_name(model_obj, op)
-        if name in FILTER_INPUT and len(op.inputs) > FILTER_INPUT[name]:
-            index = op.inputs[FILTER_INPUT[name]]
+        if name in operand and len(op.inputs) > operand[name]:
+            index = op.inputs[operand[name]]
             tensor = sg.tensors[index]
             if tensor.type == schema.TensorType.INT8 and tensor.buffer:
                 found.append((name, op, tensor))

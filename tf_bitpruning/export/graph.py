@@ -13,12 +13,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_bitpruning.configs import BitPruneQuantizeConfig
+from tf_bitpruning.configs import BitPruneQuantizeConfig, weight_owner
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError, check_frozen
 from tf_bitpruning.export.grids import ActivationExport, WeightExport
 from tf_bitpruning.export.layer_rules import AVERAGES, VALUE_PRESERVING, as_depthwise, coarsens, pool_bands
 from tf_bitpruning.export.plan import Plan, build_plan
+from tf_bitpruning.export.rows import dense_on_rows, einsum_contraction, einsum_on_rows, layer_norm_ops
 from tf_bitpruning.layer_kinds import INPUT_CHAIN_LAYERS, TRAINING_ONLY
 
 L = keras.layers
@@ -68,8 +69,9 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs, codes: IdentityCodes):
     saved: Dict[str, Any] = {}
 
     def swap(attr, value):
-        old = _compat.set_attribute(inner, attr, value)
-        saved.setdefault(attr, old)
+        owner = weight_owner(inner, attr)  # the layer, or its cell (an LSTM's kernels)
+        old = _compat.set_attribute(owner, attr, value)
+        saved.setdefault((owner, attr), old)
 
     try:
         if layer.name in plan.relu_rescaled:  # one rounding, in a depthwise conv (plan.coarsens)
@@ -95,11 +97,18 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs, codes: IdentityCodes):
             kernel = plan.weights.get((layer.name, "kernel"))
             if isinstance(inner, L.Dense) and kernel is not None and kernel.scale.ndim > 0:
                 out = dense_as_conv(inner, inputs, kernel)
+            elif isinstance(inner, L.Dense) and getattr(inputs, "shape", None) is not None \
+                    and inputs.shape.rank is not None and inputs.shape.rank > 2:
+                out = dense_on_rows(inner, inputs)
+            elif isinstance(inner, L.EinsumDense) and einsum_contraction(inner.equation) is not None:
+                out = einsum_on_rows(inner, inputs)
             elif type(inner) is L.Conv1D and kernel is not None:
                 out = conv1d_as_conv2d(inner, inputs, kernel)
             elif as_depthwise(layer):
                 _, variables = _compat.output_quantizer(layer)
                 out = avg_pool_as_depthwise(inner, inputs, plan.act(variables))
+            elif layer.name in plan.calibrated and isinstance(inner, L.LayerNormalization):
+                out = layer_norm_ops(inner, inputs)
             elif layer.name in plan.unfolded_bn:
                 m, c, codes = plan.unfolded_bn[layer.name]
                 out = bn_as_depthwise(inner.name, m, c, inputs, codes)
@@ -123,8 +132,8 @@ def run_wrapper(layer, plan: Plan, inputs, kwargs, codes: IdentityCodes):
                    else quantizer(out, False, weights=variables))
         return out
     finally:
-        for attr, value in saved.items():
-            _compat.set_attribute(inner, attr, value)
+        for (owner, attr), value in saved.items():
+            _compat.set_attribute(owner, attr, value)
 
 
 def _on_output_grid(layer, plan: Plan, inputs, codes: IdentityCodes):

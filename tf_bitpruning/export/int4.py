@@ -147,7 +147,9 @@ def verify_int4(int8_model: bytes, int4_model: bytes, required: bool = False) ->
         it.allocate_tensors()
         rng = np.random.default_rng(0)
         for d in it.get_input_details():
-            if np.issubdtype(d["dtype"], np.integer):
+            if np.issubdtype(d["dtype"], np.integer) and not d["quantization"][0]:
+                x = rng.integers(0, 1, size=d["shape"], endpoint=True)  # indices (an Embedding's)
+            elif np.issubdtype(d["dtype"], np.integer):
                 info = np.iinfo(d["dtype"])
                 x = rng.integers(info.min, info.max, size=d["shape"], endpoint=True)
             else:

@@ -85,6 +85,10 @@ class Plan(Grids):
     # Merges of more than two tensors: TFLite's integer ADD, MUL, MAXIMUM, MINIMUM take two, so
     # the converter chains them and the partial results have no grid (named in the error).
     wide_merges: Tuple[str, ...]
+    # Layers with inner tensors no learned quantizer covers (LayerNormalization's statistics),
+    # (or an LSTM's gates and states) calibrated at 8 bits from the representative dataset:
+    # wrapper -> (the user's layer name, which tensors).
+    calibrated: Mapping[str, Tuple[str, str]]
     # Several plain relu layers reading one tensor (NASNet's cells): each quantizes its
     # input onto its own output grid before the relu (ActivationExport.relu).
     relu_first: Mapping[str, ActivationExport]
@@ -124,5 +128,6 @@ def build_plan(model: keras.Model, int4_ops: Sequence[str] = (), fine_bias: bool
         relu_rescaled=_frozen(build.relu_rescaled(model, grids)),
         concat_grid=_frozen(layer_grids["concat_grid"]), preserved=_frozen(layer_grids["preserved"]),
         same_scale=_frozen(layer_grids["same_scale"]),
-        separable=floats["separable"], wide_merges=floats["wide_merges"])
+        separable=floats["separable"], wide_merges=floats["wide_merges"],
+        calibrated=_frozen(build.calibrated_layers(model)))
 

@@ -21,6 +21,8 @@ import numpy as np
 import tf_keras as keras
 
 from tf_bitpruning import costs
+from tf_bitpruning.layer_kinds import CALIBRATED_LAYERS, CALIBRATED_TENSORS, INPUT_CHAIN_LAYERS, PASS_THROUGH_LAYERS
+from tf_bitpruning.registry import is_pass_through
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.grids import ActivationExport, WeightExport, int_bits, weight_export
 from tf_bitpruning.export.int4 import packed_as
@@ -56,7 +58,8 @@ def find_folds(model: keras.Model) -> Tuple[Dict[str, Fold], FrozenSet[str]]:
 def layer_weights(layer, fold: Optional[Fold], int4_ops: Sequence[str],
                   fine_bias: bool) -> Dict[Tuple[str, str], WeightExport]:
     """The b-bit kernels of a bit-pruned layer (``fold``: the BN folded into it)."""
-    has_bias = fold is not None or bool(getattr(_compat.inner(layer), "use_bias", False))
+    inner = _compat.inner(layer)  # (an LSTM's bias is its cell's: not one int32 bias of a kernel op)
+    has_bias = fold is not None or (bool(getattr(inner, "use_bias", False)) and hasattr(inner, "bias"))
     weights = {}
     for weight, quantizer, variables, attr in _compat.weight_quantizers(layer):
         if not isinstance(quantizer, WeightBitQuantizer):
@@ -106,7 +109,8 @@ def bias_tables(model: keras.Model, grids: Grids, weights: Mapping, fold_into: M
     owners = {key[0] for key in weights}
     for layer in model.layers:
         inner = _compat.inner(layer)
-        if (layer.name in fold_into or getattr(inner, "use_bias", False)) and layer.name in owners:
+        if (layer.name in fold_into or (getattr(inner, "use_bias", False) and hasattr(inner, "bias"))) \
+                and layer.name in owners:
             grid = grids.layer_input_grid(layer)
             if grid is not None:
                 input_grid[layer.name] = grid
@@ -225,6 +229,23 @@ def depthwise_inputs(model: keras.Model, grids: Grids, unfolded_bn: Mapping) -> 
     """The input grid of each layer run as a depthwise conv (an unfolded BN, an average pooling)."""
     return _grid_table(model, grids.layer_input_grid,
                        lambda layer: layer.name in unfolded_bn or as_depthwise(layer))
+
+
+def calibrated_layers(model: keras.Model) -> Dict[str, Tuple[str, str]]:
+    """Bit-pruned layers with inner tensors that no learned quantizer covers
+    (``layer_kinds.CALIBRATED_LAYERS``): wrapper name -> (the user's layer name, which tensors)."""
+    return {layer.name: (layer.layer.name, CALIBRATED_TENSORS[type(_compat.inner(layer)).__name__])
+            for layer in model.layers
+            if bitpruned(layer) and type(_compat.inner(layer)).__name__ in CALIBRATED_LAYERS}
+
+
+def unquantized_layers(model: keras.Model) -> Tuple[str, ...]:
+    """Layers left in float (``skip_layers``) that compute something: the converter calibrates
+    them (``representative_dataset``). Not the ones that only move values."""
+    return tuple(layer.name for layer in model.layers
+                 if not isinstance(layer, (_compat.QuantizeWrapper, _compat.QuantizeLayer))
+                 and type(layer).__name__ not in PASS_THROUGH_LAYERS | INPUT_CHAIN_LAYERS
+                 and not is_pass_through(layer))
 
 
 def float_layers(model: keras.Model) -> Dict[str, Tuple[str, ...]]:

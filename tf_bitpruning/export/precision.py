@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import tf_keras as keras
@@ -16,8 +16,11 @@ from tf_bitpruning.export.grids import int_bits
 
 
 def precision_info(model: keras.Model, tensors: List[costs.QuantizedTensor],
-                   storage: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    """The metadata JSON: every tensor's bits, elements and storage; per-layer bits; averages."""
+                   storage: Dict[str, Dict[str, Any]], calibrated: Sequence[Tuple[str, str]] = (),
+                   float_layers: Sequence[str] = ()) -> Dict[str, Any]:
+    """The metadata JSON: every tensor's bits, elements and storage; per-layer bits; averages;
+    and the layers the converter calibrated at 8 bits: the inner tensors of ``calibrated``
+    ((name, which tensors): LayerNormalization's statistics), all of ``float_layers`` (left in float)."""
     entries, layers = [], {}
     for t in tensors:
         bits = int_bits(t.quantizer, t.variables)
@@ -37,11 +40,17 @@ def precision_info(model: keras.Model, tensors: List[costs.QuantizedTensor],
         chosen = [t for t in tensors if kind is None or t.kind == kind]
         return round(float(costs.average_bits_tensor(chosen)), 4) if chosen else None
 
-    return {"format": _metadata.FORMAT_VERSION, "tool": "tf_bitpruning",
+    info = {"format": _metadata.FORMAT_VERSION, "tool": "tf_bitpruning",
             "version": __version__, "model": model.name,
             "average_bits": {"all": average(None), "weights": average("weights"),
                              "activations": average("activations")},
             "layers": layers, "tensors": entries}
+    # Tensors no learned quantizer covers (a LayerNormalization's statistics, a float layer's).
+    entries = list(calibrated) + [(name, "all") for name in float_layers]
+    if entries:
+        info["calibrated"] = [{"layer": name, "tensors": what, "bits": 8, "source": "representative_dataset"}
+                              for name, what in entries]
+    return info
 
 
 

@@ -29,7 +29,8 @@ import tf_keras as keras
 
 from tf_bitpruning._files import write_atomic
 from tf_bitpruning.export import metadata as _metadata
-from tf_bitpruning.export.checks import ExportError, check_frozen, check_full_integer
+from tf_bitpruning.export.checks import (ExportError, check_calibration, check_frozen, check_full_integer,
+                                         check_unrolled)
 from tf_bitpruning.export.convert import convert
 from tf_bitpruning.export.fine_bias import refine_inputs
 from tf_bitpruning.export.flatbuffer import match_filters, read, to_bytes
@@ -39,6 +40,7 @@ from tf_bitpruning.export.int4 import (FAST_INT4_OPS, INT4_OPS, Int4Mode, int4_o
                                        pack_int4_values, unpack_int4, unpack_int4_values)
 from tf_bitpruning.export.int4 import verify_int4 as _verify_int4
 from tf_bitpruning.export.plan import build_plan
+from tf_bitpruning.export.plan_build import unquantized_layers
 from tf_bitpruning.export.precision import int_or_list, precision_info, write_precision
 from tf_bitpruning.export.rename import rename_tensors
 from tf_bitpruning.export.requantize import precise_requantize
@@ -103,6 +105,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
       The precision metadata written to the file (see :mod:`.metadata`).
     """
     check_frozen(model)
+    check_unrolled(model)  # before a Keras 3 model's twin is built (either Keras' layers)
     model = pipeline_for(model).export_model(model)  # a Keras 3 model's tf_keras twin
     tensors = check_frozen(model)
     path = os.fspath(path)
@@ -112,8 +115,16 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     ops = int4_ops_for(int4, int4_ops)
 
     plan = build_plan(model, ops, fine_bias)
-    content = convert(model, export_graph(model, plan), representative_dataset,
-                      inference_input_type, inference_output_type)
+    check_calibration(sorted(plan.calibrated.values()), representative_dataset)
+    left = unquantized_layers(model)
+    try:
+        content = convert(model, export_graph(model, plan), representative_dataset,
+                          inference_input_type, inference_output_type)
+    except ExportError as e:
+        if left and representative_dataset is None:  # the converter's words, and what to do
+            raise ExportError(f"{e} The layers {left[:5]} are left in float: pass representative_dataset=... "
+                              f"so the converter calibrates them at 8 bits.") from e
+        raise
     model_obj = read(content)
     calibrated = representative_dataset is not None
     check_full_integer(model_obj, float_layers=() if calibrated else plan.separable,
@@ -133,7 +144,8 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
                             "tflite_tensor": _metadata.text(tensor.name), "tflite_op": op_name,
                             "code_multiplier": int_or_list(plan.weights[key].multiplier)}
                for key, (op_name, _, tensor) in matched.items()}
-    info = precision_info(model, tensors, storage)
+    info = precision_info(model, tensors, storage, calibrated=sorted(plan.calibrated.values()),
+                          float_layers=left if calibrated else ())
     write_precision(model_obj, info)
     final = to_bytes(model_obj)
     if packed and verify_int4 is not False:

@@ -19,7 +19,7 @@ from tf_bitpruning import costs, flatten, layout
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
 from tf_bitpruning.keras3.layers import BitPrunedModel, BitPruneInputQuantizer, BitPruneWrapper
-from tf_bitpruning.layer_kinds import SPLIT_LAYERS, builtin_kind
+from tf_bitpruning.layer_kinds import SPLIT_LAYERS, builtin_kind, integer_dtype
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 from tf_bitpruning.registry import BitPruneQuantizeRegistry, is_quantizable
 
@@ -142,7 +142,8 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
     splits = _splits(layers, skip)
     configs, chained = _configs(graph, registry, skip, quantize_inputs, splits)
     input_names = _compat.input_names(graph)
-    quantized = [name for name in input_names if quantize_inputs and name not in chained]
+    indices = {name for name, x in zip(input_names, graph.inputs) if integer_dtype(x.dtype)}  # an Embedding's
+    quantized = [name for name in input_names if quantize_inputs and name not in chained | indices]
 
     def entry(name, inp):
         if name not in quantized:
@@ -227,6 +228,12 @@ def _copy_variables(source: keras.layers.Layer, target: keras.layers.Layer) -> N
     non-trainable moves in the layer's variable order; paths differ between a built
     and a loaded model)."""
     by_name = {v.name: v for v in source.variables}
+    if len(by_name) != len(source.variables) and len(source.variables) == len(target.variables) \
+            and all(tuple(a.shape) == tuple(b.shape) for a, b in zip(source.variables, target.variables)):
+        # Names repeat (a float MultiHeadAttention's sublayers: kernel, bias, ...): one class, in order.
+        for s, t in zip(source.variables, target.variables):
+            t.assign(s)
+        return
     if len(by_name) != len(source.variables) or len(source.variables) != len(target.variables):
         raise ValueError(f"Layer '{target.name}': cannot match its {len(target.variables)} variables "
                          f"to the source layer's {len(source.variables)}.")

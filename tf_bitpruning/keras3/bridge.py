@@ -24,7 +24,7 @@ from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
 from tf_bitpruning.keras3.api import rerun
 from tf_bitpruning.keras3.layers import BitPruneInputQuantizer, BitPruneWrapper
-from tf_bitpruning.layer_kinds import KERAS3_KERNEL_ATTRS
+from tf_bitpruning.layer_kinds import KERAS3_KERNEL_ATTRS, integer_dtype
 from tf_bitpruning.quantizers import ActivationBitQuantizer
 from tf_bitpruning.scheme import BitPruneQuantizeScheme
 
@@ -50,6 +50,8 @@ def _tf_keras_layer(class_name: str, config: Dict[str, Any]):
     accepted = set(inspect.signature(cls.__init__).parameters) | _BASE_KEYS
     kept = {k: v for k, v in config.items() if k in accepted
             and not k.endswith(("_initializer", "_regularizer", "_constraint"))}
+    if class_name == "MultiHeadAttention":  # tf_keras' from_config reads these (None: built on call)
+        kept.update(query_shape=None, key_shape=None, value_shape=None)
     if "dtype" in kept:
         kept["dtype"] = _dtype_name(kept["dtype"])
     if isinstance(kept.get("activation"), str) and kept["activation"] in _KERAS3_ACTIVATIONS:
@@ -116,10 +118,18 @@ def to_tf_keras(model: keras.Model) -> tf_keras.Model:
     _copy_quantizer_state(model, twin)
     # Inputs at the scales models take (normalized, and raw pixels before a Rescaling).
     rng = np.random.RandomState(0)
-    probe = [np.concatenate([scale * rng.standard_normal((4,) + tuple(x.shape[1:])) for scale in (1, 16, 128)])
+    probe = [_index_probe(model, x, rng) if integer_dtype(x.dtype) else
+             np.concatenate([scale * rng.standard_normal((4,) + tuple(x.shape[1:])) for scale in (1, 16, 128)])
              .astype(x.dtype) for x in graph.inputs]
     check_twin(model, twin, probe if len(probe) > 1 else probe[0])
     return twin
+
+
+def _index_probe(model, x, rng) -> np.ndarray:
+    """Integer inputs (token ids) that every Embedding of ``model`` can look up."""
+    inner = [getattr(layer, "layer", layer) for layer in model.layers]
+    sizes = [layer.input_dim for layer in inner if isinstance(layer, keras.layers.Embedding)]
+    return rng.randint(0, min(sizes, default=2), size=(12,) + tuple(x.shape[1:])).astype(x.dtype)
 
 
 def _copy_quantizer_state(model, twin) -> None:

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tf_bitpruning import _compat as _tfmot_compat
 from tf_bitpruning import activations, costs
-from tf_bitpruning.configs import BitPruneQuantizeConfig
+from tf_bitpruning.configs import BitPruneQuantizeConfig, weight_owner
 from tf_bitpruning.keras3 import _compat
 from tf_bitpruning.layer_kinds import activation_name
 from tf_bitpruning.quantizers import ActivationBitQuantizer
@@ -70,7 +70,7 @@ class BitPruneWrapper(keras.layers.Wrapper):
         config = self.quantize_config
         self._weight_vars: List[Tuple[Any, Any, Dict[str, Any], str]] = []
         for attr, quantizer in config.weight_quantizers.items():
-            weight = getattr(self.layer, attr, None)
+            weight = getattr(weight_owner(self.layer, attr), attr, None)
             if weight is None:
                 raise AttributeError(f"Layer '{self.layer.name}' ({type(self.layer).__name__}) has no "
                                      f"attribute '{attr}' named in its BitPruneQuantizeConfig.")
