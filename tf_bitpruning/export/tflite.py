@@ -30,6 +30,7 @@ import tf_keras as keras
 from tf_bitpruning._compat import is_keras3
 from tf_bitpruning._files import write_atomic
 from tf_bitpruning.export import metadata as _metadata
+from tf_bitpruning.export.align import apply_moves, bias_moves
 from tf_bitpruning.export.checks import ExportError, check_frozen, check_full_integer
 from tf_bitpruning.export.convert import convert
 from tf_bitpruning.export.fine_bias import refine_inputs
@@ -52,7 +53,8 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
                   int4: Int4Mode = "auto", int4_ops: Optional[Sequence[str]] = None,
                   inference_input_type: tf.DType = tf.float32,
                   inference_output_type: tf.DType = tf.float32,
-                  verify_int4: Optional[bool] = None, fine_bias: bool = True) -> Dict[str, Any]:
+                  verify_int4: Optional[bool] = None, fine_bias: bool = True,
+                  align: bool = True) -> Dict[str, Any]:
     """Writes a frozen bit-pruned model as a full-integer TFLite model.
 
     Every tensor is stored in an int8 container on its learned b-bit grid (at most
@@ -98,10 +100,18 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
         int8 grid (one int8 -> int8 QUANTIZE op each; none for 8-bit inputs).
         Values and code counts are unchanged; ``False`` keeps every int8 scale
         equal to its b-bit step.
+      align: the file adds each bias on an int32 grid where Keras adds a float;
+        at most half a bias step apart, that flips outputs near a rounding midpoint
+        (docs/export.md). ``True`` (default): once the file is written, ``model``'s
+        biases (or the offsets of BatchNormalizations folded into them) are moved
+        in place onto the values the file adds (:func:`align_to_tflite`), so the
+        model you evaluate computes what the file computes. ``False``: ``model``
+        is left as it was (call :func:`align_to_tflite` later, or train on).
 
     Returns:
       The precision metadata written to the file (see :mod:`.metadata`).
     """
+    given = model
     if is_keras3(model):
         from tf_bitpruning.keras3.bridge import to_tf_keras
         check_frozen(model)
@@ -141,5 +151,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     if packed and verify_int4 is not False:
         _verify_int4(content, final, required=verify_int4 is True)
 
+    moves = bias_moves(model, read(final), path)[1] if align else []  # before writing: a refusal writes nothing
     write_atomic(path, final)
+    apply_moves(given, moves)
     return info

@@ -179,8 +179,9 @@ def _feeds_annotated(graph, input_name: str, skip: set) -> bool:
 
 
 def lift_ops(model: keras.Model) -> keras.Model:
-    """``model`` with each raw ``keras.ops`` call as a :class:`~tf_bitpruning.keras3.ops.KerasOpLambda`
-    (its other layers shared), or ``model`` itself if it has none."""
+    """A copy of ``model`` with each raw ``keras.ops`` call as a
+    :class:`~tf_bitpruning.keras3.ops.KerasOpLambda` (its layers cloned, weights copied: a
+    shared layer would count the copy's consumers too), or ``model`` itself if it has none."""
     graph = _compat.functional_graph(model)
     if not any(ops.is_raw_op(op) for op in _compat.graph_operations(graph)):
         return model
@@ -188,7 +189,7 @@ def lift_ops(model: keras.Model) -> keras.Model:
 
     def lifted(op):
         if not ops.is_raw_op(op):
-            return op
+            return _clone(op)
 
         def call(*args, **kwargs):
             name = layout.unique_name(op.name, layer_names)  # a layer may have an op's name
@@ -197,7 +198,11 @@ def lift_ops(model: keras.Model) -> keras.Model:
             return layer(tensor)
         return call
 
-    return rerun(graph, lifted, make_model=keras.Model, name=model.name)[0]
+    result, twins = rerun(graph, lifted, make_model=keras.Model, name=model.name)
+    for op in _compat.graph_operations(graph):
+        if not ops.is_raw_op(op) and op.name in twins:
+            twins[op.name].set_weights(op.get_weights())
+    return result
 
 
 def rerun(graph, twin_of: Callable[[Any], Any], entry: Callable[[str, Any], Any] = lambda name, x: x,

@@ -1,0 +1,80 @@
+"""Raw ``keras.ops`` calls in a Keras 3 model (``x + 3.0``: tf_keras' ``TFOpLambda``), and
+the export twin's input quantizers (issue 19, item 4)."""
+
+import keras as keras3
+import numpy as np
+import pytest
+import tf_keras
+
+import tf_bitpruning as tfbp
+from tf_bitpruning import costs
+from tf_bitpruning.keras3.bridge import to_tf_keras
+from tf_bitpruning.keras3.ops import KerasOpLambda
+
+
+def hard_swish_net(keras):
+    """MobileNetV3's pieces, written the same way in both Kerases: the input padded first
+    (ResNet50V2, DenseNet121), hard sigmoid as raw math ``ReLU(6)(x + 3) * (1/6)`` (a
+    ``TFOpLambda`` in tf_keras, bare ``keras.ops`` in Keras 3), a squeeze-excite Multiply."""
+    L = keras.layers
+    inputs = keras.Input((8, 8, 1))
+    x = L.BatchNormalization()(L.Conv2D(8, 3, use_bias=False)(L.ZeroPadding2D(1)(inputs)))
+    x = L.Multiply()([x, L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+    y = L.ReLU()(L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same")(x)))
+    x = L.GlobalAveragePooling2D()(L.Add()([x, y]))
+    return keras.Model(inputs, L.Dense(10)(x))
+
+
+def _kinds(model):
+    return sorted(t.kind for t in costs.quantized_tensors(model))
+
+
+def test_raw_ops_are_quantized_as_tf_keras_op_lambdas():
+    """The same tensors are quantized under both Kerases, the raw ops' among them; the
+    twin (before the fix: no input quantizer before the padding, refused) is the model."""
+    ours = tfbp.bitprune_model(hard_swish_net(keras3))
+    theirs = tfbp.bitprune_model(hard_swish_net(tf_keras))
+    lifted = {layer.layer.function: layer.layer.name for layer in ours.layers
+              if isinstance(getattr(layer, "layer", None), KerasOpLambda)}
+    assert sorted(lifted) == ["math.add", "math.multiply"]
+    assert _kinds(ours) == _kinds(theirs)
+    # x + 3 feeds ReLU(6), which re-quantizes it: only the * (1/6) output has a grid, in both.
+    ours_bits, theirs_bits = tfbp.bitlengths(ours), tfbp.bitlengths(theirs)
+    assert f"{lifted['math.multiply']}/activations" in ours_bits and "tf.math.multiply/activations" in theirs_bits
+    assert f"{lifted['math.add']}/activations" not in ours_bits
+    assert not any(name.startswith("tf.__operators__.add") for name in theirs_bits)
+    assert "quantize_layer/activations" in tfbp.bitlengths(ours)
+    twin = to_tf_keras(ours)  # checks the twin's outputs against the model's
+    assert len(costs.quantized_tensors(twin)) == len(costs.quantized_tensors(ours))
+
+
+def test_an_input_read_only_by_a_skipped_layer_is_not_quantized():
+    """As under tfmot: an input gets a quantizer only before a layer that is bit-pruned."""
+    for keras in (keras3, tf_keras):
+        L = keras.layers
+        inputs = keras.Input((6,))
+        model = keras.Model(inputs, L.Dense(3, name="head")(L.Dense(4, name="first")(inputs)))
+        bits = tfbp.bitlengths(tfbp.bitprune_model(model, skip_layers=["first"]))
+        assert "quantize_layer/activations" not in bits and "head/weights" in bits, (keras.__name__, bits)
+
+
+def test_raw_ops_save_and_load(tmp_path):
+    bp = tfbp.bitprune_model(hard_swish_net(keras3))
+    x = np.random.RandomState(0).rand(4, 8, 8, 1).astype("float32")
+    path = str(tmp_path / "bp.keras")
+    bp.save(path)
+    np.testing.assert_allclose(keras3.saving.load_model(path)(x), bp(x), atol=1e-6)
+
+
+def test_raw_ops_that_cannot_be_bit_pruned_are_refused_by_name():
+    L, ops = keras3.layers, keras3.ops
+
+    def refused(make, match):
+        inputs = keras3.Input((4,))
+        with pytest.raises(ValueError, match=match):
+            tfbp.bitprune_model(keras3.Model(inputs, L.Dense(2)(make(inputs))))
+
+    refused(lambda x: ops.hard_sigmoid(x), r"op 'hard_sigmoid' \(HardSigmoid\).*no TFOpLambda counterpart.*"
+                                           r"Use a layer")
+    refused(lambda x: ops.add(x, L.Dense(4)(x)), r"'add.*' \(Add\) is called on 2 tensors.*keras.layers.Add")
+    refused(lambda x: 1.0 - x, r"'subtract.*' \(Subtract\) has its tensor as operand 2; write the constant second")
