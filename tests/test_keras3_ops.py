@@ -29,6 +29,24 @@ def _kinds(model):
     return sorted(t.kind for t in costs.quantized_tensors(model))
 
 
+def test_raw_ops_become_op_lambda_layers():
+    """x + 3 and * (1/6) become KerasOpLambda layers naming TFOpLambda's functions; the add
+    feeds ReLU(6), which re-quantizes it, so only the multiply's output has a grid."""
+    inputs = keras3.Input((4, 4, 2))
+    x = keras3.layers.Conv2D(2, 1)(inputs)
+    x = keras3.ops.reshape(keras3.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0), (-1, 32))
+    bp = tfbp.bitprune_model(keras3.Model(inputs, keras3.layers.Dense(3)(x)))
+    lifted = {op.function: op for op in (getattr(layer, "layer", layer) for layer in bp.layers)
+              if isinstance(op, KerasOpLambda)}
+    assert sorted(lifted) == ["math.add", "math.multiply", "reshape"]
+    assert not hasattr(bp.get_layer(lifted["reshape"].name), "quantize_config")  # passed through, unwrapped
+    bits = tfbp.bitlengths(bp)
+    assert f"{lifted['math.multiply'].name}/activations" in bits and f"{lifted['math.add'].name}/activations" not in bits
+    x = np.random.RandomState(0).rand(2, 4, 4, 2).astype("float32")
+    assert bp(x).shape == (2, 3)
+
+
+@pytest.mark.slow
 def test_raw_ops_are_quantized_as_tf_keras_op_lambdas():
     """The same tensors are quantized under both Kerases, the raw ops' among them; the
     twin (before the fix: no input quantizer before the padding, refused) is the model."""
@@ -58,6 +76,7 @@ def test_an_input_read_only_by_a_skipped_layer_is_not_quantized():
         assert "quantize_layer/activations" not in bits and "head/weights" in bits, (keras.__name__, bits)
 
 
+@pytest.mark.slow
 def test_raw_ops_save_and_load(tmp_path):
     bp = tfbp.bitprune_model(hard_swish_net(keras3))
     x = np.random.RandomState(0).rand(4, 8, 8, 1).astype("float32")
