@@ -46,6 +46,18 @@ def test_raw_ops_become_op_lambda_layers():
     assert bp(x).shape == (2, 3)
 
 
+def test_raw_ops_in_a_nested_model():
+    """A backbone with raw math, nested in the model: flattened, then lifted."""
+    L = keras3.layers
+    inputs = keras3.Input((4,))
+    inner = keras3.Model(inputs, L.ReLU(6.0)(L.Dense(4)(inputs) + 3.0) * (1.0 / 6.0), name="inner")
+    outer_inputs = keras3.Input((4,))
+    bp = tfbp.bitprune_model(keras3.Model(outer_inputs, L.Dense(2, name="head")(inner(outer_inputs))))
+    lifted = [layer.layer.function for layer in bp.layers if isinstance(getattr(layer, "layer", None), KerasOpLambda)]
+    assert sorted(lifted) == ["math.add", "math.multiply"]
+    assert bp(np.ones((3, 4), "float32")).shape == (3, 2)
+
+
 @pytest.mark.slow
 def test_raw_ops_are_quantized_as_tf_keras_op_lambdas():
     """The same tensors are quantized under both Kerases, the raw ops' among them; the
