@@ -108,6 +108,13 @@ class KerasOpLambda(keras.layers.Layer):
     """A raw ``keras.ops`` call on one tensor (``x + 3.0``) as a layer: Keras 3's
     counterpart of tf_keras' ``TFOpLambda`` (see module doc). ``bitprune_model`` makes
     them: ``operation`` is the serialized op, ``constants`` its operands after the tensor.
+
+    >>> import keras
+    >>> x = keras.Input((4,))
+    >>> add = keras.Model(x, x + 3.0).operations[-1]   # the raw op Keras 3 recorded
+    >>> layer = KerasOpLambda(keras.saving.serialize_keras_object(add), [3.0])
+    >>> layer.function, layer.tf_call()
+    ('math.add', ('math.add', {'y': 3.0}))
     """
 
     def __init__(self, operation: Dict[str, Any], constants: Sequence[Any] = (), **kwargs):
