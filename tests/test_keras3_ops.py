@@ -109,3 +109,27 @@ def test_raw_ops_that_cannot_be_bit_pruned_are_refused_by_name():
                                            r"Use a layer")
     refused(lambda x: ops.add(x, L.Dense(4)(x)), r"'add.*' \(Add\) is called on 2 tensors.*keras.layers.Add")
     refused(lambda x: 1.0 - x, r"'subtract.*' \(Subtract\) has its tensor as operand 2; write the constant second")
+
+
+class _Outputs:
+    """Stands in for a model in check_twin: fixed outputs."""
+    name = "m"
+
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+    def __call__(self, inputs, training=False):
+        return self.outputs
+
+
+def test_the_twin_check_refuses_other_semantics_not_one_rounding_flip():
+    """ResNet50V2's twin was refused for one probe input whose outputs a midpoint flip, amplified
+    by depth, moved 1.0 % of the range; a layer with other semantics moves most inputs."""
+    from tf_bitpruning.keras3.bridge import check_twin
+
+    ours = np.linspace(0.0, 1.0, 120).reshape(12, 10)
+    one_flip = ours.copy()
+    one_flip[3] += 0.02
+    check_twin(_Outputs(ours), _Outputs(one_flip), None)
+    with pytest.raises(RuntimeError, match=r"computes other outputs \(\d+% of the probe inputs"):
+        check_twin(_Outputs(ours), _Outputs(ours * 1.05), None)
