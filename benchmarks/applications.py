@@ -13,6 +13,7 @@ at >= 99.5 % there); file sizes against tfmot int8 and float32. Models train a f
 
     python benchmarks/applications.py                          # every family
     python benchmarks/applications.py --families=MobileNetV3Small,DenseNet121
+    python benchmarks/applications.py --keras=3   # Keras 3 applications; docs/applications_keras3.*
     nohup python benchmarks/applications.py > /tmp/applications.log 2>&1 &
 
 Each family runs in its own process; results go to ``--out``.json (merged with
@@ -73,7 +74,10 @@ flags.DEFINE_integer("eval_inputs", 256, "Inputs compared between Keras and Lite
 flags.DEFINE_float("tie_margin", 0.05, "Near-tie: Keras top-2 margin below this share of the logit range.")
 flags.DEFINE_bool("tfmot", True, "Also try tfmot's 8-bit QAT.")
 flags.DEFINE_enum("int4", "auto", ["auto", "true", "false"], "export_tflite(int4=...).")
-flags.DEFINE_string("out", os.path.join(ROOT, "docs", "applications"), "Output prefix (.json, .md).")
+flags.DEFINE_enum("keras", "2", ["2", "3"], "The Keras whose applications run: tf_keras (2) or Keras 3 "
+                  "(`import keras`; no tfmot column: tfmot does not take Keras 3 models).")
+flags.DEFINE_string("out", None, "Output prefix (.json, .md); default docs/applications (--keras=2), "
+                    "docs/applications_keras3 (--keras=3).")
 flags.DEFINE_enum("activation_range", "expand", ["expand", "ema"],
                   "bitprune_model(activation_range=...): these networks train from random weights (docs/concepts.md).")
 flags.DEFINE_bool("trace", False, "Per quantized layer: share of elements LiteRT puts on another grid point than Keras.")
@@ -81,8 +85,22 @@ flags.DEFINE_string("one", None, "Internal: run one family in this process, prin
 FLAGS = flags.FLAGS
 
 
+def K():
+    """The Keras of this run (``--keras``)."""
+    if FLAGS.keras == "3":
+        import keras
+        return keras
+    import tf_keras
+    return tf_keras
+
+
+def out_prefix() -> str:
+    default = "applications_keras3" if FLAGS.keras == "3" else "applications"
+    return FLAGS.out or os.path.join(ROOT, "docs", default)
+
+
 def build(name: str):
-    import tf_keras as keras
+    keras = K()
 
     size, extra, _ = {**FAMILIES, **EXTRA}[name]
     if name == "ResidualStack12":
@@ -93,7 +111,7 @@ def build(name: str):
 
 
 def residual_stack(size: int, blocks: int):
-    import tf_keras as keras
+    keras = K()
 
     L = keras.layers
     inputs = keras.Input((size, size, 3))
@@ -177,11 +195,16 @@ def run_tfmot(name: str, xtr, ytr, workdir: str) -> dict:
     result = {}
     try:
         float_model = build(name)
-        converter = tf.lite.TFLiteConverter.from_keras_model(float_model)
+        if FLAGS.keras == "3":
+            converter = tf.lite.TFLiteConverter.from_concrete_functions(
+                [tf.function(float_model).get_concrete_function(
+                    tf.TensorSpec((1,) + tuple(float_model.inputs[0].shape[1:]), tf.float32))])
+        else:
+            converter = tf.lite.TFLiteConverter.from_keras_model(float_model)
         result["float32_bytes"] = len(converter.convert())
     except Exception as e:  # noqa: BLE001 (reported)
         result["float32_error"] = _error(e)
-    if not FLAGS.tfmot:
+    if not FLAGS.tfmot or FLAGS.keras == "3":
         return result
     try:
         _log(name, "tfmot")
@@ -224,7 +247,7 @@ def commit() -> str:
 
 
 def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
-    import tf_keras as keras
+    keras = K()
 
     import tf_bitpruning as tfbp
     from tf_bitpruning import costs
@@ -259,11 +282,13 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         _log(name, stage)
         path = os.path.join(workdir, "ours.tflite")
         int4 = {"auto": "auto", "true": True, "false": False}[FLAGS.int4]
+        # align=False: the agreement columns measure the model before and after align_to_tflite
+        # (export_tflite's default, align=True, leaves it aligned).
         try:  # learned grids only; calibration data only where a tensor has none
-            tfbp.export_tflite(frozen, path, int4=int4)
+            tfbp.export_tflite(frozen, path, int4=int4, align=False)
         except ExportError:
             result["representative_dataset"] = True
-            tfbp.export_tflite(frozen, path, representative_dataset=xtr[:64], int4=int4)
+            tfbp.export_tflite(frozen, path, representative_dataset=xtr[:64], int4=int4, align=False)
         result["ours_bytes"] = os.path.getsize(path)
         stage = "LiteRT"
         _log(name, stage)
@@ -286,12 +311,12 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
 
 
 def run_one(name: str) -> dict:
-    import tf_keras as keras
+    keras = K()
 
     keras.utils.set_random_seed(0)
     size, _, raw = {**FAMILIES, **EXTRA}[name]
     xtr, ytr, xte, yte = digits(size, raw)
-    result = {"family": name, "input": size, "commit": commit()}
+    result = {"family": name, "input": size, "commit": commit(), "keras": keras.__version__}
     with tempfile.TemporaryDirectory() as workdir:
         result.update(run_tfmot(name, xtr, ytr, workdir))
         keras.backend.clear_session()
@@ -308,7 +333,7 @@ def table(results: dict, made_by: str = "") -> str:
     """The markdown page: provenance (this command, each row's commit), the table, tfmot's errors."""
     commits = sorted({r.get("commit", "unknown") for r in results.values()})
     head = ((f"{made_by} " if made_by else "")
-            + f"Every row ran at commit {', '.join(commits)} (the `commit` of its row in `{os.path.basename(FLAGS.out)}.json`); "
+            + f"Every row ran at commit {', '.join(commits)} (the `commit` of its row in `{os.path.basename(out_prefix())}.json`); "
             "a family not in `--families` keeps the row of its last run (its steps and learning rate are in "
             "that row too); tfmot's columns come from the last run that tried tfmot.\n\n"
             "| family | input | tfmot int8 | ours | quantized tensors | avg bits | test top-1 % "
@@ -353,7 +378,7 @@ def main(argv):
     from benchmarks.provenance import stamp
 
     made_by = stamp()  # the code that runs is the code at this commit
-    path = FLAGS.out + ".json"
+    path = out_prefix() + ".json"
     results = json.load(open(path)) if os.path.exists(path) else {}
     passed = [a for a in sys.argv[1:] if not a.startswith(("--families", "--out", "--one"))]
     for name in FLAGS.families:
@@ -375,9 +400,9 @@ def main(argv):
             print(proc.stderr[-3000:], flush=True)
         with open(path, "w") as f:
             json.dump(results, f, indent=1)
-        with open(FLAGS.out + ".md", "w") as f:
+        with open(out_prefix() + ".md", "w") as f:
             f.write(table(results, made_by))
-    with open(FLAGS.out + ".md", "w") as f:
+    with open(out_prefix() + ".md", "w") as f:
         f.write(table(results, made_by))
     print(table(results, made_by))
 

@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["tf_bitpruning", "tf_bitpruning.api", "tf_bitpruning.tfkeras_api", "tf_bitpruning.configs", "tf_bitpruning.quantizers",
-           "tf_bitpruning.scheme", "tf_bitpruning.callbacks", "tf_bitpruning.export.metadata"]
+           "tf_bitpruning.scheme", "tf_bitpruning.callbacks", "tf_bitpruning.export.metadata",
+           "tf_bitpruning.keras3.ops"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -89,7 +89,8 @@ def flatten(model):
     flat = cls(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs,
                name=model.name)
     for copy, leaf in copies.values():
-        copy.set_weights(leaf.get_weights())
+        if hasattr(copy, "set_weights"):  # not a Keras 3 raw op (``x + 3.0``): no weights
+            copy.set_weights(leaf.get_weights())
     return flat
 
 

@@ -122,7 +122,8 @@ RECURRENT_LAYERS = frozenset({"LSTM", "GRU", "SimpleRNN", "RNN"})
 
 # -- TF functions on Keras tensors (tf_keras' TFOpLambda layers) ------------------------------------
 
-OP_LAMBDAS = ("TFOpLambda", "SlicingOpLambda", "ElementwiseOpLambda")
+# (KerasOpLambda: a raw keras.ops call in a Keras 3 model, as a layer; tf_bitpruning/keras3/ops.py.)
+OP_LAMBDAS = ("TFOpLambda", "SlicingOpLambda", "ElementwiseOpLambda", "KerasOpLambda")
 # Their function (the config's "function"): elementwise math, whose output is quantized ...
 TF_OP_OUTPUT = frozenset({
     "__operators__.add", "math.add", "math.add_n", "math.subtract", "math.multiply",

@@ -37,8 +37,6 @@ class Pipeline(Protocol):
     def export_model(self, model) -> Any:
         """The tf_keras model the exporters walk (a Keras 3 model's twin)."""
 
-    def check_alignable(self, model, what: str) -> None:
-        """Raises unless moving the biases of ``model`` onto its export changes the model."""
 
     def save(self, model, path, **kwargs) -> None:
         """Saves ``model`` at ``path`` in a format that loads back with its bit loss."""

@@ -79,9 +79,6 @@ class TfKerasPipeline:
     def export_model(model) -> keras.Model:
         return model
 
-    @staticmethod
-    def check_alignable(model, what: str) -> None:
-        """Any frozen tf_keras model can be aligned."""
 
     @staticmethod
     def save(model, path, **kwargs) -> None:

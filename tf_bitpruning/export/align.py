@@ -11,7 +11,7 @@ different logits. After :func:`align_to_tflite` the model adds what the file add
 from __future__ import annotations
 
 import os
-from typing import Dict, Union
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 import tf_keras as keras
@@ -33,22 +33,37 @@ def align_to_tflite(model: keras.Model, path: Union[str, os.PathLike]) -> Dict[s
 
     Usage (``frozen`` fine-tuned at its frozen bitlengths)::
 
-        tfbp.export_tflite(frozen, "model.tflite")
+        tfbp.export_tflite(frozen, "model.tflite", align=False)
         tfbp.align_to_tflite(frozen, "model.tflite")  # Keras now computes what the file does
 
-    Call it after the last training step and export; exporting again adds the same
-    biases. Returns, per moved layer, the largest move relative to its bias step (at
-    most 0.5). A file of another model, or of this one before more training, raises.
+    :func:`export_tflite` does this itself by default (``align=True``); call it after
+    ``align=False`` or to check a file against a model. Works for tf_keras and Keras 3
+    models (a Keras 3 model is matched through its export twin, whose layers carry its
+    names). Exporting again adds the same biases. Returns, per moved layer, the largest
+    move relative to its bias step (at most 0.5). A file of another model, or of this one
+    before more training, raises and moves nothing.
     """
-    pipeline_for(model).check_alignable(model, "align_to_tflite")
-    check_frozen(model)
+    check_frozen(model, "align_to_tflite")
+    exported = pipeline_for(model).export_model(model)  # a Keras 3 model's tf_keras twin
+    moved, moves = bias_moves(exported, flatbuffer_utils.read_model(os.fspath(path)), os.fspath(path))
+    apply_moves(model, moves)
+    return moved
+
+
+# (inner layer name, its attribute "bias" or "beta", the value the file adds)
+Move = Tuple[str, str, np.ndarray]
+
+
+def bias_moves(model: keras.Model, model_obj, path: str) -> Tuple[Dict[str, float], List[Move]]:
+    """What :func:`align_to_tflite` moves: ``({layer: largest move in bias steps}, moves)``
+    for the tf_keras ``model`` exported as ``model_obj`` (read from ``path``, named in errors)."""
+    check_frozen(model, "align_to_tflite")
     plan = build_plan(model)
     by_inner = {_compat.inner(layer).name: layer for layer in model.layers}
     users = _compat.consumers(model)
-    model_obj = flatbuffer_utils.read_model(os.fspath(path))
     sg = model_obj.subgraphs[0]
     moved: Dict[str, float] = {}
-    moves = []
+    moves: List[Move] = []
     for op in sg.operators:
         if flatbuffer_utils.opcode_to_name(model_obj, op.opcodeIndex) not in _BIASED_OPS \
                 or len(op.inputs) < 3 or op.inputs[2] < 0:
@@ -81,11 +96,25 @@ def align_to_tflite(model: keras.Model, path: Union[str, os.PathLike]) -> Dict[s
         if bn is not None:
             if not bn.center:
                 continue  # no beta to move: that layer keeps its float offset
-            moves.append((bn.beta, (bn.beta.numpy().astype(np.float64) + (added - keras_value)).astype(np.float32)))
+            moves.append((bn.name, "beta",
+                          (bn.beta.numpy().astype(np.float64) + (added - keras_value)).astype(np.float32)))
         else:
             inner = _compat.inner(layer)
-            moves.append((inner.bias, added.reshape(inner.bias.shape).astype(np.float32)))
+            moves.append((inner.name, "bias", added.reshape(inner.bias.shape).astype(np.float32)))
         moved[layer.name] = float(off.max())
-    for variable, value in moves:  # only once every layer matched: a refusal changes nothing
-        variable.assign(value)
-    return moved
+    return moved, moves
+
+
+def apply_moves(model, moves: List[Move]) -> None:
+    """Assigns :func:`bias_moves`' values to ``model``'s layers of those names (tf_keras or
+    Keras 3: a wrapper's inner layer carries the name)."""
+    layers = {}
+    for layer in model.layers:
+        inner = getattr(layer, "layer", None) if getattr(layer, "bitprune_role", None) == "wrapper" \
+            else _compat.inner(layer)
+        layers[(inner or layer).name] = inner or layer
+    missing = sorted({name for name, _, _ in moves} - set(layers))
+    if missing:
+        raise ValueError(f"align_to_tflite: model '{model.name}' has no layers {missing} of its export.")
+    for name, attr, value in moves:  # only once every layer matched: a refusal changes nothing
+        getattr(layers[name], attr).assign(value)

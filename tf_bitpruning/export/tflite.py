@@ -29,6 +29,7 @@ import tf_keras as keras
 
 from tf_bitpruning._files import write_atomic
 from tf_bitpruning.export import metadata as _metadata
+from tf_bitpruning.export.align import apply_moves, bias_moves
 from tf_bitpruning.export.checks import (ExportError, check_calibration, check_frozen, check_full_integer,
                                          check_unrolled)
 from tf_bitpruning.export.convert import convert
@@ -54,7 +55,8 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
                   int4: Int4Mode = "auto", int4_ops: Optional[Sequence[str]] = None,
                   inference_input_type: tf.DType = tf.float32,
                   inference_output_type: tf.DType = tf.float32,
-                  verify_int4: Optional[bool] = None, fine_bias: bool = True) -> Dict[str, Any]:
+                  verify_int4: Optional[bool] = None, fine_bias: bool = True,
+                  align: bool = True) -> Dict[str, Any]:
     """Writes a frozen bit-pruned model as a full-integer TFLite model.
 
     Every tensor is stored in an int8 container on its learned b-bit grid (at most
@@ -100,10 +102,18 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
         int8 grid (one int8 -> int8 QUANTIZE op each; none for 8-bit inputs).
         Values and code counts are unchanged; ``False`` keeps every int8 scale
         equal to its b-bit step.
+      align: the file adds each bias on an int32 grid where Keras adds a float;
+        at most half a bias step apart, that flips outputs near a rounding midpoint
+        (docs/export.md). ``True`` (default): once the file is written, ``model``'s
+        biases (or the offsets of BatchNormalizations folded into them) are moved
+        in place onto the values the file adds (:func:`align_to_tflite`), so the
+        model you evaluate computes what the file computes. ``False``: ``model``
+        is left as it was (call :func:`align_to_tflite` later, or train on).
 
     Returns:
       The precision metadata written to the file (see :mod:`.metadata`).
     """
+    given = model
     check_frozen(model)
     check_unrolled(model)  # before a Keras 3 model's twin is built (either Keras' layers)
     model = pipeline_for(model).export_model(model)  # a Keras 3 model's tf_keras twin
@@ -151,5 +161,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     if packed and verify_int4 is not False:
         _verify_int4(content, final, required=verify_int4 is True)
 
+    moves = bias_moves(model, read(final), path)[1] if align else []  # before writing: a refusal writes nothing
     write_atomic(path, final)
+    apply_moves(given, moves)
     return info

@@ -8,5 +8,6 @@ dispatch here for Keras 3 models; see ``docs/keras3.md``.
 """
 
 from tf_bitpruning.keras3.layers import BitPrunedModel, BitPruneInputQuantizer, BitPruneWrapper
+from tf_bitpruning.keras3.ops import KerasOpLambda
 
-__all__ = ["BitPruneInputQuantizer", "BitPruneWrapper", "BitPrunedModel"]
+__all__ = ["BitPruneInputQuantizer", "BitPruneWrapper", "BitPrunedModel", "KerasOpLambda"]

@@ -15,13 +15,13 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 
 import keras
 
-from tf_bitpruning import costs, flatten, layout
+from tf_bitpruning import costs, flatten, frontend, layout
 from tf_bitpruning.configs import BitPruneQuantizeConfig
-from tf_bitpruning.keras3 import _compat
+from tf_bitpruning.keras3 import _compat, ops
 from tf_bitpruning.keras3.layers import BitPrunedModel, BitPruneInputQuantizer, BitPruneWrapper
 from tf_bitpruning.layer_kinds import SPLIT_LAYERS, builtin_kind, integer_dtype
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
-from tf_bitpruning.registry import BitPruneQuantizeRegistry, is_quantizable
+from tf_bitpruning.registry import BitPruneQuantizeRegistry, is_pass_through, is_quantizable
 
 
 MIN_VERSION = (3, 10)
@@ -64,11 +64,8 @@ def check_model(model, what: str, allow_nested: bool = False) -> None:
             raise ValueError(
                 f"{what}: model '{model.name}' contains nested model '{op.name}'; tfbp.bitprune_model "
                 f"flattens it (tfbp.flatten.flatten).")
-        if not isinstance(op, keras.layers.Layer):
-            raise ValueError(
-                f"{what}: model '{model.name}' calls the op '{op.name}' ({type(op).__name__}) on a "
-                f"symbolic tensor; under Keras 3 only layers can be bit-pruned. Use the layer "
-                f"(keras.layers.Add, Multiply, Activation, ...) instead.")
+        if ops.is_raw_op(op) and ops.unsupported_op(op):
+            raise ValueError(f"{what}: model '{model.name}' {ops.unsupported_op(op)}.")
 
 
 def _clone(layer) -> keras.layers.Layer:
@@ -125,7 +122,7 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
     """A bit-pruned copy of a Keras 3 Sequential or functional model (see module doc), nested
     models flattened first (:func:`tf_bitpruning.flatten.flatten`)."""
     check_model(model, "bitprune_model", allow_nested=True)
-    model = flatten.flatten(model)
+    model = lift_ops(flatten.flatten(model))
     graph = _compat.functional_graph(model)
     layers = _compat.graph_operations(graph)
     skip = set(skip_layers)
@@ -143,7 +140,8 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
     configs, chained = _configs(graph, registry, skip, quantize_inputs, splits)
     input_names = _compat.input_names(graph)
     indices = {name for name, x in zip(input_names, graph.inputs) if integer_dtype(x.dtype)}  # an Embedding's
-    quantized = [name for name in input_names if quantize_inputs and name not in chained | indices]
+    quantized = [name for name in input_names if quantize_inputs and name not in chained | indices
+                 and _feeds_annotated(graph, name, skip)]
 
     def entry(name, inp):
         if name not in quantized:
@@ -170,6 +168,40 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
             twin = twins[layer.name]
             (twin.layer if isinstance(twin, BitPruneWrapper) else twin).set_weights(layer.get_weights())
     costs.attach_bit_loss(result, regularization, weighting)
+    return result
+
+
+def _feeds_annotated(graph, input_name: str, skip: set) -> bool:
+    """Whether a model input gets a quantizer: as under tfmot (``quantize_apply``), when a
+    layer it feeds is annotated (not skipped, not a reshape-like op)."""
+    (layer,) = [op for op in _compat.graph_operations(graph) if op.name == input_name]
+    return any(c.name not in skip and not is_pass_through(c) for c in frontend.consumers(layer))
+
+
+def lift_ops(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` with each raw ``keras.ops`` call as a
+    :class:`~tf_bitpruning.keras3.ops.KerasOpLambda` (its layers cloned, weights copied: a
+    shared layer would count the copy's consumers too), or ``model`` itself if it has none."""
+    graph = _compat.functional_graph(model)
+    if not any(ops.is_raw_op(op) for op in _compat.graph_operations(graph)):
+        return model
+    layer_names = {op.name for op in _compat.graph_operations(graph) if not ops.is_raw_op(op)}
+
+    def lifted(op):
+        if not ops.is_raw_op(op):
+            return _clone(op)
+
+        def call(*args, **kwargs):
+            name = layout.unique_name(op.name, layer_names)  # a layer may have an op's name
+            layer_names.add(name)
+            layer, tensor = ops.lift(op, args, kwargs, name)
+            return layer(tensor)
+        return call
+
+    result, twins = rerun(graph, lifted, make_model=keras.Model, name=model.name)
+    for op in _compat.graph_operations(graph):
+        if not ops.is_raw_op(op) and op.name in twins:
+            twins[op.name].set_weights(op.get_weights())
     return result
 
 

@@ -37,12 +37,6 @@ class Keras3Pipeline:
     export_model = staticmethod(to_tf_keras)  # the same layers, weights and grids, for the one exporter
 
     @staticmethod
-    def check_alignable(model, what: str) -> None:
-        raise ValueError(f"{what}: a Keras 3 model exports through a tf_keras twin; aligning "
-                         "the twin would not change it. Use the tf_keras path (bitprune_model on a "
-                         "tf_keras model) for aligned biases.")
-
-    @staticmethod
     def save(model, path, **kwargs) -> None:
         """Keras 3's own ``.keras`` format (which keeps the bit loss): ``model.save`` into a
         temporary file, then an atomic replace of ``path``."""
