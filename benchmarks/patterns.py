@@ -218,7 +218,7 @@ def run_ours(pattern, K, classes, data, workdir) -> dict:
     import tf_bitpruning as tfbp
     from benchmarks.common import agreement
     from tf_bitpruning import costs
-    from tests.support.litert_run import run_tflite
+    from tests.support.litert_run import run_file
 
     xtr, ytr, xte, yte = data
     loss = K.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -250,7 +250,7 @@ def run_ours(pattern, K, classes, data, workdir) -> dict:
         tfbp.export_tflite(frozen, path, representative_dataset=xtr[:256])
         result["deployed_accuracy"] = accuracy(frozen, xte, yte)  # after export: the model in hand
         stage = "LiteRT"
-        got = run_tflite(path, xte)
+        got, _ = run_file(path, xte)  # float images and rows, or token ids
         result.update(agreement(frozen.predict(xte, verbose=0, batch_size=256), got, FLAGS.tie_margin))
         result["tflite_accuracy"] = round(float((got.argmax(1) == yte).mean()), 4)
         result["ours"] = "yes" if result["agreement"] >= 0.99 else "disagrees"
