@@ -58,10 +58,10 @@ def flatten(model):
     taken: Set[str] = set(_leaf_names(model, cls))
     copies: Dict[int, Tuple[Any, Any]] = {}  # id(leaf layer) -> (copy, leaf)
 
-    def copy_of(layer, owner, inference=False):
+    def copy_of(layer, owner, inference_bn=False):
         if id(layer) not in copies:
             config = layer.get_config()
-            if inference and builtin_kind(layer, exact=False) == "BatchNormalization":
+            if inference_bn:
                 config["trainable"] = False  # inference mode without telling its wrapper (below)
             name = layer.name
             if owner is not None and name in taken:  # an inner layer whose name is taken
@@ -79,9 +79,10 @@ def flatten(model):
                 outputs = front.run_nodes(layer, inputs, runner(layer.name, inner))
                 return outputs[0] if len(outputs) == 1 else outputs
             kwargs = dict(kwargs)
-            if inference and _accepts_training(layer) and builtin_kind(layer, exact=False) != "BatchNormalization":
+            inference_bn = inference and builtin_kind(layer, exact=False) == "BatchNormalization"
+            if inference and not inference_bn and _accepts_training(layer):
                 kwargs["training"] = False
-            return copy_of(layer, owner, inference)(*args, **kwargs)
+            return copy_of(layer, owner, inference_bn)(*args, **kwargs)
         return call
 
     inputs = [_input_like(model, x) for x in model.inputs]

@@ -18,8 +18,9 @@ from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 
 
 def is_pass_through(layer) -> bool:
-    """Whether ``layer`` only moves values (no quantizer, not even a wrapper is needed)."""
-    return op_lambda_function(layer) in TF_OP_PASS_THROUGH
+    """Whether ``layer`` needs no wrapper: it only moves values (a reshaping ``TFOpLambda``),
+    or it must stay unwrapped to work (``layer_kinds.UNWRAPPED``)."""
+    return op_lambda_function(layer) in TF_OP_PASS_THROUGH or builtin_kind(layer) in UNWRAPPED
 
 
 def is_quantizable(layer) -> bool:
@@ -75,7 +76,7 @@ class BitPruneQuantizeRegistry(_compat.QuantizeRegistry):
 
     def supports(self, layer) -> bool:
         """Whether tfmot may wrap ``layer`` (``UNWRAPPED`` kinds are accepted but stay unwrapped)."""
-        return builtin_kind(layer) not in UNWRAPPED and self.unsupported_reason(layer) is None
+        return not (builtin_kind(layer) in UNWRAPPED or self.unsupported_reason(layer))
 
     def get_quantize_config(self, layer, quantize_outputs: bool = True) -> BitPruneQuantizeConfig:
         """The config for ``layer``; ``quantize_outputs=False`` drops its

@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from tf_bitpruning import _compat, costs, flatten, layout, op_lambdas
 from tf_bitpruning.frontend import frontend_for
 from tf_bitpruning.configs import BitPruneQuantizeConfig
-from tf_bitpruning.layer_kinds import UNWRAPPED, builtin_kind, op_lambda_function
+from tf_bitpruning.layer_kinds import op_lambda_function
 from tf_bitpruning.options import BitPruneOptions
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer, _ClipParam
 from tf_bitpruning.registry import BitPruneQuantizeRegistry, is_pass_through
@@ -109,7 +109,7 @@ def bitprune_annotate_model(to_annotate: keras.Model, skip_layers: Sequence[str]
     def annotate(layer):
         if layer.name in chained and layer.name not in skip:
             return _compat.QuantizeAnnotate(layer)
-        if (layer.name in skip or is_pass_through(layer) or builtin_kind(layer) in UNWRAPPED
+        if (layer.name in skip or is_pass_through(layer)
                 or isinstance(layer, (_compat.QuantizeAnnotate, keras.layers.InputLayer))):
             return layer
         if op_lambda_function(layer) is not None:

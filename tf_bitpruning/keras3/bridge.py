@@ -26,9 +26,9 @@ from tf_bitpruning.keras3 import _compat
 from tf_bitpruning.keras3.api import rerun
 from tf_bitpruning.keras3.layers import BitPruneInputQuantizer, BitPruneWrapper
 from tf_bitpruning.keras3.ops import KerasOpLambda
-from tf_bitpruning.layer_kinds import KERAS3_KERNEL_ATTRS, UNWRAPPED, builtin_kind, integer_dtype
+from tf_bitpruning.layer_kinds import KERAS3_KERNEL_ATTRS, integer_dtype
 from tf_bitpruning.quantizers import ActivationBitQuantizer
-from tf_bitpruning.registry import is_quantizable
+from tf_bitpruning.registry import is_pass_through, is_quantizable
 from tf_bitpruning.scheme import BitPruneQuantizeScheme
 
 _BASE_KEYS = {"name", "trainable", "dtype"}
@@ -120,7 +120,7 @@ def to_tf_keras(model: keras.Model) -> tf_keras.Model:
         # As bitprune_annotate_model does: a layer without quantizers (padding, pooling, reshape)
         # is annotated too, so tfmot quantizes the model input it reads (quantize_apply adds
         # input quantizers only before annotated layers). Skipped layers stay plain.
-        plain = is_quantizable(layer) or builtin_kind(layer) in UNWRAPPED  # as tfkeras_api leaves them
+        plain = is_quantizable(layer) or is_pass_through(layer)  # as tfkeras_api leaves them
         return twin if plain else _compat_tfmot.QuantizeAnnotate(twin)
 
     with bitprune_scope():
