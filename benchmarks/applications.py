@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags
 
-from benchmarks.common import agreement, digits, fast_bn_statistics
+from benchmarks.common import agreement, digits, fast_bn_statistics, print_row, row_in_subprocess
 
 # name -> (input size, extra constructor arguments, whether the model rescales [0, 255] itself)
 FAMILIES = {
@@ -370,7 +369,7 @@ def table(results: dict, made_by: str = "") -> str:
 def main(argv):
     del argv
     if FLAGS.one:
-        print("RESULT " + json.dumps(run_one(FLAGS.one)), flush=True)
+        print_row(run_one(FLAGS.one))
         return
     unknown = sorted(set(FLAGS.families) - set(FAMILIES) - set(EXTRA))
     if unknown:
@@ -383,21 +382,18 @@ def main(argv):
     passed = [a for a in sys.argv[1:] if not a.startswith(("--families", "--out", "--one"))]
     for name in FLAGS.families:
         t0 = time.time()
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--one={name}"] + passed,
-                              capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if lines:
-            row = json.loads(lines[-1][len("RESULT "):])
-        else:
+        row, stderr = row_in_subprocess(os.path.abspath(__file__), name, passed)
+        crashed = row is None
+        if crashed:
             row = {"family": name, "input": {**FAMILIES, **EXTRA}[name][0], "ours": "no", "ours_stage": "crash",
-                   "ours_error": proc.stderr[-400:].replace("\n", " ")}
-        if not FLAGS.tfmot or not lines:  # tfmot's columns stay those of the last run that tried it
+                   "ours_error": stderr[-400:].replace("\n", " ")}
+        if not FLAGS.tfmot or crashed:  # tfmot's columns stay those of the last run that tried it
             row.update({k: v for k, v in results.get(name, {}).items() if k.startswith("tfmot")})
         results[name] = row
         results[name]["seconds"] = round(time.time() - t0)
         print(f"{name}: {json.dumps(results[name])}", flush=True)
-        if proc.returncode and not lines:
-            print(proc.stderr[-3000:], flush=True)
+        if crashed:
+            print(stderr[-3000:], flush=True)
         with open(path, "w") as f:
             json.dump(results, f, indent=1)
         with open(out_prefix() + ".md", "w") as f:

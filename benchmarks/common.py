@@ -46,3 +46,22 @@ def fast_bn_statistics(model, momentum: float = 0.9):
         if type(layer).__name__ == "BatchNormalization":
             layer.momentum = momentum
     return model
+
+
+def print_row(row: dict) -> None:
+    """What a row's child process (``--one=...``) prints for :func:`row_in_subprocess`."""
+    import json
+
+    print("RESULT " + json.dumps(row), flush=True)
+
+
+def row_in_subprocess(script: str, spec: str, args) -> tuple:
+    """``(row, stderr)``: ``script --one=spec ARGS`` run in a fresh process (one model per
+    process: no TensorFlow state carried over); ``row`` is None if it printed none."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, script, f"--one={spec}", *args], capture_output=True, text=True)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    return (json.loads(lines[-1][len("RESULT "):]) if lines else None), proc.stderr

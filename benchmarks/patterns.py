@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,8 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags
+
+from benchmarks.common import print_row, row_in_subprocess
 
 KERASES = ("tf_keras", "keras3")
 PATTERNS = {  # name -> (task, description)
@@ -310,7 +311,7 @@ def table(results: dict, made_by: str) -> str:
 def main(argv):
     del argv
     if FLAGS.one:
-        print("RESULT " + json.dumps(run_one(FLAGS.one)), flush=True)
+        print_row(run_one(FLAGS.one))
         return
     unknown = sorted(set(FLAGS.patterns) - set(PATTERNS)) + sorted(set(FLAGS.kerases) - set(KERASES))
     if unknown:
@@ -324,12 +325,9 @@ def main(argv):
     for pattern in FLAGS.patterns:
         for kname in FLAGS.kerases:
             spec, t0 = f"{pattern}:{kname}", time.time()
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--one={spec}"] + passed,
-                                  capture_output=True, text=True)
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-            row = (json.loads(lines[-1][len("RESULT "):]) if lines else
-                   {"pattern": pattern, "keras": kname, "ours": "no", "ours_stage": "crash",
-                    "ours_error": proc.stderr[-300:].replace("\n", " ")})
+            row, stderr = row_in_subprocess(os.path.abspath(__file__), spec, passed)
+            row = row or {"pattern": pattern, "keras": kname, "ours": "no", "ours_stage": "crash",
+                          "ours_error": stderr[-300:].replace("\n", " ")}
             row["seconds"], row["command"] = round(time.time() - t0), command()
             results[spec] = row
             print(f"{spec}: {json.dumps(row)}", flush=True)
