@@ -172,3 +172,27 @@ def test_weight_quantizer_learns_its_clip_and_masks_weights_beyond_it():
     assert WeightBitQuantizer.from_config(q.get_config()) == q
     with pytest.raises(ValueError, match="grid='minmax'"):
         WeightBitQuantizer(clip="learned", grid="pow2")
+
+
+def test_keras3_learned_ranges_and_clips_train_and_export(tmp_path):
+    """Under Keras 3 (what ``import keras`` gives) the same options give trainable range and
+    clip variables that training moves, and the model exports."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras as keras3
+
+    inp = keras3.Input((8, 8, 1))
+    x = keras3.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    model = keras3.Model(inp, keras3.layers.Dense(3, name="dense")(keras3.layers.GlobalAveragePooling2D()(x)))
+    bp = tfbp.bitprune_model(model, activation_range="learned", weight_clip="learned")
+    learned = {w.path: w for w in bp.trainable_weights if w.path.endswith(("_clip", "_min"))}
+    assert {"quant_conv/kernel_clip", "quant_dense/kernel_clip", "quant_conv/post_activation_min"} <= set(learned)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 8, 8, 1), dtype=np.float32), rng.random((32, 3), dtype=np.float32)
+    bp.compile(keras3.optimizers.Adam(1e-2), "mse")
+    bp.fit(x, y, epochs=1, verbose=0)  # the first batch sets them, the next train them
+    before = {k: np.array(v) for k, v in learned.items()}
+    bp.fit(x, y, epochs=2, verbose=0)
+    assert all(not np.array_equal(before[k], np.array(learned[k])) for k in learned), "a learned range or clip did not move"
+    tfbp.export_tflite(tfbp.freeze_bitlengths(bp), tmp_path / "m.tflite")
