@@ -7,7 +7,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import tf_bitpruning as tfbp
-from tf_bitpruning import costs, quant_ops
+from tf_bitpruning import costs, quant_learned, quant_ops
 from tf_bitpruning.quantizers import ActivationBitQuantizer
 from tests.support.models import small_cnn
 
@@ -29,7 +29,7 @@ def _lsq_dhigh(x, low, high, b):
 def _grads(n, frozen=False, low=-0.5, high=2.0, min_bits=1, max_bits=8):
     lo, hi = tf.Variable(low), tf.Variable(high)
     with tf.GradientTape() as tape:
-        term = quant_ops.learned_range_term(tf.constant(X), lo, hi, tf.constant(n), min_bits, max_bits, frozen)
+        term = quant_learned.learned_range_term(tf.constant(X), lo, hi, tf.constant(n), min_bits, max_bits, frozen)
         total = tf.reduce_sum(term)
     assert float(tf.reduce_max(tf.abs(term))) == 0.0  # forward: exactly zero
     return [float(g) for g in tape.gradient(total, [lo, hi])]
@@ -55,7 +55,7 @@ def test_relu_range_above_the_clip_gets_pacts_gradient_of_one():
     x = tf.constant([3.0, 4.0, 5.0])
     hi = tf.Variable(2.0)
     with tf.GradientTape() as tape:
-        total = tf.reduce_sum(quant_ops.learned_range_term(x, tf.constant(0.0), hi, tf.constant(2.0), 1, 8, True))
+        total = tf.reduce_sum(quant_learned.learned_range_term(x, tf.constant(0.0), hi, tf.constant(2.0), 1, 8, True))
     assert abs(float(tape.gradient(total, hi)) - 3.0) < 1e-5
 
 
@@ -146,7 +146,7 @@ def _lsq_dclip(w, c, b):
 def test_weight_clip_gradient_is_lsq(n, frozen, mix):
     c = tf.Variable(0.6)
     with tf.GradientTape() as tape:
-        term = quant_ops.learned_clip_term(tf.constant(W), c, tf.constant(n), 2, 8, frozen)
+        term = quant_learned.learned_clip_term(tf.constant(W), c, tf.constant(n), 2, 8, frozen)
         total = tf.reduce_sum(term)
     assert float(tf.reduce_max(tf.abs(term))) == 0.0
     expected = sum(share * _lsq_dclip(W, 0.6, b) for b, share in mix.items())

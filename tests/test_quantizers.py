@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_bitpruning import quant_ops
+from tf_bitpruning import quant_ops, shared_graph
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.quantizers import ActivationBitQuantizer, WeightBitQuantizer
 
@@ -189,12 +189,12 @@ def test_traced_quantizers_add_one_call_op_each_and_share_constants():
         with tf.GradientTape() as tape:
             y = tf.reduce_sum(aq(tf.matmul(x, wq(kernel, True, ww)), True, aw))
             y += tf.reduce_sum(aq(x, True, aw))
-        assert quant_ops.const(2.0) is quant_ops.const(2.0)
+        assert shared_graph.const(2.0) is shared_graph.const(2.0)
         return tape.gradient(y, [kernel, ww["bits"], aw["bits"]])
 
     graph = step.get_concrete_function(tf.TensorSpec((None, 3), tf.float32)).graph
     calls = [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
     assert 3 <= len(calls) <= 6, [op.type for op in calls]  # 3 quantizer calls (and their gradients)
-    assert quant_ops.const(2.0) == 2.0  # eager: the Python scalar
+    assert shared_graph.const(2.0) == 2.0  # eager: the Python scalar
     grads = step(tf.ones((2, 3)))
     assert all(g is not None for g in grads)

@@ -17,62 +17,11 @@ up to a power of two, so that a ``fixed<b, I>`` type holds them exactly (hls4ml)
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
-
-import weakref
+from typing import Callable, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-# Python scalars a quantizer combines with tensors, as one Const op per graph: every
-# quantizer of a train step uses the same few (0, 1, 2, 1e-12, ...), and a Python
-# float converted at each use is a Const op each time (a third of the quantizer ops
-# of a traced train step). Same float32 values, so the same results; eager: the scalar.
-_CONSTANTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def const(value: float):
-    """``value`` as a float32 constant shared by every use in the graph being built
-    (outside control dependencies, so sharing it adds no ordering); eager: ``value``."""
-    if tf.executing_eagerly():
-        return value
-    graph = tf.compat.v1.get_default_graph()
-    table = _CONSTANTS.setdefault(graph, {})
-    key = float(value)
-    tensor = table.get(key)
-    if tensor is None:
-        with tf.control_dependencies(None), tf.name_scope("bitprune_const/"):
-            tensor = table[key] = tf.constant(key, tf.float32)
-    return tensor
-
-
-# The quantizer math of one quantizer call, a pure function of float32 tensors, traced
-# once per quantizer config and rank into a tf.function that every quantizer call of a
-# train step then calls (one call op in the step's graph instead of ~60 ops forward and
-# more backward: tracing and wrapping spend their time creating graph ops, Python's
-# part of it per op). The runtime inlines the call before optimizing the step graph,
-# so the step runs the same ops: same results, same speed.
-MATH_FUNCTIONS: Dict[Any, Any] = {}
-
-
-def relaxed_spec(shape) -> tf.TensorSpec:
-    """A float32 spec of ``shape``'s rank: dims of 1 kept (bitlengths broadcast along them), others free."""
-    return tf.TensorSpec([1 if d == 1 else None for d in shape], tf.float32)
-
-
-def call_math(key, math, *tensors):
-    """``math(*tensors)`` through the shared tf.function of ``key`` (built at first use);
-    outputs get the static shape of ``tensors[0]``. Eager: ``math`` directly."""
-    if tf.executing_eagerly():
-        return math(*tensors)
-    specs = tuple(relaxed_spec(t.shape) for t in tensors)
-    full_key = (key, specs)
-    function = MATH_FUNCTIONS.get(full_key)
-    if function is None:
-        function = MATH_FUNCTIONS[full_key] = tf.function(math, input_signature=specs, autograph=False)
-    out = function(*tensors)
-    out.set_shape(tensors[0].shape)
-    return out
-
+from tf_bitpruning.shared_graph import const
 
 def ste_round(x: tf.Tensor) -> tf.Tensor:
     """Rounds in the forward pass; passes the gradient straight through."""
@@ -273,73 +222,23 @@ def quantize_activations_clamped(x: tf.Tensor, range_min: tf.Tensor, range_max: 
     return lo + step * tf.clip_by_value(tf.round((x - lo) / step), const(0.0), top)
 
 
-def learned_range_term(x: tf.Tensor, low: tf.Tensor, high: tf.Tensor, n: tf.Tensor, min_bits: int,
-                       max_bits: int, frozen: bool = False) -> tf.Tensor:
-    """Zero in the forward pass; its gradient to a learned activation range ``[low, high]``
-    is LSQ's (Esser et al. 2020) for the quantizer :func:`blend` (or :func:`fixed`,
-    ``frozen=True``) computes at bitlength ``n`` over that range (the ``"minmax"`` grid).
-
-    For one integer grid ``Q(x; b) = s · (clip(round(x/s + z), 0, 2^b-1) - z)``, step
-    ``s = (high - low) / (2^b - 1)`` and zero point ``z``:
-    ``∂Q/∂s = round(x/s + z) - (x/s + z)`` inside the grid, ``k - z`` where it clips
-    to code ``k`` (PACT's gradient of 1 above a ReLU's clip); hence
-    ``∂Q/∂high = ∂Q/∂s / (2^b - 1) = -∂Q/∂low``. The blend weighs the two grids by
-    ``1 - α`` and ``α``. ``x`` and ``n`` get no gradient from this term; add it to the
-    quantizer's output (an exact zero: the forward value stays on the grid).
-    """
-    x = tf.stop_gradient(x)
-    term = None
-    for b, weight in _grids_used(n, min_bits, max_bits, frozen):
-        top = tf.pow(const(2.0), b) - const(1.0)
-        step = (high - low) / top
-        step_value = tf.stop_gradient(step)
-        zero_point = tf.clip_by_value(tf.round(-tf.stop_gradient(low) / step_value), const(0.0), top)
-        t = x / step_value + zero_point
-        code = tf.clip_by_value(tf.round(t), const(0.0), top)
-        inside = tf.logical_and(t >= const(0.0), t <= top)
-        term = _add_zero(term, step, tf.where(inside, code - t, code - zero_point), weight)
-    return term
+def batch_range(x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """``x``'s ``[min, max]`` widened to hold 0 (an activation grid represents 0)."""
+    zero = const(0.0)
+    return tf.minimum(tf.reduce_min(x), zero), tf.maximum(tf.reduce_max(x), zero)
 
 
-def _grids_used(n: tf.Tensor, min_bits: int, max_bits: int, frozen: bool):
-    """``(b, weight)`` of the integer grids :func:`blend` (``frozen``: :func:`fixed`)
-    mixes at bitlength ``n`` (no gradient); ``weight`` None for one grid."""
-    n = tf.stop_gradient(tf.cast(n, tf.float32))
-    if frozen:
-        return [(tf.round(n), None)]
-    if min_bits == max_bits:
-        return [(tf.constant(float(min_bits)), None)]
-    b = tf.clip_by_value(tf.floor(n), const(min_bits), const(max_bits - 1))
-    return [(b, const(1.0) - (n - b)), (b + const(1.0), n - b)]
-
-
-def _add_zero(term, step, g, weight):
-    """``term`` plus ``step · g`` minus itself (an exact zero whose gradient to ``step`` is ``g · weight``)."""
-    g = tf.stop_gradient(g if weight is None else g * weight)
-    part = step * g
-    part = part - tf.stop_gradient(part)
-    return part if term is None else term + part
-
-
-def learned_clip_term(w: tf.Tensor, clip: tf.Tensor, n: tf.Tensor, min_bits: int, max_bits: int,
-                      frozen: bool = False) -> tf.Tensor:
-    """Zero in the forward pass; its gradient to a learned weight clip ``c`` (the top
-    of the symmetric grid, per tensor or broadcastable per channel) is LSQ's for the
-    quantizer at bitlength ``n`` (as :func:`learned_range_term`).
-
-    ``Q(w; b) = s · clip(round(w/s), -L, L)``, ``L = 2^(b-1) - 1``, ``s = c / L``:
-    ``∂Q/∂s = round(w/s) - w/s`` where ``|w/s| <= L``, ``±L`` where it clips; hence
-    ``∂Q/∂c = ∂Q/∂s / L``.
-    """
-    w = tf.stop_gradient(w)
-    term = None
-    for b, weight in _grids_used(n, min_bits, max_bits, frozen):
-        levels = weight_levels(b)
-        step = clip / levels
-        t = w / tf.stop_gradient(step)
-        code = tf.clip_by_value(tf.round(t), -levels, levels)
-        term = _add_zero(term, step, tf.where(tf.abs(t) <= levels, code - t, code), weight)
-    return term
+def moving_range(old_min: tf.Tensor, old_max: tf.Tensor, batch_min: tf.Tensor, batch_max: tf.Tensor,
+                 decay: float, expand: bool) -> Tuple[tf.Tensor, tf.Tensor]:
+    """A tracked activation range after one batch: the moving average of the batch
+    ranges (``expand``: never narrower than the batch's); the batch's own range while
+    the tracked one is still empty (``old_max <= old_min``, before the first batch)."""
+    started = old_max > old_min
+    new_min = const(decay) * old_min + const(1.0 - decay) * batch_min
+    new_max = const(decay) * old_max + const(1.0 - decay) * batch_max
+    if expand:
+        new_min, new_max = tf.minimum(new_min, batch_min), tf.maximum(new_max, batch_max)
+    return tf.where(started, new_min, batch_min), tf.where(started, new_max, batch_max)
 
 
 def blend(x: tf.Tensor, quantize_int: Callable[[tf.Tensor], tf.Tensor], n: tf.Tensor,

@@ -18,7 +18,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow_model_optimization.quantization.keras import quantizers as tfmot_quantizers
 
-from tf_bitpruning import quant_ops
+from tf_bitpruning import quant_learned, quant_ops, shared_graph
 from tf_bitpruning.frontend import frontend_for
 
 
@@ -101,7 +101,7 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
         """The real-valued bitlength ``n`` (integer once frozen)."""
         param = tf.cast(tf.convert_to_tensor(weights["bits"]), tf.float32)  # one read
         k = self.bits_lr_multiplier
-        const = quant_ops.const
+        const = shared_graph.const
         if self.frozen:
             return tf.round(param * const(k))
         n = param + tf.stop_gradient(const(k - 1.0) * param)
@@ -110,7 +110,7 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
         if pair is not None:
             # n slides to its integer as the weight goes 0 -> 1; so does the blend.
             weight, integer = pair
-            n = (quant_ops.const(1.0) - weight) * n + weight * integer  # exactly the integer at weight 1
+            n = (shared_graph.const(1.0) - weight) * n + weight * integer  # exactly the integer at weight 1
         return n
 
     def _math_key(self) -> tuple:
@@ -167,7 +167,7 @@ class WeightBitQuantizer(BitlengthQuantizer):
         better for ternary kernels, not always at 3 bits (docs/comparison_clip.md);
         exported exactly the same way), or ``"learned"``: a variable ``<name>_clip``
         (per tensor, or channel like the scale) that starts at the ``"mse"`` clip and
-        is trained by gradient (LSQ, :func:`quant_ops.learned_clip_term`; weights
+        is trained by gradient (LSQ, :func:`quant_learned.learned_clip_term`; weights
         beyond it get no gradient); ``"minmax"`` grid only.
       grid: ``"minmax"`` (the step ``clip / (2^(b-1) - 1)``) or ``"pow2"`` (that
         step rounded up to a power of two: a ``fixed<b, I>`` type, for hls4ml; with
@@ -267,10 +267,10 @@ class WeightBitQuantizer(BitlengthQuantizer):
             if not learned:
                 return self._quantize_n(x, quantize_int, n)
             out = self._quantize_n(x, quantize_int, n, (-top, top))
-            return out + quant_ops.learned_clip_term(w, clip, n, self.min_bits, self.max_bits, self.frozen)
+            return out + quant_learned.learned_clip_term(w, clip, n, self.min_bits, self.max_bits, self.frozen)
 
         key = ("weights", reduce_axes, self.clip, self._math_key())
-        return tf.cast(quant_ops.call_math(key, math, x, tf.cast(n, tf.float32), clip), inputs.dtype)
+        return tf.cast(shared_graph.call_math(key, math, x, tf.cast(n, tf.float32), clip), inputs.dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -297,7 +297,7 @@ class ActivationBitQuantizer(BitlengthQuantizer):
     a coarser grid: at 2-3 bits on small networks they cost accuracy (README).
     ``freeze_range=True`` stops the updates (useful when fine-tuning a frozen model).
     ``range_update="learned"``: the range starts at the first training batch's min/max,
-    then is trained by gradient (LSQ, ``quant_ops.learned_range_term``; also when frozen,
+    then is trained by gradient (LSQ, ``quant_learned.learned_range_term``; also when frozen,
     ``freeze_range`` aside), so 2-bit grids skip outliers; exported as any range.
     ``grid="pow2"``: the step is a power of two and the grid a ``ufixed<b, I>``
     (``min >= 0``) or ``fixed<b, I>`` type covering the range (``quant_ops.activation_grid``).
@@ -349,25 +349,19 @@ class ActivationBitQuantizer(BitlengthQuantizer):
         return -extremes[0], extremes[1]
 
     def _update_range(self, x, weights):
-        const = quant_ops.const
-        zero = const(0.0)
-        batch_min = tf.minimum(tf.reduce_min(x), zero)
-        batch_max = tf.maximum(tf.reduce_max(x), zero)
+        batch_min, batch_max = shared_graph.call_math(("batch_range",), quant_ops.batch_range, x)
         batch_min, batch_max = self._global_min_max(batch_min, batch_max)
         min_var, max_var = weights["min"], weights["max"]
         old_min, old_max = tf.convert_to_tensor(min_var), tf.convert_to_tensor(max_var)  # one read each
-        started = old_max > old_min
         if self.range_update == "learned":  # the first batch's range, then the variables (with gradient)
+            started = old_max > old_min
             new = tf.where(started, old_min, batch_min), tf.where(started, old_max, batch_max)
             with tf.control_dependencies([min_var.assign(new[0]), max_var.assign(new[1])]):
                 return tf.identity(new[0]), tf.identity(new[1])
-        d = self.ema_decay
-        new_min = const(d) * old_min + const(1.0 - d) * batch_min
-        new_max = const(d) * old_max + const(1.0 - d) * batch_max
-        if self.range_update == "expand":
-            new_min, new_max = tf.minimum(new_min, batch_min), tf.maximum(new_max, batch_max)
-        new_min = tf.where(started, new_min, batch_min)
-        new_max = tf.where(started, new_max, batch_max)
+        decay, expand = self.ema_decay, self.range_update == "expand"
+        new_min, new_max = shared_graph.call_math(
+            ("moving_range", decay, expand), lambda *t: quant_ops.moving_range(*t, decay, expand),
+            old_min, old_max, batch_min, batch_max)
         # The values read back after the assigns (under tf.distribute, the aggregated ones), once each.
         return tf.convert_to_tensor(min_var.assign(new_min)), tf.convert_to_tensor(max_var.assign(new_max))
 
@@ -393,14 +387,14 @@ class ActivationBitQuantizer(BitlengthQuantizer):
                 return quant_ops.quantize_activations_clamped(x_int, low, high, b, self.grid)
 
             # STE: gradient 1 inside the range, 0 outside (where the grid clips).
-            grad_range = (low, tf.maximum(range_max, quant_ops.const(0.0)))
+            grad_range = (low, tf.maximum(range_max, shared_graph.const(0.0)))
             out = self._quantize_n(x, quantize_int, n, grad_range)
             if learned:
-                out += quant_ops.learned_range_term(x_int, low, high, n, self.min_bits, self.max_bits, self.frozen)
+                out += quant_learned.learned_range_term(x_int, low, high, n, self.min_bits, self.max_bits, self.frozen)
             return out
 
         def quantize(x=x):
-            return quant_ops.call_math(("activations", learned, self._math_key()), math, x, n, range_min, range_max)
+            return shared_graph.call_math(("activations", learned, self._math_key()), math, x, n, range_min, range_max)
 
         if training:
             out = quantize()
