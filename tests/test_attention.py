@@ -75,6 +75,7 @@ def test_expansion_computes_what_the_attention_computes(kname, monkeypatch):
     (lambda L, x: L.MultiHeadAttention(2, 4, name="attention")(x, x, use_causal_mask=True), "use_causal_mask=True"),
     (lambda L, x: L.MultiHeadAttention(2, 4, name="attention")(x, x, return_attention_scores=True)[0],
      "return_attention_scores=True"),
+    (lambda L, x: L.MultiHeadAttention(2, 4, name="attention")(*[L.Masking()(x)] * 2), "masked query"),
     (lambda L, x: L.MultiHeadAttention(2, 4, attention_axes=(1, 2), name="attention")(
         L.Reshape((STEPS, 2, 4))(x), L.Reshape((STEPS, 2, 4))(x)), "attention_axes"),
 ])

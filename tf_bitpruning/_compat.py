@@ -158,6 +158,11 @@ def attention_parts(layer) -> Dict[str, Any]:
             "combine": layer._combine_equation}
 
 
+def keras_mask(x) -> Any:
+    """The mask a symbolic tensor carries (after ``Embedding(mask_zero=True)``, ``Masking``), or None."""
+    return getattr(x, "_keras_mask", None)
+
+
 def input_layer_name(x) -> str:
     """The name of the input layer of a tf_keras model input tensor ``x``."""
     return x._keras_history[0].name

@@ -17,7 +17,7 @@ the attention layer (``"<name>.query"``):
 5. ``<name>.output``: its output ``EinsumDense``.
 
 The weights are copied, so the float model computes what the attention computed. Refused,
-naming the layer: attention masks (``attention_mask=``, ``use_causal_mask=True``, query/value/
+naming the layer: attention masks (``attention_mask=``, ``use_causal_mask=True``, masked inputs, query/value/
 key masks), ``return_attention_scores=True``, ``attention_axes``, ``use_gate``,
 ``sliding_window``, inputs other than ``(batch, steps, features)``.
 """
@@ -61,6 +61,8 @@ def _call_arguments(layer, args, kwargs) -> Dict[str, Any]:
         x = called.get(role)
         if x is not None and len(x.shape) != 3:
             _refuse(layer, f"reads a {role} of shape {tuple(x.shape)}, not (batch, steps, features)")
+        if x is not None and _compat.keras_mask(x) is not None:
+            _refuse(layer, f"reads a masked {role} (after Embedding(mask_zero=True) or Masking)")
     return called
 
 
