@@ -70,7 +70,7 @@ def expand(layer, args, kwargs, name_of: Callable[[str], str], classes) -> Any:
     """The output of ``layer(*args, **kwargs)`` (a built ``MultiHeadAttention`` called on
     symbolic tensors) computed by new primitive layers (see module doc). ``name_of(base)``
     gives each new layer a free name; ``classes`` holds the front end's ``AttentionEinsum``,
-    ``AttentionSoftmax`` and ``Dropout``."""
+    ``AttentionSoftmax`` and ``Dropout`` (``FrontEnd.attention_pieces``)."""
     called = _call_arguments(layer, args, kwargs)
     query, value = called["query"], called["value"]
     key = called.get("key")
@@ -100,17 +100,3 @@ def expand(layer, args, kwargs, name_of: Callable[[str], str], classes) -> Any:
     context = classes.AttentionEinsum(parts["combine"], name=name_of(f"{layer.name}.context"))([probabilities, v])
     return projection("output", context)
 
-
-def layer_classes(front_name: str):
-    """The ``AttentionEinsum``, ``AttentionSoftmax`` and ``Dropout`` of a front end ("tf_keras", "keras3")."""
-    import types
-    if front_name == "keras3":
-        import keras
-        from tf_bitpruning.keras3 import attention_layers
-        dropout = keras.layers.Dropout
-    else:
-        import tf_keras
-        from tf_bitpruning import attention_layers
-        dropout = tf_keras.layers.Dropout
-    return types.SimpleNamespace(AttentionEinsum=attention_layers.AttentionEinsum,
-                                 AttentionSoftmax=attention_layers.AttentionSoftmax, Dropout=dropout)

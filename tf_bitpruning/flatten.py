@@ -70,7 +70,6 @@ def flatten(model, keep: Sequence[str] = ()):
     if not _needs_rebuild(model, keep):
         return model
     front = frontend_for(model)
-    pieces = attention.layer_classes(front.name)
     cls = front.model_class
     taken: Set[str] = set(_leaf_names(model, cls))
     copies: Dict[int, Tuple[Any, Any]] = {}  # id(leaf layer) -> (copy, leaf)
@@ -101,7 +100,7 @@ def flatten(model, keep: Sequence[str] = ()):
                 outputs = front.run_nodes(layer, inputs, runner(layer.name, inner))
                 return outputs[0] if len(outputs) == 1 else outputs
             if _expands(layer, keep):
-                return attention.expand(layer, args, kwargs, new_name, pieces)
+                return attention.expand(layer, args, kwargs, new_name, front.attention_pieces)
             kwargs = dict(kwargs)
             inference_bn = inference and builtin_kind(layer, exact=False) == "BatchNormalization"
             if inference and not inference_bn and _accepts_training(layer):
