@@ -43,27 +43,36 @@ def check_equation(equation: str, name: str) -> None:
                          f"with one letter per axis, e.g. 'aecd,abcd->acbe'.")
 
 
-@tf_keras.utils.register_keras_serializable(package=_PACKAGE)
-class AttentionEinsum(tf_keras.layers.Layer):
-    """``tf.einsum(equation, a, b)`` of two activations ``[a, b]``.
+class EinsumOfTwo:
+    """What both Kerases' ``AttentionEinsum`` share: the equation, its config and output shape
+    (a mixin before the Keras ``Layer``; ``shape_type`` makes the Keras's shape)."""
 
-    >>> scores = AttentionEinsum("aecd,abcd->acbe")([key, query])
-    """
+    shape_type: type = tuple
 
     def __init__(self, equation: str, **kwargs):
         super().__init__(**kwargs)
         check_equation(equation, self.name)
         self.equation = equation
 
-    def call(self, inputs):
-        a, b = inputs
-        return tf.einsum(self.equation, a, b)
-
     def compute_output_shape(self, input_shape):
-        return tf.TensorShape(einsum_output_shape(self.equation, [tuple(s) for s in input_shape]))
+        return self.shape_type(einsum_output_shape(self.equation, [tuple(s) for s in input_shape]))
 
     def get_config(self):
         return dict(super().get_config(), equation=self.equation)
+
+
+@tf_keras.utils.register_keras_serializable(package=_PACKAGE)
+class AttentionEinsum(EinsumOfTwo, tf_keras.layers.Layer):
+    """``tf.einsum(equation, a, b)`` of two activations ``[a, b]``.
+
+    >>> scores = AttentionEinsum("aecd,abcd->acbe")([key, query])
+    """
+
+    shape_type = tf.TensorShape
+
+    def call(self, inputs):
+        a, b = inputs
+        return tf.einsum(self.equation, a, b)
 
 
 @tf_keras.utils.register_keras_serializable(package=_PACKAGE)

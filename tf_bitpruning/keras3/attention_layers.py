@@ -5,32 +5,21 @@ from __future__ import annotations
 
 import keras
 
-from tf_bitpruning.attention_layers import SOFTMAX_STEP, SOFTMAX_TOP, check_equation, einsum_output_shape
+from tf_bitpruning.attention_layers import SOFTMAX_STEP, SOFTMAX_TOP, EinsumOfTwo
 
 _PACKAGE = "tf_bitpruning"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class AttentionEinsum(keras.layers.Layer):
+class AttentionEinsum(EinsumOfTwo, keras.layers.Layer):
     """``keras.ops.einsum(equation, a, b)`` of two activations ``[a, b]``.
 
     >>> scores = AttentionEinsum("aecd,abcd->acbe")([key, query])
     """
 
-    def __init__(self, equation: str, **kwargs):
-        super().__init__(**kwargs)
-        check_equation(equation, self.name)
-        self.equation = equation
-
     def call(self, inputs):
         a, b = inputs
         return keras.ops.einsum(self.equation, a, b)
-
-    def compute_output_shape(self, input_shape):
-        return einsum_output_shape(self.equation, [tuple(s) for s in input_shape])
-
-    def get_config(self):
-        return dict(super().get_config(), equation=self.equation)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
