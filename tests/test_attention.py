@@ -127,3 +127,23 @@ def test_attention_kernels_scores_and_softmax_on_grids_the_file_reproduces(kname
     # the logits move by a few of their steps (4 seen). Top-1 where the margin exceeds 4 steps.
     a = top1_agreement(got, np.asarray(frozen(x, training=False)), output_step(path), tolerance=4.0)
     assert a.decided >= 20 and a.rate >= 0.99, a
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kname", KERASES)
+def test_bit_pruned_attention_saves_and_loads(kname, tmp_path):
+    """Its pieces are registered layers: a frozen model reloads and computes the same outputs."""
+    from tf_bitpruning.export import load_model
+
+    keras = KERASES[kname]
+    x = _sequences(64)
+    bp = tfbp.bitprune_model(_attention_classifier(keras), regularization=0.0, init_bits=5.0)
+    bp.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+               run_eagerly=True)
+    bp.train_on_batch(x[:32], np.zeros(32))
+    frozen = tfbp.freeze_bitlengths(bp)
+    path = tmp_path / ("model.keras" if kname == "keras3" else "model.h5")
+    frozen.save(path)
+    loaded = load_model(path)
+    assert {layer.name for layer in loaded.layers} == {layer.name for layer in frozen.layers}
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(frozen(x)), atol=1e-6)
