@@ -14,9 +14,14 @@ LAYER_TABLES = {name: getattr(K, name) for name in (
 
 
 def test_every_kind_is_a_tf_keras_layer():
+    from tf_bitpruning.attention_layers import CUSTOM_OBJECTS
+
     for table, kinds in LAYER_TABLES.items():
-        missing = [kind for kind in kinds if not isinstance(getattr(tf_keras.layers, kind, None), type)]
+        missing = [kind for kind in kinds if not isinstance(getattr(tf_keras.layers, kind, None), type)
+                   and kind not in K.OWN_LAYERS]
         assert not missing, f"{table}: {missing}"
+    # Our own kinds (an expanded attention's pieces) are tf_keras layers of the package.
+    assert all(issubclass(CUSTOM_OBJECTS[kind], tf_keras.layers.Layer) for kind in K.OWN_LAYERS)
 
 
 def test_tables_nest():
@@ -28,6 +33,8 @@ def test_tables_nest():
     quantized = set(K.KERNEL_LAYERS) | K.OUTPUT_LAYERS | K.PREPROCESSING_LAYERS
     assert not quantized & K.PASS_THROUGH_LAYERS
     assert K.TABLE_LAYERS <= set(K.KERNEL_LAYERS) and K.CALIBRATED_LAYERS <= K.OUTPUT_LAYERS
+    assert K.ACTIVATION_PRODUCTS <= K.OUTPUT_LAYERS and set(K.FIXED_GRID_LAYERS) <= K.PASS_THROUGH_LAYERS
+    assert K.ACTIVATION_PRODUCTS | set(K.FIXED_GRID_LAYERS) <= K.OWN_LAYERS
     # Layers refused with what to do are not also configured.
     assert not set(K.FLOAT_ONLY_LAYERS) & (quantized | K.PASS_THROUGH_LAYERS)
     assert all(isinstance(getattr(tf_keras.layers, kind, None), type) for kind in K.FLOAT_ONLY_LAYERS)

@@ -219,10 +219,15 @@ def _attention(L, x):
 
 
 @pytest.mark.parametrize("kname", ["keras3", "tf_keras"])
-def test_attention_is_refused_with_what_to_do(kname):
+def test_attention_is_expanded_or_left_whole_with_skip_layers(kname):
+    """bitprune_model expands a MultiHeadAttention into bit-pruned layers (tests/test_attention.py);
+    skip_layers=[its name] keeps it whole, in float."""
     keras = KERASES[kname]
-    with pytest.raises(ValueError, match=r"'attention' \(MultiHeadAttention\).*skip_layers.*representative_dataset"):
-        tfbp.bitprune_model(_classifier(keras, _attention, tokens=False))
+    expanded = tfbp.bitlengths(tfbp.bitprune_model(_classifier(keras, _attention, tokens=False)))
+    assert {"attention.query/weights", "attention.scores/activations"} <= set(expanded), expanded
+    kept = tfbp.bitprune_model(_classifier(keras, _attention, tokens=False), skip_layers=["attention"])
+    assert type(kept.get_layer("attention")).__name__ == "MultiHeadAttention"
+    assert not [name for name in tfbp.bitlengths(kept) if name.startswith("attention")]
 
 
 @pytest.mark.slow  # (two exports through a float attention: ~10 s)
@@ -301,9 +306,10 @@ def test_recurrent_kernels_at_their_learned_bits_states_calibrated(kname, kind, 
 @pytest.mark.parametrize("kname", KERASES)
 def test_transformer_encoder_block_end_to_end(kname, tmp_path):
     """Embedding -> encoder block (LayerNormalization, MultiHeadAttention, Add, Dense(gelu)
-    on 3-D inputs) -> GlobalAveragePooling1D -> Dense, under a 5-bit budget. The attention
-    is left in float (its kernels are not bit-pruned yet) and calibrated with the
-    LayerNormalization statistics; everything else is on learned grids."""
+    on 3-D inputs) -> GlobalAveragePooling1D -> Dense, under a 5-bit budget. The attention is
+    bit-pruned (its kernels, scores and context on learned grids, its softmax on TFLite's
+    fixed grid); the LayerNormalization statistics are calibrated; everything else is on
+    learned grids."""
     keras = KERASES[kname]
     L = keras.layers
     (x, y), (xt, yt) = _sentiment(3072, 0), _sentiment(1024, 1)
@@ -318,18 +324,20 @@ def test_transformer_encoder_block_end_to_end(kname, tmp_path):
     model.compile(keras.optimizers.Adam(2e-3), loss, metrics=["accuracy"])
     model.fit(x, y, epochs=6, batch_size=64, verbose=0)
     float_accuracy = model.evaluate(xt, yt, verbose=0)[1]
-    bp = tfbp.bitprune_model(model, skip_layers=["attention"])
+    bp = tfbp.bitprune_model(model)
     bp.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     bp.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[tfbp.BitBudget(5.0)])
+    assert {f"attention.{p}/weights" for p in ("query", "key", "value", "output")} <= set(tfbp.bitlengths(bp))
     frozen = tfbp.freeze_bitlengths(bp)
     frozen.compile(keras.optimizers.Adam(5e-4), loss, metrics=["accuracy"])
     frozen.fit(x, y, epochs=2, batch_size=64, verbose=0)
     path = tmp_path / "encoder.tflite"
     info = export_tflite(frozen, path, representative_dataset=x[:256])
-    assert {e["layer"] for e in info["calibrated"]} == {"attention", "norm_1", "norm_2"}, info["calibrated"]
+    assert {(e["layer"], e["source"]) for e in info["calibrated"]} == {
+        ("attention.softmax", "fixed"), ("norm_1", "representative_dataset"), ("norm_2", "representative_dataset")}
     got, _ = run_file(path, xt)
-    # Calibrated 8-bit attention and statistics move the logits by a few steps (see the
-    # per-kind tests): top-1 where the reference margin exceeds what 3 steps can move.
+    # Calibrated 8-bit statistics and LiteRT's approximate softmax move the logits by a few
+    # steps (see the per-kind tests): top-1 where the reference margin exceeds what 3 steps can move.
     a = top1_agreement(got, np.asarray(frozen(xt, training=False)), output_step(path), tolerance=3.0)
     deployed = float(np.mean(got.argmax(1) == yt))
     print(f"{kname}: float {float_accuracy:.4f}, deployed {deployed:.4f}, bits {tfbp.average_bits(frozen):.2f}, {a}")

@@ -8,7 +8,7 @@ When tf_keras or Keras 3 is upgraded, this module (with ``export/_compat.py`` an
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Dict, List
 
 # tfmot's internals (``tensorflow_model_optimization.python...``, not its public API): the
 # classes our wrappers, registry and layout transform build on. Imported here only.
@@ -148,6 +148,19 @@ def run_nodes(model, inputs: List[Any], call) -> List[Any]:
             for x, y in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(out)):
                 values[id(x)] = y
     return [values[id(x)] for x in model.outputs]
+
+
+def attention_parts(layer) -> Dict[str, Any]:
+    """A built ``MultiHeadAttention``'s (tf_keras or Keras 3) query/key/value/output
+    ``EinsumDense`` sublayers and its score and combine equations."""
+    return {"query": layer._query_dense, "key": layer._key_dense, "value": layer._value_dense,
+            "output": layer._output_dense, "scores": layer._dot_product_equation,
+            "combine": layer._combine_equation}
+
+
+def keras_mask(x) -> Any:
+    """The mask a symbolic tensor carries (after ``Embedding(mask_zero=True)``, ``Masking``), or None."""
+    return getattr(x, "_keras_mask", None)
 
 
 def input_layer_name(x) -> str:

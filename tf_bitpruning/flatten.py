@@ -18,12 +18,16 @@ backbone's last conv still folds, an input quantizer still moves past preprocess
 - names: a layer keeps its name, unless the name is taken in the flat model (by a layer of
   the outer model, or of an inner model met earlier: two backbones with a ``conv1`` each);
   then it is ``<inner model name>.<layer name>`` (Keras 3 refuses ``/`` in layer names).
+- ``MultiHeadAttention``: each call is expanded into primitive layers whose tensors bit
+  pruning learns (:mod:`tf_bitpruning.attention`), unless its name is in ``keep``
+  (``skip_layers``: it stays whole, in float).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from tf_bitpruning import attention
 from tf_bitpruning.frontend import frontend_for
 from tf_bitpruning.layer_kinds import builtin_kind
 from tf_bitpruning.layout import unique_name
@@ -33,6 +37,16 @@ def is_nested(model) -> bool:
     """Whether ``model`` has a model among its layers."""
     cls = frontend_for(model).model_class
     return any(isinstance(layer, cls) for layer in model.layers)
+
+
+def _expands(layer, keep) -> bool:
+    return builtin_kind(layer) == "MultiHeadAttention" and layer.name not in keep
+
+
+def _needs_rebuild(model, keep) -> bool:
+    """Whether ``model`` nests models or has an attention layer to expand (at any depth)."""
+    cls = frontend_for(model).model_class
+    return any(isinstance(layer, cls) or _expands(layer, keep) for layer in model.layers)
 
 
 def _accepts_training(layer) -> bool:
@@ -48,10 +62,12 @@ def _leaf_names(model, cls) -> List[str]:
     return [layer.name for layer in model.layers if not isinstance(layer, cls)]
 
 
-def flatten(model):
-    """A flat functional copy of ``model`` if it nests models (at any depth), else ``model``
-    itself. The copy has the same inputs, outputs, name and weights (see module doc)."""
-    if not is_nested(model):
+def flatten(model, keep: Sequence[str] = ()):
+    """A flat functional copy of ``model`` if it nests models or has attention layers to
+    expand (those not named in ``keep``), else ``model`` itself. The copy has the same
+    inputs, outputs, name and weights, and computes the same outputs (see module doc)."""
+    keep = set(keep)
+    if not _needs_rebuild(model, keep):
         return model
     front = frontend_for(model)
     cls = front.model_class
@@ -71,6 +87,11 @@ def flatten(model):
             copies[id(layer)] = (layer.__class__.from_config(config), layer)
         return copies[id(layer)][0]
 
+    def new_name(base: str) -> str:
+        name = unique_name(base, taken)
+        taken.add(name)
+        return name
+
     def runner(owner: Optional[str], inference: bool):
         def call(layer, args, kwargs):
             if isinstance(layer, cls):
@@ -78,6 +99,8 @@ def flatten(model):
                 inputs = _flat(args)
                 outputs = front.run_nodes(layer, inputs, runner(layer.name, inner))
                 return outputs[0] if len(outputs) == 1 else outputs
+            if _expands(layer, keep):
+                return attention.expand(layer, args, kwargs, new_name, front.attention_pieces)
             kwargs = dict(kwargs)
             inference_bn = inference and builtin_kind(layer, exact=False) == "BatchNormalization"
             if inference and not inference_bn and _accepts_training(layer):

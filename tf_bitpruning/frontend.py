@@ -25,6 +25,7 @@ class FrontEnd(Protocol):
 
     name: str           # "tf_keras" or "keras3"
     model_class: type   # the Keras's ``Model``
+    attention_pieces: Any  # its AttentionEinsum, AttentionSoftmax and Dropout classes (attention.py)
 
     def make_input(self, *, batch_shape, dtype, name: str) -> Any:
         """A new model input (``keras.Input``)."""

@@ -68,9 +68,19 @@ CALIBRATED_LAYERS = frozenset({"LayerNormalization", "LSTM", "GRU"})
 # What of them is calibrated (the metadata's and the report's words).
 CALIBRATED_TENSORS = {"LayerNormalization": "statistics", "LSTM": "gates and states", "GRU": "gates and states"}
 
+# -- the pieces of an expanded MultiHeadAttention (tf_bitpruning/attention.py) ---------------------
+# Our own layers (tf_bitpruning/attention_layers.py and its Keras 3 twin), known by class name.
+OWN_LAYERS = frozenset({"AttentionEinsum", "AttentionSoftmax"})
+# Products of two activations (an int8 BATCH_MATMUL): both inputs are on learned grids, the
+# output gets its own.
+ACTIVATION_PRODUCTS = frozenset({"AttentionEinsum"})
+# Layers whose output lies on a grid fixed by TFLite (no learned quantizer, no calibration):
+# what of them, in the metadata's and the report's words.
+FIXED_GRID_LAYERS = {"AttentionSoftmax": "output on TFLite's int8 softmax grid (step 1/256)"}
+
 # Layers whose output the registry quantizes.
-OUTPUT_LAYERS = (RELU_LAYERS | MERGES | AVERAGE_POOLINGS | UPSAMPLINGS
-                 | CALIBRATED_LAYERS | {"BatchNormalization", "GlobalAveragePooling1D", "GlobalAveragePooling2D"})
+OUTPUT_LAYERS = (RELU_LAYERS | MERGES | AVERAGE_POOLINGS | UPSAMPLINGS | CALIBRATED_LAYERS | ACTIVATION_PRODUCTS
+                 | {"BatchNormalization", "GlobalAveragePooling1D", "GlobalAveragePooling2D"})
 
 # Run in float when they follow a model input (the input quantizer moves after them; the
 # exporter computes them in float on the input, then QUANTIZE).
@@ -104,18 +114,18 @@ VALUE_PRESERVING = frozenset({
 }) | TRAINING_ONLY
 # Layers that get no quantizer, not even a wrapper. (The exporter follows a grid through the
 # value-preserving ones only.)
-PASS_THROUGH_LAYERS = VALUE_PRESERVING | {"Softmax", "Identity"}
+PASS_THROUGH_LAYERS = VALUE_PRESERVING | {"Softmax", "Identity"} | set(FIXED_GRID_LAYERS)
 
-# -- layers that are not bit-pruned yet, and what to do instead ------------------------------------
-# Their kernels are sublayers (the wrapper quantizes the layer's own attributes, or its cell's) and
-# they take several tensors: leave them in float, and the export calibrates them at 8 bits.
+# -- layers that are not bit-pruned by themselves, and what to do instead ---------------------------
+# Their kernels are sublayers (the wrapper quantizes the layer's own attributes, or its cell's).
+# bitprune_model and bitprune_annotate_model expand an attention into layers it learns
+# (tf_bitpruning/attention.py); by itself (bitprune_annotate_layer) it cannot be wrapped.
 FLOAT_ONLY_LAYERS: Dict[str, str] = {
     "MultiHeadAttention": (
         "its query/key/value/output kernels are sublayers, which the bit-pruning wrapper cannot "
-        "quantize yet. Leave it in float (skip_layers=[its name]) and export with "
-        "representative_dataset=...: the converter calibrates it at 8 bits and the file is "
-        "full-integer (the metadata lists it under 'calibrated'); or build the attention from "
-        "EinsumDense layers, whose kernels are bit-pruned"),
+        "quantize. Give the whole model to tfbp.bitprune_model (or bitprune_annotate_model), which "
+        "expands the attention into bit-pruned layers; or leave it in float (skip_layers=[its name]) "
+        "and export with representative_dataset=..."),
 }
 # Recurrent layers: the export needs them unrolled (a loop is not full-integer in TFLite).
 RECURRENT_LAYERS = frozenset({"LSTM", "GRU", "SimpleRNN", "RNN"})
@@ -167,10 +177,11 @@ FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax", "sigmoid", 
 # -- reading a layer -------------------------------------------------------------------------------
 
 def builtin_kind(layer, exact: bool = True) -> Optional[str]:
-    """The class name of a built-in Keras layer (tf_keras or Keras 3), e.g. ``"Conv2D"``; None
-    for other classes. ``exact=False``: the nearest built-in base class (``isinstance``)."""
+    """The class name of a built-in Keras layer (tf_keras or Keras 3), e.g. ``"Conv2D"``, or of
+    one of ours (``OWN_LAYERS``); None for other classes. ``exact=False``: the nearest built-in base class (``isinstance``)."""
     for cls in type(layer).__mro__[:1] if exact else type(layer).__mro__:
-        if cls.__module__.split(".")[0] in ("tf_keras", "keras"):
+        package = cls.__module__.split(".")[0]
+        if package in ("tf_keras", "keras") or (package == "tf_bitpruning" and cls.__name__ in OWN_LAYERS):
             return cls.__name__
     return None
 

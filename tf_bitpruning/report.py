@@ -21,8 +21,8 @@ import numpy as np
 import tf_keras as keras
 
 from tf_bitpruning import costs, frontend
-from tf_bitpruning.layer_kinds import (CALIBRATED_LAYERS, CALIBRATED_TENSORS, INPUT_CHAIN_LAYERS, PASS_THROUGH_LAYERS, TF_OP_PASS_THROUGH,
-                                       builtin_kind, op_lambda_function)
+from tf_bitpruning.layer_kinds import (CALIBRATED_LAYERS, CALIBRATED_TENSORS, FIXED_GRID_LAYERS, INPUT_CHAIN_LAYERS,
+                                       PASS_THROUGH_LAYERS, TF_OP_PASS_THROUGH, builtin_kind, op_lambda_function)
 
 KB_BITS = 8.0 * 1024.0
 # hls4ml's names for the kernels of layers with several: SeparableConv1D, and a SeparableConv2D
@@ -63,11 +63,14 @@ def _float_parameters(model: keras.Model) -> int:
 def calibrated_layers(model: keras.Model) -> List[Dict[str, str]]:
     """Layers with tensors that no learned quantizer covers, which the TFLite export calibrates
     at 8 bits: a LayerNormalization's ``"statistics"``, an LSTM's ``"gates and states"``, ``"all"``
-    of a layer left in float."""
+    of a layer left in float; and those on a grid TFLite fixes (an attention's softmax output,
+    ``layer_kinds.FIXED_GRID_LAYERS``)."""
     found = []
     for layer in model.layers:
         user = costs.user_layer(layer)
-        if user is not layer:
+        if builtin_kind(user) in FIXED_GRID_LAYERS:
+            found.append({"layer": user.name, "tensors": FIXED_GRID_LAYERS[builtin_kind(user)]})
+        elif user is not layer:
             if builtin_kind(user, exact=False) in CALIBRATED_LAYERS:
                 found.append({"layer": user.name, "tensors": CALIBRATED_TENSORS[builtin_kind(user, exact=False)]})
         elif not (costs.is_input_quantizer(layer) or builtin_kind(layer, exact=False) in PASS_THROUGH_LAYERS
@@ -254,6 +257,11 @@ def summary(model: keras.Model, print_fn: Callable[[str], Any] = print) -> None:
              f"and {t['int8_memory_kb']:.2f} kB int8 ({ratio(t['compression_vs_int8'])} smaller)")
     print_fn(f"Float parameters (biases, BatchNormalization, unquantized layers): "
              f"{_format_count(t['float_parameters'])}")
-    if report["calibrated"]:
+    fixed = [c for c in report["calibrated"] if c["tensors"] in FIXED_GRID_LAYERS.values()]
+    calibrated = [c for c in report["calibrated"] if c not in fixed]
+    if calibrated:
         print_fn("No learned grid, calibrated at 8 bits by export_tflite(representative_dataset=...): "
-                 + ", ".join(f"{c['layer']} ({c['tensors']})" for c in report["calibrated"]))
+                 + ", ".join(f"{c['layer']} ({c['tensors']})" for c in calibrated))
+    if fixed:
+        print_fn("No learned grid, on a fixed 8-bit grid the .tflite reproduces: "
+                 + ", ".join(f"{c['layer']} ({c['tensors']})" for c in fixed))

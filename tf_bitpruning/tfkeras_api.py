@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Tuple
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 
-from tf_bitpruning import _compat, costs, flatten, layout, op_lambdas
+from tf_bitpruning import _compat, attention_layers, costs, flatten, layout, op_lambdas
 from tf_bitpruning.frontend import frontend_for
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.layer_kinds import op_lambda_function
@@ -84,8 +84,8 @@ def bitprune_annotate_model(to_annotate: keras.Model, skip_layers: Sequence[str]
     first (:func:`tf_bitpruning.flatten.flatten`).
     """
     check_model(to_annotate, "bitprune_annotate_model", allow_nested=True)
-    to_annotate = flatten.flatten(to_annotate)
     skip = set(skip_layers)
+    to_annotate = flatten.flatten(to_annotate, keep=skip)
     unknown = skip - {layer.name for layer in to_annotate.layers}
     if unknown:
         raise ValueError(f"bitprune_annotate_model: skip_layers names no layer of the model: {sorted(unknown)}.")
@@ -206,6 +206,7 @@ def bitprune_scope(*args):
         "ActivationBitQuantizer": ActivationBitQuantizer,
         "_ClipParam": _ClipParam,
         **op_lambdas.CUSTOM_OBJECTS,
+        **attention_layers.CUSTOM_OBJECTS,
     }
     for extra in args:
         objects.update(extra)

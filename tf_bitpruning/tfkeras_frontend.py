@@ -9,12 +9,13 @@ export, save) is the pipeline, :mod:`tf_bitpruning.tfkeras_pipeline`.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Dict, List
 
 import tensorflow as tf
 import tf_keras
 
-from tf_bitpruning import _compat
+from tf_bitpruning import _compat, attention_layers
 
 # Why the tf_keras path refuses Keras's own ``.keras`` archive (saving and loading).
 KERAS_ARCHIVE_HELP = (
@@ -30,6 +31,9 @@ class TfKerasFrontEnd:
 
     name = "tf_keras"
     model_class = tf_keras.Model
+    attention_pieces = SimpleNamespace(AttentionEinsum=attention_layers.AttentionEinsum,
+                                       AttentionSoftmax=attention_layers.AttentionSoftmax,
+                                       Dropout=tf_keras.layers.Dropout)
 
     # -- the graph ---------------------------------------------------------------------------------
     make_input = staticmethod(tf_keras.Input)

@@ -11,6 +11,7 @@ import tf_keras as keras
 
 from tf_bitpruning import costs
 from tf_bitpruning._version import __version__
+from tf_bitpruning.layer_kinds import FIXED_GRID_LAYERS
 from tf_bitpruning.export import metadata as _metadata
 from tf_bitpruning.export.grids import int_bits
 
@@ -47,9 +48,14 @@ def precision_info(model: keras.Model, tensors: List[costs.QuantizedTensor],
             "layers": layers, "tensors": entries}
     # Tensors no learned quantizer covers (a LayerNormalization's statistics, a float layer's).
     entries = list(calibrated) + [(name, "all") for name in float_layers]
-    if entries:
-        info["calibrated"] = [{"layer": name, "tensors": what, "bits": 8, "source": "representative_dataset"}
-                              for name, what in entries]
+    calibrated = [{"layer": name, "tensors": what, "bits": 8, "source": "representative_dataset"}
+                  for name, what in entries]
+    # Tensors on a grid TFLite fixes (an attention's softmax output: step 1/256), which Keras reproduces.
+    users = [costs.user_layer(layer) for layer in model.layers]
+    calibrated += [{"layer": user.name, "tensors": FIXED_GRID_LAYERS[type(user).__name__], "bits": 8,
+                    "source": "fixed"} for user in users if type(user).__name__ in FIXED_GRID_LAYERS]
+    if calibrated:
+        info["calibrated"] = calibrated
     return info
 
 

@@ -122,10 +122,10 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
     """A bit-pruned copy of a Keras 3 Sequential or functional model (see module doc), nested
     models flattened first (:func:`tf_bitpruning.flatten.flatten`)."""
     check_model(model, "bitprune_model", allow_nested=True)
-    model = lift_ops(flatten.flatten(model))
+    skip = set(skip_layers)
+    model = lift_ops(flatten.flatten(model, keep=skip))
     graph = _compat.functional_graph(model)
     layers = _compat.graph_operations(graph)
-    skip = set(skip_layers)
     unknown = skip - {layer.name for layer in layers}
     if unknown:
         raise ValueError(f"bitprune_model: skip_layers names no layer of the model: {sorted(unknown)}.")

@@ -19,7 +19,7 @@ import tf_keras
 from tensorflow_model_optimization.quantization.keras import quantize_apply
 
 from tf_bitpruning import _compat as _compat_tfmot
-from tf_bitpruning import costs, op_lambdas
+from tf_bitpruning import attention_layers, costs, op_lambdas
 from tf_bitpruning.tfkeras_api import bitprune_annotate_layer, bitprune_scope
 from tf_bitpruning.configs import BitPruneQuantizeConfig
 from tf_bitpruning.keras3 import _compat
@@ -46,7 +46,7 @@ def _dtype_name(dtype: Any) -> Any:
 def _tf_keras_layer(class_name: str, config: Dict[str, Any]):
     """The tf_keras layer of a Keras 3 layer config: the arguments tf_keras knows, with
     initializers, regularizers and constraints left out (the weights are copied)."""
-    cls = getattr(tf_keras.layers, class_name, None)
+    cls = getattr(tf_keras.layers, class_name, None) or attention_layers.CUSTOM_OBJECTS.get(class_name)
     if cls is None:
         raise ValueError(f"export: the Keras 3 layer '{config.get('name')}' ({class_name}) has no tf_keras "
                          f"counterpart to export it through.")

@@ -10,11 +10,12 @@ What it does to a whole model is the pipeline, :mod:`tf_bitpruning.keras3.pipeli
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
 import keras
 
-from tf_bitpruning.keras3 import _compat
+from tf_bitpruning.keras3 import _compat, attention_layers
 from tf_bitpruning.layer_kinds import KERAS3_KERNEL_ATTRS
 
 TFMOT_API_HELP = (
@@ -34,6 +35,9 @@ class Keras3FrontEnd:
 
     name = "keras3"
     model_class = keras.Model
+    attention_pieces = SimpleNamespace(AttentionEinsum=attention_layers.AttentionEinsum,
+                                       AttentionSoftmax=attention_layers.AttentionSoftmax,
+                                       Dropout=keras.layers.Dropout)
 
     # -- the graph ---------------------------------------------------------------------------------
     make_input = staticmethod(keras.Input)
