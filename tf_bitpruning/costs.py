@@ -53,7 +53,8 @@ class QuantizedTensor:
 
     def bits(self) -> tf.Tensor:
         """The bitlength ``n`` (mean over channels for per-channel bitlengths)."""
-        return tf.reduce_mean(self.quantizer.bitlength(self.variables))
+        n = self.quantizer.bitlength(self.variables)
+        return n if n.shape.rank == 0 else tf.reduce_mean(n)
 
     def input_bits(self) -> tf.Tensor:
         return self.input.bits() if self.input is not None else tf.constant(FLOAT_BITS)

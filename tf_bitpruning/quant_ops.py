@@ -222,6 +222,13 @@ def quantize_activations_clamped(x: tf.Tensor, range_min: tf.Tensor, range_max: 
     return lo + step * tf.clip_by_value(tf.round((x - lo) / step), const(0.0), top)
 
 
+def bitlength_from_param(param: tf.Tensor, multiplier: float, min_bits: int, max_bits: int) -> tf.Tensor:
+    """The real bitlength ``n = multiplier · param`` in ``[min_bits, max_bits]``, its
+    gradient passed to ``param`` unscaled (see :mod:`tf_bitpruning.quantizers`)."""
+    n = param + tf.stop_gradient(const(multiplier - 1.0) * param)
+    return tf.clip_by_value(n, const(min_bits), const(max_bits))
+
+
 def batch_range(x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """``x``'s ``[min, max]`` widened to hold 0 (an activation grid represents 0)."""
     zero = const(0.0)

@@ -104,8 +104,9 @@ class BitlengthQuantizer(tfmot_quantizers.Quantizer):
         const = shared_graph.const
         if self.frozen:
             return tf.round(param * const(k))
-        n = param + tf.stop_gradient(const(k - 1.0) * param)
-        n = tf.clip_by_value(n, const(self.min_bits), const(self.max_bits))
+        low, high = self.min_bits, self.max_bits
+        n = shared_graph.call_math(("bitlength", k, low, high),
+                                   lambda p: quant_ops.bitlength_from_param(p, k, low, high), param)
         pair = self.anneal.get(variable_key(weights["bits"])) if self.anneal else None
         if pair is not None:
             # n slides to its integer as the weight goes 0 -> 1; so does the blend.
