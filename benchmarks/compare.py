@@ -81,19 +81,9 @@ FLAGS = flags.FLAGS
 def _tasks():
     import tf_keras as keras
 
+    from benchmarks.common import breast_cancer
     from examples import data
     from examples.models import cnn
-
-    def breast_cancer():
-        from sklearn.datasets import load_breast_cancer
-        from sklearn.model_selection import train_test_split
-        from sklearn.preprocessing import StandardScaler
-
-        x, y = load_breast_cancer(return_X_y=True)
-        xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-        scaler = StandardScaler().fit(xtr)
-        return (scaler.transform(xtr).astype("float32"), ytr.astype("int32"),
-                scaler.transform(xte).astype("float32"), yte.astype("int32"))
 
     def mlp(shape):
         L = keras.layers
