@@ -11,7 +11,7 @@ decay, batch 32; weights start at 4 bits (``kbi``, ``i0 = 0``), activations at 4
 its elements, then the mean over tensors (weights: the kernels of QConv2D/QDense; activations:
 every layer's input quantizer); EBOPs after ``trace_minmax``.
 
-    /work/helpers/hgq-venv/bin/python benchmarks/hgq2_compare.py --tasks=breast_cancer --out=docs/hgq2_compare_mlp
+    python benchmarks/hgq2_compare.py --tasks=breast_cancer --out=docs/hgq2_compare_mlp  # where hgq2 is installed
 """
 
 from __future__ import annotations
