@@ -33,6 +33,9 @@ of 560) and, on digits, fine-tuning three times as long under a cosine decay fro
         --out=docs/comparison_levers_long
     python benchmarks/compare.py --tasks=breast_cancer --budgets=2.5,3 --uniform_bits= \
         --levers=default,range,range+clip --learn_epochs=120 --out=docs/comparison_levers_mlp_long
+    python benchmarks/compare.py --tasks=breast_cancer --budgets=2.5,3 --uniform_bits= --levers=range,range+clip \
+        --learn_epochs=120 --finetune_epochs=30 --finetune_schedule=cosine --finetune_lr=1e-3 \
+        --out=docs/comparison_levers_mlp_long_cos
 """
 
 from __future__ import annotations
