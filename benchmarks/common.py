@@ -1,6 +1,20 @@
-"""What the coverage benchmarks share: the digits images and the Keras/LiteRT agreement count."""
+"""What the benchmarks share: the digits images, the breast-cancer table and the Keras/LiteRT agreement count."""
 
 from __future__ import annotations
+
+
+def breast_cancer():
+    """scikit-learn's breast-cancer table, a stratified quarter held out, standardized on the
+    training part: ``(x_train, y_train, x_test, y_test)`` (compare.py's MLP task)."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_breast_cancer(return_X_y=True)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    scaler = StandardScaler().fit(xtr)
+    return (scaler.transform(xtr).astype("float32"), ytr.astype("int32"),
+            scaler.transform(xte).astype("float32"), yte.astype("int32"))
 
 
 def digits(size: int, raw_255: bool):

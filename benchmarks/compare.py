@@ -23,6 +23,19 @@ together, e.g. (docs/comparison_levers.md, docs/comparison_levers_mlp.md):
 
     python benchmarks/compare.py --tasks=digits --budgets=2.5,3 --uniform_bits= \
         --levers=default,range,range+clip --out=docs/comparison_levers
+
+and with a longer learning phase (digits: 4,500 steps instead of 1,800; breast cancer: 1,700 instead
+of 560) and, on digits, fine-tuning three times as long under a cosine decay from 1e-3
+(docs/comparison_levers_long.md, docs/comparison_levers_mlp_long.md):
+
+    python benchmarks/compare.py --tasks=digits --budgets=2.5,3 --uniform_bits= --levers=range \
+        --learn_epochs=100 --finetune_epochs=30 --finetune_schedule=cosine --finetune_lr=1e-3 \
+        --out=docs/comparison_levers_long
+    python benchmarks/compare.py --tasks=breast_cancer --budgets=2.5,3 --uniform_bits= \
+        --levers=default,range,range+clip --learn_epochs=120 --out=docs/comparison_levers_mlp_long
+    python benchmarks/compare.py --tasks=breast_cancer --budgets=2.5,3 --uniform_bits= --levers=range,range+clip \
+        --learn_epochs=120 --finetune_epochs=30 --finetune_schedule=cosine --finetune_lr=1e-3 \
+        --out=docs/comparison_levers_mlp_long_cos
 """
 
 from __future__ import annotations
@@ -45,6 +58,11 @@ flags.DEFINE_list("uniform_bits", ["2", "3", "4"], "tfmot default_n_bit bitlengt
 flags.DEFINE_float("bits_lr_multiplier", 20.0, "BitPruning bitlength rate (see docs/concepts.md).")
 flags.DEFINE_enum("rounding", "ceil", ["ceil", "round"], "How freeze_bitlengths rounds the learned bits.")
 flags.DEFINE_float("finetune_lr", 3e-4, "Adam learning rate of the fine-tuning at frozen bitlengths.")
+flags.DEFINE_integer("learn_epochs", 40, "Epochs of the learning phase (BitBudget at 1e-3).")
+flags.DEFINE_integer("finetune_epochs", 10, "Epochs of the fine-tuning at frozen bitlengths (the long lever: 3x).")
+flags.DEFINE_enum("finetune_schedule", "constant", ["constant", "cosine"],
+                  "Fine-tuning learning rate: constant, or cosine decay from --finetune_lr to 0 over the epochs.")
+flags.DEFINE_integer("first_seed", 0, "Seeds run are first_seed .. first_seed + seeds - 1.")
 flags.DEFINE_enum("weighting", "uniform", ["uniform", "memory", "bops"], "BitBudget weighting of the budget.")
 flags.DEFINE_float("anneal", 0.25, "BitBudget(anneal=...): share of the learning phase that slides the bits to integers.")
 flags.DEFINE_bool("exact", True, "Freeze with target_bits (the deployed model is at or under the budget).")
@@ -66,19 +84,9 @@ FLAGS = flags.FLAGS
 def _tasks():
     import tf_keras as keras
 
+    from benchmarks.common import breast_cancer
     from examples import data
     from examples.models import cnn
-
-    def breast_cancer():
-        from sklearn.datasets import load_breast_cancer
-        from sklearn.model_selection import train_test_split
-        from sklearn.preprocessing import StandardScaler
-
-        x, y = load_breast_cancer(return_X_y=True)
-        xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-        scaler = StandardScaler().fit(xtr)
-        return (scaler.transform(xtr).astype("float32"), ytr.astype("int32"),
-                scaler.transform(xte).astype("float32"), yte.astype("int32"))
 
     def mlp(shape):
         L = keras.layers
@@ -92,7 +100,9 @@ def _tasks():
 
 
 def _epochs():
-    return dict(float=3, qat=2, learn=3, finetune=1) if FLAGS.quick else dict(float=20, qat=10, learn=40, finetune=10)
+    if FLAGS.quick:
+        return dict(float=3, qat=2, learn=3, finetune=1)
+    return dict(float=20, qat=10, learn=FLAGS.learn_epochs, finetune=FLAGS.finetune_epochs)
 
 
 def _step_time(model, x, y, steps=30, batch=64, callbacks=()):
@@ -146,6 +156,19 @@ def _fine_tune(model, xtr, ytr, xte, yte, epochs, callbacks=()):
     if max(history.history["val_accuracy"]) < start:
         model.set_weights(weights)
     return float(model.evaluate(xte, yte, verbose=0)[1])
+
+
+def _finetune_lr(epochs, n_train):
+    """--finetune_lr, constant or decayed to 0 by a cosine over the fine-tuning's steps
+    (``_fine_tune`` trains on five sixths of ``n_train`` in batches of 32)."""
+    import math
+
+    import tf_keras as keras
+
+    if FLAGS.finetune_schedule == "constant":
+        return FLAGS.finetune_lr
+    steps = epochs * math.ceil((n_train - n_train // 6) / 32)
+    return keras.optimizers.schedules.CosineDecay(FLAGS.finetune_lr, steps)
 
 
 def _tflite_latency(path, x, n=200):
@@ -266,9 +289,10 @@ def run_task(name, load, build, seed, tmp):
         learn_step = _step_time(bp, xtr, ytr, callbacks=distill)
         exact = dict(target_bits=float(target), calibration_data=calibration) if FLAGS.exact else {}
         frozen = tfbp.freeze_bitlengths(bp, rounding=FLAGS.rounding, weighting=FLAGS.weighting, **exact)
-        frozen.compile(keras.optimizers.Adam(FLAGS.finetune_lr), loss, metrics=["accuracy"])
+        tune_epochs = ep["finetune"] * (3 if "long" in levers else 1)
+        frozen.compile(keras.optimizers.Adam(_finetune_lr(tune_epochs, len(xtr))), loss, metrics=["accuracy"])
         frozen_acc = float(frozen.evaluate(xte, yte, verbose=0)[1])
-        acc = _fine_tune(frozen, xtr, ytr, xte, yte, ep["finetune"] * (3 if "long" in levers else 1), distill)
+        acc = _fine_tune(frozen, xtr, ytr, xte, yte, tune_epochs, distill)
         path = os.path.join(tmp, f"{name}_bp{target}.tflite")
         tfbp.export_tflite(frozen, path, representative_dataset=xtr[:128])
         tensors = costs.quantized_tensors(frozen)
@@ -278,6 +302,9 @@ def run_task(name, load, build, seed, tmp):
         suffix = "".join(f", {v}" for v, d in ((FLAGS.rounding, "ceil"), (FLAGS.weighting, "uniform"),
                                                ("per-channel" if FLAGS.per_channel_bits else "", ""),
                                                ("mse clip" if clip == "mse" else "", ""),
+                                               (f"{FLAGS.learn_epochs}-epoch learning", "40-epoch learning"),
+                                               (f"{FLAGS.finetune_epochs}-epoch fine-tuning", "10-epoch fine-tuning"),
+                                               ("cosine fine-tuning" if FLAGS.finetune_schedule == "cosine" else "", ""),
                                                *((LEVERS[v], "") for v in levers)) if v != d)
         suffix = f" ({suffix[2:]})" if suffix else ""
         rows.append(_row(f"BitPruning {target} bits{suffix}", acc, w_bits,
@@ -338,7 +365,7 @@ def _runs_markdown(runs):
              "|---|---|---|---|---|---|---|---|"]
     for task, rows in runs.items():
         for i, r in enumerate(rows):
-            seed = i // max(1, len(FLAGS.budgets) * len(FLAGS.weight_clip) * len(FLAGS.levers))
+            seed = FLAGS.first_seed + i // max(1, len(FLAGS.budgets) * len(FLAGS.weight_clip) * len(FLAGS.levers))
             lines.append(f"| {task} | {seed} | {r['method']} | {100 * r['float_top1']:.2f} | "
                          f"{100 * r['learn_top1']:.2f} ({r['learn_bits']:.2f}) | {100 * r['frozen_top1']:.2f} | "
                          f"{100 * r['top1']:.2f} ({r['deployed_bits']:.2f}) | {100 * r['tflite_top1']:.2f} |")
@@ -402,7 +429,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         for task in FLAGS.tasks:
             load, build = tasks[task]
-            per_seed = [run_task(task, load, build, seed, tmp) for seed in range(FLAGS.seeds)]
+            per_seed = [run_task(task, load, build, seed, tmp) for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds)]
             results[task] = _aggregate(per_seed)
             runs[task] = [r for rows in per_seed for r in rows if "deployed_bits" in r]
             print(_markdown({task: results[task]}), flush=True)

@@ -1,0 +1,117 @@
+"""HGQ2 at several regularization strengths on the networks of benchmarks/compare.py.
+
+HGQ2 (``pip install hgq2``; Keras 3) learns a bitwidth per weight and per activation element
+against its resource estimate (EBOPs) weighted by β. Here it gets compare.py's digits CNN
+(Conv-BN-ReLU, max-pool, Conv-ReLU, Dense-softmax) and breast-cancer MLP (Dense 64, 32, 2)
+as HGQ2 layers (``QConv2D``, ``QBatchNormalization``, ``QMaxPooling2D``, ``QDense``), the same
+data splits, and as many epochs as BitPruning's whole pipeline in the longer-training pages
+(float + learning phase + fine-tuning: 150 on either task), Adam from 3e-3 under a cosine
+decay, batch 32; weights start at 4 bits (``kbi``, ``i0 = 0``), activations at 4 fraction bits
+(``kif``). Bits are reported the way compare.py reports ours: each tensor's mean bitwidth over
+its elements, then the mean over tensors (weights: the kernels of QConv2D/QDense; activations:
+every layer's input quantizer); EBOPs after ``trace_minmax``.
+
+    python benchmarks/hgq2_compare.py --tasks=breast_cancer --out=docs/hgq2_compare_mlp  # where hgq2 is installed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from absl import app, flags
+
+flags.DEFINE_list("tasks", ["digits", "breast_cancer"], "compare.py's tasks: digits (CNN), breast_cancer (MLP).")
+flags.DEFINE_integer("seeds", 3, "Seeds per β.")
+flags.DEFINE_list("betas", ["1e-6", "1e-5", "1e-4"], "HGQ2's β (the EBOPs weight in the loss), one run per value.")
+flags.DEFINE_integer("epochs", 150, "Training epochs (from scratch).")
+flags.DEFINE_string("out", os.path.join(ROOT, "docs", "hgq2_compare"), "Output prefix (.md, .json).")
+FLAGS = flags.FLAGS
+
+
+def _data(task):
+    from benchmarks.common import breast_cancer
+    from examples import data
+
+    return data.load("digits") if task == "digits" else breast_cancer()
+
+
+def _model(task, shape, beta):
+    import keras
+    from hgq.config import LayerConfigScope, QuantizerConfigScope
+    from hgq.layers import QBatchNormalization, QConv2D, QDense, QMaxPooling2D
+
+    with QuantizerConfigScope(place=("weight", "bias"), default_q_type="kbi", b0=4, i0=0), \
+            QuantizerConfigScope(place="datalane", default_q_type="kif", f0=4), \
+            LayerConfigScope(enable_ebops=True, beta0=beta):
+        if task == "digits":
+            layers = [QConv2D(16, 3, padding="same"), QBatchNormalization(), keras.layers.ReLU(), QMaxPooling2D(2),
+                      QConv2D(32, 3, padding="same", activation="relu"), keras.layers.Flatten(),
+                      QDense(10, activation="softmax")]
+        else:
+            layers = [QDense(64, activation="relu"), QDense(32, activation="relu"), QDense(2, activation="softmax")]
+        return keras.Sequential([keras.Input(shape), *layers])
+
+
+def run(task, seed, beta):
+    import keras
+    import numpy as np
+    from hgq.layers import QConv2D, QDense
+    from hgq.utils import trace_minmax
+
+    keras.utils.set_random_seed(seed)
+    xtr, ytr, xte, yte = _data(task)
+    model = _model(task, xtr.shape[1:], beta)
+    steps = FLAGS.epochs * -(-len(xtr) // 32)
+    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, steps)),
+                  keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    model.fit(xtr, ytr, epochs=FLAGS.epochs, batch_size=32, verbose=0)
+    ebops = trace_minmax(model, xtr)
+    weights = [float(np.mean(layer.kq.bits)) for layer in model.layers if isinstance(layer, (QConv2D, QDense))]
+    acts = [float(np.mean(layer.iq.bits)) for layer in model.layers if getattr(layer, "enable_iq", False)]
+    top1 = float(model.evaluate(xte, yte, verbose=0)[1])
+    row = dict(task=task, seed=seed, beta=beta, top1=top1, avg_bits=float(np.mean(weights + acts)),
+               weight_bits=float(np.mean(weights)), activation_bits=float(np.mean(acts)), ebops=float(ebops))
+    print(row, flush=True)
+    return row
+
+
+def main(argv):
+    del argv
+    import numpy as np
+
+    from benchmarks.provenance import stamp
+
+    made_by = stamp()
+    rows = [run(task, seed, float(beta)) for task in FLAGS.tasks for beta in FLAGS.betas for seed in range(FLAGS.seeds)]
+    lines = [made_by, "", f"HGQ2, {FLAGS.epochs} epochs, {FLAGS.seeds} seed(s); bits per tensor averaged like "
+             "benchmarks/compare.py's.", "",
+             "| task | β | top-1 % | avg bits per tensor | weight bits | activation bits | EBOPs |",
+             "|---|---|---|---|---|---|---|"]
+    for task in FLAGS.tasks:
+        for beta in FLAGS.betas:
+            sel = [r for r in rows if r["task"] == task and r["beta"] == float(beta)]
+            mean = {k: float(np.mean([r[k] for r in sel])) for k in ("top1", "avg_bits", "weight_bits",
+                                                                    "activation_bits", "ebops")}
+            std = float(np.std([r["top1"] for r in sel]))
+            lines.append(f"| {task} | {beta} | {100 * mean['top1']:.2f} ± {100 * std:.2f} | {mean['avg_bits']:.2f} | "
+                         f"{mean['weight_bits']:.2f} | {mean['activation_bits']:.2f} | {mean['ebops']:,.0f} |")
+    lines += ["", "Per seed:", "", "| task | β | seed | top-1 % | avg bits | weight bits | activation bits |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['beta']:g} | {r['seed']} | {100 * r['top1']:.2f} | {r['avg_bits']:.2f} | "
+              f"{r['weight_bits']:.2f} | {r['activation_bits']:.2f} |" for r in rows]
+    with open(FLAGS.out + ".json", "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(FLAGS.out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    app.run(main)
