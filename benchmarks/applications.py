@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags
 
-from benchmarks.common import agreement, digits, fast_bn_statistics, print_row, row_in_subprocess
+from benchmarks.common import agreement, digits, fast_bn_statistics, fit_arrays, print_row, row_in_subprocess
 
 # name -> (input size, extra constructor arguments, whether the model rescales [0, 255] itself)
 FAMILIES = {
@@ -238,6 +238,11 @@ def schedule(steps: int, examples: int) -> dict:
     return {"epochs": epochs, "steps_per_epoch": steps // epochs}
 
 
+def fit_data(x, y, fit_args: dict) -> tuple:
+    """``(x, y)`` that ``fit(**fit_args)`` draws exactly its steps from, either Keras."""
+    return fit_arrays(x, y, fit_args["epochs"], fit_args["steps_per_epoch"], FLAGS.batch_size, FLAGS.keras == "3")
+
+
 def commit() -> str:
     """The code a row was run with (``+uncommitted changes`` if the code was edited)."""
     from benchmarks.provenance import commit as code_commit
@@ -265,8 +270,9 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         result.update(steps=steps, finetune_steps=finetune_steps, learning_rate=lr)
         bp.compile(keras.optimizers.Adam(lr), loss, metrics=["accuracy"])
         t0 = time.time()
-        bp.fit(xtr, ytr, batch_size=FLAGS.batch_size, callbacks=[tfbp.BitBudget(FLAGS.target_bits)],
-               verbose=0, **schedule(steps, len(xtr)))
+        fit_args = schedule(steps, len(xtr))
+        bp.fit(*fit_data(xtr, ytr, fit_args), batch_size=FLAGS.batch_size,
+               callbacks=[tfbp.BitBudget(FLAGS.target_bits)], verbose=0, **fit_args)
         result["learn_s"] = round(time.time() - t0, 1)
         result["avg_bits"] = round(tfbp.average_bits(bp), 2)
         stage = "freeze_bitlengths"
@@ -274,7 +280,8 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         frozen = tfbp.freeze_bitlengths(bp)
         stage = "fit (fine-tune)"
         frozen.compile(keras.optimizers.Adam(lr / 5), loss, metrics=["accuracy"])
-        frozen.fit(xtr, ytr, batch_size=FLAGS.batch_size, verbose=0, **schedule(finetune_steps, len(xtr)))
+        fit_args = schedule(finetune_steps, len(xtr))
+        frozen.fit(*fit_data(xtr, ytr, fit_args), batch_size=FLAGS.batch_size, verbose=0, **fit_args)
         x = xte[:FLAGS.eval_inputs]
         result["accuracy"] = round(float(frozen.evaluate(xte, yte, verbose=0)[1]), 4)
         stage = "export_tflite"

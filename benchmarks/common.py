@@ -62,6 +62,21 @@ def fast_bn_statistics(model, momentum: float = 0.9):
     return model
 
 
+def fit_arrays(x, y, epochs: int, steps_per_epoch: int, batch_size: int, keras3: bool) -> tuple:
+    """``(x, y)`` such that ``fit(x, y, batch_size, epochs, steps_per_epoch)`` trains
+    ``epochs * steps_per_epoch`` batches. tf_keras streams arrays across epochs; Keras 3
+    resumes the last epoch's iterator and ends an epoch early once it runs dry (2
+    epochs of 89 steps over 90 batches train 89 + 1: ``BitBudget`` never anneals).
+    Under Keras 3 with several epochs: the first ``steps_per_epoch`` batches' examples,
+    so that each epoch draws exactly its steps."""
+    if not keras3 or epochs == 1:
+        return x, y
+    n = steps_per_epoch * batch_size
+    if n > len(x):
+        raise ValueError(f"fit_arrays: {steps_per_epoch} steps of {batch_size} need {n} examples, got {len(x)}.")
+    return x[:n], y[:n]
+
+
 def print_row(row: dict) -> None:
     """What a row's child process (``--one=...``) prints for :func:`row_in_subprocess`."""
     import json
