@@ -30,6 +30,7 @@ import tf_keras as keras
 from tf_bitpruning._files import write_atomic
 from tf_bitpruning.export import metadata as _metadata
 from tf_bitpruning.export.align import apply_moves, bias_moves
+from tf_bitpruning.export.bias_scale import rescale_biases
 from tf_bitpruning.export.checks import (ExportError, check_calibration, check_frozen, check_full_integer,
                                          check_unrolled)
 from tf_bitpruning.export.convert import convert
@@ -136,6 +137,7 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
                               f"so the converter calibrates them at 8 bits.") from e
         raise
     model_obj = read(content)
+    rescale_biases(model_obj)  # the converter can state a bias scale its op does not add it on
     calibrated = representative_dataset is not None
     check_full_integer(model_obj, float_layers=() if calibrated else plan.separable,
                        wide_merges=() if calibrated else plan.wide_merges)
