@@ -75,8 +75,11 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
         export leaves no file (and an existing file untouched).
       representative_dataset: optional samples (an array of inputs, or a
         generator function as for ``TFLiteConverter``) to calibrate tensors
-        that have no learned quantizer (layers left in float). The learned
-        ranges are used wherever they exist.
+        that have no learned quantizer (layers left in float, a LayerNormalization's
+        statistics, an LSTM's or GRU's gates and states). The learned ranges are
+        used wherever they exist; a model with none of those tensors ignores the
+        data, so its float preprocessing (``Rescaling`` before the input quantizer)
+        stays float as in Keras.
       int4: which ≤ 4-bit filters are stored as INT4 (two values per byte).
         ``"auto"`` (default): those of the ops LiteRT's default (XNNPACK) runs as
         fast in INT4 as in INT8, :data:`FAST_INT4_OPS` (FULLY_CONNECTED; pointwise
@@ -128,6 +131,11 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     plan = build_plan(model, ops, fine_bias)
     check_calibration(sorted(plan.calibrated.values()), representative_dataset)
     left = unquantized_layers(model)
+    # The data calibrates only tensors without a learned grid. Given to the converter otherwise,
+    # it would also calibrate the float preprocessing (Rescaling) before the input quantizer
+    # into int8 ops that round twice where Keras rounds once (docs/export.md).
+    if not (plan.calibrated or left or plan.separable or plan.wide_merges):
+        representative_dataset = None
     try:
         content = convert(model, export_graph(model, plan), representative_dataset,
                           inference_input_type, inference_output_type)
