@@ -131,24 +131,8 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     plan = build_plan(model, ops, fine_bias)
     check_calibration(sorted(plan.calibrated.values()), representative_dataset)
     left = unquantized_layers(model)
-    # The data calibrates only tensors without a learned grid. Given to the converter otherwise,
-    # it would also calibrate the float preprocessing (Rescaling) before the input quantizer
-    # into int8 ops that round twice where Keras rounds once (docs/export.md).
-    if not (plan.calibrated or left or plan.separable or plan.wide_merges):
-        representative_dataset = None
-    try:
-        content = convert(model, export_graph(model, plan), representative_dataset,
-                          inference_input_type, inference_output_type)
-    except ExportError as e:
-        if left and representative_dataset is None:  # the converter's words, and what to do
-            raise ExportError(f"{e} The layers {left[:5]} are left in float: pass representative_dataset=... "
-                              f"so the converter calibrates them at 8 bits.") from e
-        raise
-    model_obj = read(content)
-    rescale_biases(model_obj)  # the converter can state a bias scale its op does not add it on
-    calibrated = representative_dataset is not None
-    check_full_integer(model_obj, float_layers=() if calibrated else plan.separable,
-                       wide_merges=() if calibrated else plan.wide_merges)
+    model_obj, calibrated = _converted(model, plan, representative_dataset, left,
+                                       inference_input_type, inference_output_type)
 
     kernels = {(t.wrapper, t.attr): t for t in tensors if t.kind == "weights"}
     names = {key: kernels[key].name for key in plan.weights}
@@ -175,3 +159,35 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     write_atomic(path, final)
     apply_moves(given, moves)
     return info
+
+
+def _converted(model: keras.Model, plan, data, left, inference_input_type, inference_output_type):
+    """``(flatbuffer, whether the data calibrated it)``: full-integer (checked), biases on their ops' grids.
+
+    The data calibrates only tensors without a learned grid. Given to the converter when there
+    are none, it would also calibrate the float preprocessing before the input quantizer
+    (``Rescaling``) into int8 ops on grids of their own, rounding twice where Keras rounds once
+    (docs/export.md): so a model whose plan calibrates nothing is converted without it first, and
+    with it only where that leaves a tensor in float (a ``gelu``'s or ``hard_sigmoid``'s inside)."""
+    if data is not None and not (plan.calibrated or left or plan.separable or plan.wide_merges):
+        try:
+            return _checked(model, plan, None, left, inference_input_type, inference_output_type), False
+        except ExportError:
+            pass  # some tensor needs the data
+    return _checked(model, plan, data, left, inference_input_type, inference_output_type), data is not None
+
+
+def _checked(model: keras.Model, plan, data, left, inference_input_type, inference_output_type):
+    try:
+        content = convert(model, export_graph(model, plan), data, inference_input_type, inference_output_type)
+    except ExportError as e:
+        if left and data is None:  # the converter's words, and what to do
+            raise ExportError(f"{e} The layers {left[:5]} are left in float: pass representative_dataset=... "
+                              f"so the converter calibrates them at 8 bits.") from e
+        raise
+    model_obj = read(content)
+    rescale_biases(model_obj)  # the converter can state a bias scale its op does not add it on
+    calibrated = data is not None
+    check_full_integer(model_obj, float_layers=() if calibrated else plan.separable,
+                       wide_merges=() if calibrated else plan.wide_merges)
+    return model_obj
