@@ -343,3 +343,38 @@ def test_transformer_encoder_block_end_to_end(kname, tmp_path):
     print(f"{kname}: float {float_accuracy:.4f}, deployed {deployed:.4f}, bits {tfbp.average_bits(frozen):.2f}, {a}")
     assert a.decided >= 500 and a.rate >= 0.99, a
     assert float_accuracy >= 0.8 and deployed >= float_accuracy - 0.03, (float_accuracy, deployed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kname", KERASES)
+def test_trained_gru_file_agrees_with_keras(kname, tmp_path):
+    """GRU(32) over the 8 rows of a digit (inputs in [0, 1]), trained, bit-pruned at a 6-bit
+    budget, frozen, fine-tuned and exported. The converter once quantized the GRU's input
+    biases for the calibrated scale of its unstacked inputs (1/255) and then gave those
+    inputs the learned 6-bit grid's (1/63): each step added its biases four times too large
+    and a third of the decided inputs took another class (export/bias_scale.py)."""
+    from examples import data
+
+    keras = KERASES[kname]
+    keras.utils.set_random_seed(0)
+    x, y, xt, yt = (a[..., 0] if a.ndim == 4 else a for a in data.load("digits"))
+    inputs = keras.Input((8, 8))
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GRU(32, unroll=True, name="gru")(inputs)))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(3e-3), loss)
+    model.fit(x, y, epochs=4, batch_size=32, verbose=0)
+    bp = tfbp.bitprune_model(model)
+    bp.compile(keras.optimizers.Adam(1e-3), loss)
+    bp.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[tfbp.BitBudget(6.0)])
+    frozen = tfbp.freeze_bitlengths(bp)
+    frozen.compile(keras.optimizers.Adam(2e-4), loss)
+    frozen.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    path = tmp_path / "gru.tflite"
+    export_tflite(frozen, path, representative_dataset=x[:256])
+    got = run_file(path, xt)[0]
+    ref = np.asarray(frozen(xt, training=False))
+    # Gates and states int8 at calibrated scales (Keras: float): a few steps of the logits,
+    # as in test_recurrent_kernels_at_their_learned_bits_states_calibrated.
+    a = top1_agreement(got, ref, output_step(path), tolerance=4.0)
+    print(f"{kname}: {a}, Keras accuracy {np.mean(ref.argmax(1) == yt):.3f}, file {np.mean(got.argmax(1) == yt):.3f}")
+    assert a.decided >= 100 and a.rate >= 0.99, a

@@ -30,6 +30,7 @@ import tf_keras as keras
 from tf_bitpruning._files import write_atomic
 from tf_bitpruning.export import metadata as _metadata
 from tf_bitpruning.export.align import apply_moves, bias_moves
+from tf_bitpruning.export.bias_scale import rescale_biases
 from tf_bitpruning.export.checks import (ExportError, check_calibration, check_frozen, check_full_integer,
                                          check_unrolled)
 from tf_bitpruning.export.convert import convert
@@ -74,8 +75,11 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
         export leaves no file (and an existing file untouched).
       representative_dataset: optional samples (an array of inputs, or a
         generator function as for ``TFLiteConverter``) to calibrate tensors
-        that have no learned quantizer (layers left in float). The learned
-        ranges are used wherever they exist.
+        that have no learned quantizer (layers left in float, a LayerNormalization's
+        statistics, an LSTM's or GRU's gates and states). The learned ranges are
+        used wherever they exist; a model with none of those tensors ignores the
+        data, so its float preprocessing (``Rescaling`` before the input quantizer)
+        stays float as in Keras.
       int4: which ≤ 4-bit filters are stored as INT4 (two values per byte).
         ``"auto"`` (default): those of the ops LiteRT's default (XNNPACK) runs as
         fast in INT4 as in INT8, :data:`FAST_INT4_OPS` (FULLY_CONNECTED; pointwise
@@ -127,18 +131,8 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     plan = build_plan(model, ops, fine_bias)
     check_calibration(sorted(plan.calibrated.values()), representative_dataset)
     left = unquantized_layers(model)
-    try:
-        content = convert(model, export_graph(model, plan), representative_dataset,
-                          inference_input_type, inference_output_type)
-    except ExportError as e:
-        if left and representative_dataset is None:  # the converter's words, and what to do
-            raise ExportError(f"{e} The layers {left[:5]} are left in float: pass representative_dataset=... "
-                              f"so the converter calibrates them at 8 bits.") from e
-        raise
-    model_obj = read(content)
-    calibrated = representative_dataset is not None
-    check_full_integer(model_obj, float_layers=() if calibrated else plan.separable,
-                       wide_merges=() if calibrated else plan.wide_merges)
+    model_obj, calibrated = _converted(model, plan, representative_dataset, left,
+                                       inference_input_type, inference_output_type)
 
     kernels = {(t.wrapper, t.attr): t for t in tensors if t.kind == "weights"}
     names = {key: kernels[key].name for key in plan.weights}
@@ -165,3 +159,35 @@ def export_tflite(model: keras.Model, path: _metadata.PathLike, representative_d
     write_atomic(path, final)
     apply_moves(given, moves)
     return info
+
+
+def _converted(model: keras.Model, plan, data, left, inference_input_type, inference_output_type):
+    """``(flatbuffer, whether the data calibrated it)``: full-integer (checked), biases on their ops' grids.
+
+    The data calibrates only tensors without a learned grid. Given to the converter when there
+    are none, it would also calibrate the float preprocessing before the input quantizer
+    (``Rescaling``) into int8 ops on grids of their own, rounding twice where Keras rounds once
+    (docs/export.md): so a model whose plan calibrates nothing is converted without it first, and
+    with it only where that leaves a tensor in float (a ``gelu``'s or ``hard_sigmoid``'s inside)."""
+    if data is not None and not (plan.calibrated or left or plan.separable or plan.wide_merges):
+        try:
+            return _checked(model, plan, None, left, inference_input_type, inference_output_type), False
+        except ExportError:
+            pass  # some tensor needs the data
+    return _checked(model, plan, data, left, inference_input_type, inference_output_type), data is not None
+
+
+def _checked(model: keras.Model, plan, data, left, inference_input_type, inference_output_type):
+    try:
+        content = convert(model, export_graph(model, plan), data, inference_input_type, inference_output_type)
+    except ExportError as e:
+        if left and data is None:  # the converter's words, and what to do
+            raise ExportError(f"{e} The layers {left[:5]} are left in float: pass representative_dataset=... "
+                              f"so the converter calibrates them at 8 bits.") from e
+        raise
+    model_obj = read(content)
+    rescale_biases(model_obj)  # the converter can state a bias scale its op does not add it on
+    calibrated = data is not None
+    check_full_integer(model_obj, float_layers=() if calibrated else plan.separable,
+                       wide_merges=() if calibrated else plan.wide_merges)
+    return model_obj
