@@ -171,7 +171,8 @@ UNFUSED_PRODUCERS = frozenset({"Concatenate"})
 # the producer's kernel;
 FOLDABLE_PRODUCERS = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D", "Dense"})
 # ... an Activation that TFLite fuses into the producer, or that tfmot quantizes before.
-FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax", "sigmoid", "tanh", "gelu"})
+# (Not gelu: TFLite runs it as an op of its own, whose int8 input needs the producer's grid.)
+FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax", "sigmoid", "tanh"})
 
 
 # -- reading a layer -------------------------------------------------------------------------------
