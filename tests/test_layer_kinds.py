@@ -14,13 +14,14 @@ LAYER_TABLES = {name: getattr(K, name) for name in (
 
 
 def test_every_kind_is_a_tf_keras_layer():
-    from tf_bitpruning.attention_layers import CUSTOM_OBJECTS
+    from tf_bitpruning import attention_layers, op_lambdas
 
+    CUSTOM_OBJECTS = {**attention_layers.CUSTOM_OBJECTS, **op_lambdas.CUSTOM_OBJECTS}
     for table, kinds in LAYER_TABLES.items():
         missing = [kind for kind in kinds if not isinstance(getattr(tf_keras.layers, kind, None), type)
                    and kind not in K.OWN_LAYERS]
         assert not missing, f"{table}: {missing}"
-    # Our own kinds (an expanded attention's pieces) are tf_keras layers of the package.
+    # Our own kinds (an expanded attention's pieces, RandomCrop) are tf_keras layers of the package.
     assert all(issubclass(CUSTOM_OBJECTS[kind], tf_keras.layers.Layer) for kind in K.OWN_LAYERS)
 
 

@@ -86,6 +86,45 @@ def test_augmentation_last_in_the_chain_quantizes_the_input(kname):
     assert "flip/activations" in bits and not any(k.startswith("quantize_layer") for k in bits)
 
 
+@BOTH
+def test_random_crop_runs_in_the_float_chain_as_keras_does_at_inference(kname, tmp_path):
+    """RandomCrop is not the identity at inference under tf_keras (a center crop to the target's
+    aspect ratio, resized to it: ``smart_resize``); Keras 3 (3.15) returns its input unchanged.
+    Either way it runs in float before the input quantizer (like Rescaling), and the file
+    computes what the Keras model computes at inference."""
+    K = KERASES[kname]
+    inp = K.Input((12, 14, 3))
+    x = K.layers.RandomCrop(8, 8, name="crop")(inp)
+    x = K.layers.Rescaling(1 / 255.0, name="rescale")(x)
+    x = K.layers.Conv2D(4, 3, activation="relu", name="conv")(x)
+    model = K.Model(inp, K.layers.Dense(3, name="dense")(K.layers.GlobalAveragePooling2D(name="gap")(x)))
+    bp = tfbp.bitprune_model(model)
+    bits = tfbp.bitlengths(bp)
+    assert "rescale/activations" in bits and not any(k.startswith(("quantize_layer", "crop")) for k in bits)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 12, 14, 3)).astype("float32")
+    _train_step(bp, x, rng.normal(size=(16, 3)).astype("float32"))
+    frozen = tfbp.freeze_bitlengths(bp)
+    ops = _export_agrees(frozen, x, tmp_path / "m.tflite")
+    # The crop at inference: the bit-pruned model's conv reads what Keras' RandomCrop gives.
+    crop = np.asarray(K.layers.RandomCrop(8, 8)(x, training=False))
+    assert crop.shape[1:3] == ((8, 8) if kname == "tf_keras" else (12, 14))
+    assert ("RESIZE_BILINEAR" in ops) == (kname == "tf_keras"), ops
+
+
+def test_random_crop_of_ours_is_tf_keras_random_crop():
+    """The tf_keras layer bit pruning puts in RandomCrop's place computes the same (at inference;
+    while training both crop at random)."""
+    from tf_bitpruning.op_lambdas import RandomCrop
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 12, 14, 3)).astype("float32")
+    ours = RandomCrop(8, 8)
+    np.testing.assert_allclose(ours(x, training=False), tf_keras.layers.RandomCrop(8, 8)(x, training=False))
+    np.testing.assert_array_equal(RandomCrop(8, 8, identity_at_inference=True)(x, training=False), x)
+    assert ours(x, training=True).shape == (2, 8, 8, 3)
+    assert RandomCrop.from_config(ours.get_config()).get_config() == ours.get_config()
+
+
 # -- nested models (issue 19, item 1) --------------------------------------------------------------
 
 SHAPE = (16, 16, 3)

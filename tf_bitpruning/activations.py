@@ -8,9 +8,10 @@ outputs a step off; up to 6 % of an EfficientNet squeeze-excite's), and those st
 grow through the network. Here the gate is rounded the same way in Keras (the
 gradient passes straight through), so the file computes what the model computes.
 
-The pre-activation of a swish inside a kernel layer (``Conv2D(activation="swish")``)
-is a tensor of the file too, but tfmot's quantize-aware activation quantizes only
-after a swish; :func:`quantize_aware` marks such swishes to be quantized before as
+The pre-activation of a swish or gelu inside a kernel layer (``Conv2D(activation="swish")``,
+``Dense(activation="gelu")``) is a tensor of the file too (TFLite fuses neither into the
+kernel's op), but tfmot's quantize-aware activation quantizes only after them;
+:func:`quantize_aware` marks such activations to be quantized before as
 well (a learned grid, like a sigmoid's input), so that no tensor is left for the
 converter to calibrate (which re-quantized the layer's kernel and bias on grids of its
 own, and rounded float inputs before their preprocessing).
@@ -59,9 +60,17 @@ _pre_quantized_swish.__name__ = "swish"
 _pre_quantized_swish.pre_quantize = True
 
 
+def _pre_quantized_gelu(x):
+    return tf.nn.gelu(x, approximate=False)  # both Kerases' "gelu"
+
+
+_pre_quantized_gelu.__name__ = "gelu"
+_pre_quantized_gelu.pre_quantize = True
+
+
 def quantize_aware(activation, inside_layer: bool):
     """The function a bit-pruned layer runs for ``activation``: sigmoid and swish as
-    TFLite computes them (see the module doc), a swish inside a layer (not an
+    TFLite computes them (see the module doc), a swish or gelu inside a layer (not an
     ``Activation`` layer, whose input its producer quantizes) also quantized before;
     any other activation as it is."""
     name = activation_name(activation)
@@ -69,6 +78,8 @@ def quantize_aware(activation, inside_layer: bool):
         return tflite_sigmoid
     if name == "swish":
         return _pre_quantized_swish if inside_layer else tflite_swish
+    if name == "gelu" and inside_layer:
+        return _pre_quantized_gelu
     return activation
 
 

@@ -69,8 +69,8 @@ CALIBRATED_LAYERS = frozenset({"LayerNormalization", "LSTM", "GRU"})
 CALIBRATED_TENSORS = {"LayerNormalization": "statistics", "LSTM": "gates and states", "GRU": "gates and states"}
 
 # -- the pieces of an expanded MultiHeadAttention (tf_bitpruning/attention.py) ---------------------
-# Our own layers (tf_bitpruning/attention_layers.py and its Keras 3 twin), known by class name.
-OWN_LAYERS = frozenset({"AttentionEinsum", "AttentionSoftmax"})
+# Our own layers (tf_bitpruning/attention_layers.py and its Keras 3 twin; op_lambdas.RandomCrop), known by class name.
+OWN_LAYERS = frozenset({"AttentionEinsum", "AttentionSoftmax", "RandomCrop"})
 # Products of two activations (an int8 BATCH_MATMUL): both inputs are on learned grids, the
 # output gets its own.
 ACTIVATION_PRODUCTS = frozenset({"AttentionEinsum"})
@@ -84,9 +84,10 @@ OUTPUT_LAYERS = (RELU_LAYERS | MERGES | AVERAGE_POOLINGS | UPSAMPLINGS | CALIBRA
 
 # Run in float when they follow a model input (the input quantizer moves after them; the
 # exporter computes them in float on the input, then QUANTIZE).
-# (RandomCrop, a center crop and resize at inference, is not supported yet: tfmot's annotation
-# of it fails on its shape.)
-PREPROCESSING_LAYERS = frozenset({"Rescaling", "Normalization"})
+# RandomCrop is one too: not the identity at inference under tf_keras (a center crop and resize,
+# ``smart_resize``); Keras 3 (3.15) returns its input unchanged. Under tf_keras it runs as
+# op_lambdas.RandomCrop (tfmot passes ``training`` as None or an int, which its call refuses).
+PREPROCESSING_LAYERS = frozenset({"Rescaling", "Normalization", "RandomCrop"})
 
 # -- layers that only act while training (identity at inference) -----------------------------------
 # Passed through (no wrapper, absent from the .tflite); right after a model input they join
@@ -171,7 +172,8 @@ UNFUSED_PRODUCERS = frozenset({"Concatenate"})
 # the producer's kernel;
 FOLDABLE_PRODUCERS = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D", "Dense"})
 # ... an Activation that TFLite fuses into the producer, or that tfmot quantizes before.
-FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax", "sigmoid", "tanh", "gelu"})
+# (Not gelu: TFLite runs it as an op of its own, whose int8 input needs the producer's grid.)
+FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax", "sigmoid", "tanh"})
 
 
 # -- reading a layer -------------------------------------------------------------------------------

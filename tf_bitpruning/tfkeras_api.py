@@ -107,6 +107,8 @@ def bitprune_annotate_model(to_annotate: keras.Model, skip_layers: Sequence[str]
     chained = layout.training_only_in_chains(to_annotate.layers)
 
     def annotate(layer):
+        if type(layer) is keras.layers.RandomCrop and layer.name not in skip:
+            layer = op_lambdas.RandomCrop.from_config(layer.get_config())
         if layer.name in chained and layer.name not in skip:
             return _compat.QuantizeAnnotate(layer)
         if (layer.name in skip or is_pass_through(layer)

@@ -47,6 +47,8 @@ def _tf_keras_layer(class_name: str, config: Dict[str, Any]):
     """The tf_keras layer of a Keras 3 layer config: the arguments tf_keras knows, with
     initializers, regularizers and constraints left out (the weights are copied)."""
     cls = getattr(tf_keras.layers, class_name, None) or attention_layers.CUSTOM_OBJECTS.get(class_name)
+    if class_name == "RandomCrop":  # as Keras 3 computes it at inference
+        cls, config = op_lambdas.RandomCrop, dict(config, identity_at_inference=True)
     if cls is None:
         raise ValueError(f"export: the Keras 3 layer '{config.get('name')}' ({class_name}) has no tf_keras "
                          f"counterpart to export it through.")
