@@ -392,7 +392,7 @@ def _zoo(xtr, ytr, calibrated_kinds: bool):
     L = keras3.layers
     side, last = ("hard_sigmoid", "gelu") if calibrated_kinds else ("relu", "swish")
     inputs = keras3.Input((16, 16, 3))
-    x = L.Rescaling(1 / 255.0)(inputs)
+    x = L.Rescaling(1 / 255.0, name="rescaling")(inputs)  # named: a second zoo in the process would get "rescaling_1"
     x = L.Conv2D(8, 3, padding="same", activation="swish")(x)
     a = L.Activation("relu6")(L.BatchNormalization()(L.SeparableConv2D(8, 3, padding="same")(x)))
     b = L.Activation(side)(L.DepthwiseConv2D(3)(L.ZeroPadding2D(1)(x)))
