@@ -95,15 +95,20 @@ def _attention_classifier(keras):
     return keras.Model(inputs, L.Dense(4, name="logits")(L.Flatten()(h)))
 
 
+def _frozen_after_a_step(keras, x, y):
+    """The bit-pruned attention classifier after one training step on ``x[:32]``, frozen."""
+    bp = tfbp.bitprune_model(_attention_classifier(keras), regularization=0.0, init_bits=5.0)
+    bp.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+               run_eagerly=True)  # a step: faster than tracing
+    bp.train_on_batch(x[:32], y)
+    return tfbp.freeze_bitlengths(bp)
+
+
 @pytest.mark.parametrize("kname", BOTH)
 def test_attention_kernels_scores_and_softmax_on_grids_the_file_reproduces(kname, tmp_path):
     keras = KERASES[kname]
     x = _sequences(256)
-    bp = tfbp.bitprune_model(_attention_classifier(keras), regularization=0.0, init_bits=5.0)
-    bp.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-               run_eagerly=True)  # a step: faster than tracing
-    bp.train_on_batch(x[:32], np.random.default_rng(1).integers(0, 4, 32))
-    frozen = tfbp.freeze_bitlengths(bp)
+    frozen = _frozen_after_a_step(keras, x, np.random.default_rng(1).integers(0, 4, 32))
     names = set(tfbp.bitlengths(frozen))
     assert {f"attention.{p}/weights" for p in ("query", "key", "value", "output")} <= names, names
     assert {"attention.scores/activations", "attention.context/activations"} <= names, names
@@ -137,11 +142,7 @@ def test_bit_pruned_attention_saves_and_loads(kname, tmp_path):
 
     keras = KERASES[kname]
     x = _sequences(64)
-    bp = tfbp.bitprune_model(_attention_classifier(keras), regularization=0.0, init_bits=5.0)
-    bp.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-               run_eagerly=True)
-    bp.train_on_batch(x[:32], np.zeros(32))
-    frozen = tfbp.freeze_bitlengths(bp)
+    frozen = _frozen_after_a_step(keras, x, np.zeros(32))
     path = tmp_path / ("model.keras" if kname == "keras3" else "model.h5")
     frozen.save(path)
     loaded = load_model(path)
