@@ -21,17 +21,8 @@ import numpy as np
 
 from tf_bitpruning.export import metadata as _metadata
 from tf_bitpruning.export._compat import schema
-from tf_bitpruning.export.flatbuffer import FILTER_INPUT, buffer_users, new_buffer, op_name
-
-# The bias operand of each op that adds one.
-BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3}
-# Input operand (TRANSPOSE_CONV's first input is the output shape).
-DATA_INPUT = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 0, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 2}
-
-
-def _scales(tensor) -> np.ndarray:
-    q = tensor.quantization
-    return np.asarray(q.scale if q is not None and q.scale is not None else [], np.float64).reshape(-1)
+from tf_bitpruning.export.flatbuffer import (BIAS_INPUT, DATA_INPUT, FILTER_INPUT, buffer_users, op_name,
+                                             set_int32_codes, tensor_scales)
 
 
 def rescale_biases(model_obj) -> List[str]:
@@ -52,7 +43,7 @@ def rescale_biases(model_obj) -> List[str]:
         bias = sg.tensors[op.inputs[BIAS_INPUT[name]]]
         if bias.type != schema.TensorType.INT32 or data.type != schema.TensorType.INT8 or not bias.buffer:
             continue
-        stated, input_scale, filter_scale = _scales(bias), _scales(data), _scales(filt)
+        stated, input_scale, filter_scale = tensor_scales(bias), tensor_scales(data), tensor_scales(filt)
         if input_scale.size != 1 or not input_scale[0] > 0 or filter_scale.size == 0 or stated.size == 0:
             continue  # (a constant-zero input, the initial state of a recurrent layer: nothing to add to)
         codes = np.frombuffer(bytes(model_obj.buffers[bias.buffer].data), "<i4").astype(np.float64)
@@ -64,17 +55,10 @@ def rescale_biases(model_obj) -> List[str]:
         if np.abs(values).max(initial=0) >= 2 ** 31 - 1:
             raise ValueError(f"the bias '{_metadata.text(bias.name)}' does not fit int32 on its op's grid "
                              f"(input scale {input_scale[0]:g}); please report this as a bug.")
-        content = np.frombuffer(values.astype("<i4").tobytes(), np.uint8).copy()
         if readers[int(op.inputs[BIAS_INPUT[name]])] > 1:  # another op reads this bias on its own grid
             bias = _own_copy(sg, op, BIAS_INPUT[name], readers)
             users[bias.buffer] = users.get(bias.buffer, 0) + 1  # the copy reads it too
-        if users.get(bias.buffer, 0) == 1:
-            model_obj.buffers[bias.buffer].data = content
-        else:  # a buffer shared with another tensor keeps its codes there
-            bias.buffer = new_buffer(model_obj, content)
-            users[bias.buffer] = 1
-        bias.quantization.scale = [float(s) for s in want.reshape(-1)]
-        bias.quantization.zeroPoint = [0] * want.size
+        set_int32_codes(model_obj, bias, values, want, users)
         moved.append(_metadata.text(bias.name))
     return moved
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from tf_bitpruning.export import metadata as _metadata
 from tf_bitpruning.export._compat import schema
-from tf_bitpruning.export.flatbuffer import Matched, buffer_users, new_buffer, opcode_index
+from tf_bitpruning.export.flatbuffer import Matched, buffer_users, new_buffer, opcode_index, set_int32_codes
 from tf_bitpruning.export.plan import Plan
 
 
@@ -75,17 +75,7 @@ def refine_inputs(model_obj, plan: Plan, matched: Matched) -> List[str]:
         inputs = list(op.inputs)
         inputs[0] = refined[in_index]
         op.inputs = inputs
-        values = values.astype("<i4")
-        data = np.frombuffer(values.tobytes(), np.uint8).copy()
-        old = model_obj.buffers[bias_t.buffer].data
-        if old is not None and np.array_equal(np.asarray(old, np.uint8), data):
-            pass  # e.g. a zero bias the converter shares between layers
-        elif users.get(bias_t.buffer, 0) == 1:
-            model_obj.buffers[bias_t.buffer].data = data  # no orphaned copy of the old bias
-        else:
-            bias_t.buffer = new_buffer(model_obj, data)
-        bias_t.quantization.scale = [float(s) for s in b_scale.reshape(-1)]
-        bias_t.quantization.zeroPoint = [0] * b_scale.size
+        set_int32_codes(model_obj, bias_t, values, b_scale, users)
         done.append(layer)
     return done
 

@@ -12,6 +12,9 @@ from tf_bitpruning.export.grids import WeightExport
 
 # The filter operand of every op that has one.
 FILTER_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1}
+# The bias operand of each op that adds one, and its input operand (TRANSPOSE_CONV's first is the output shape).
+BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3}
+DATA_INPUT = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 0, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 2}
 # The table operand of the ops that look values up (an Embedding's GATHER; never packed to INT4).
 TABLE_INPUT = {"GATHER": 0}
 
@@ -50,7 +53,7 @@ def match_filters(model_obj, weights: Dict[Tuple[str, str], WeightExport]) -> Ma
     """Which flatbuffer op and filter hold which exported kernel (matched by size and scales)."""
     matched: Matched = {}
     for op_name_, op, tensor in filters(model_obj):
-        scales = np.asarray(tensor.quantization.scale if tensor.quantization else [], np.float64).reshape(-1)
+        scales = tensor_scales(tensor)
         size = int(np.prod(tensor.shape))
         for key, spec in weights.items():
             if key in matched or spec.kernel.size != size:
@@ -60,6 +63,30 @@ def match_filters(model_obj, weights: Dict[Tuple[str, str], WeightExport]) -> Ma
                 matched[key] = (op_name_, op, tensor)
                 break
     return matched
+
+
+def tensor_scales(tensor) -> np.ndarray:
+    """A tensor's quantization scales (float64, flat; empty if it has none)."""
+    q = tensor.quantization
+    return np.asarray(q.scale if q is not None and q.scale is not None else [], np.float64).reshape(-1)
+
+
+def set_int32_codes(model_obj, tensor, values: np.ndarray, scale: np.ndarray, users: Dict[int, int]) -> None:
+    """Makes int32 ``values`` ``tensor``'s codes on ``scale`` (zero points 0). A buffer that
+    other tensors read keeps its codes (the tensor gets a buffer of its own), unless it
+    already holds these (a zero bias the converter shares between layers)."""
+    data = np.frombuffer(np.asarray(values).astype("<i4").tobytes(), np.uint8).copy()
+    old = model_obj.buffers[tensor.buffer].data
+    if old is not None and np.array_equal(np.asarray(old, np.uint8), data):
+        pass
+    elif users.get(tensor.buffer, 0) == 1:
+        model_obj.buffers[tensor.buffer].data = data  # no orphaned copy of the old codes
+    else:
+        tensor.buffer = new_buffer(model_obj, data)
+        users[tensor.buffer] = 1
+    scale = np.asarray(scale).reshape(-1)
+    tensor.quantization.scale = [float(s) for s in scale]
+    tensor.quantization.zeroPoint = [0] * scale.size
 
 
 def opcode_index(model_obj, builtin: int, version: int) -> int:
