@@ -64,8 +64,9 @@ def check_model(model, what: str, allow_nested: bool = False) -> None:
             raise ValueError(
                 f"{what}: model '{model.name}' contains nested model '{op.name}'; tfbp.bitprune_model "
                 f"flattens it (tfbp.flatten.flatten).")
-        if ops.is_raw_op(op) and ops.unsupported_op(op):
-            raise ValueError(f"{what}: model '{model.name}' {ops.unsupported_op(op)}.")
+        why = ops.unsupported_op(op) if ops.is_raw_op(op) else None
+        if why:
+            raise ValueError(f"{what}: model '{model.name}' {why}.")
 
 
 def _clone(layer) -> keras.layers.Layer:
