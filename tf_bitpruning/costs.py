@@ -99,6 +99,12 @@ def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
     for layer in model.layers:
         user_name = user_layer(layer).name
         owned = [(q, v) for q, v in activation_tensors(layer) if isinstance(q, BitlengthQuantizer)]
+        # The last is the layer's output; one before it quantizes the input of an activation
+        # inside the layer (a swish's or gelu's), a tensor of the file as well.
+        inner = [QuantizedTensor(f"{user_name}/pre_activation" if len(owned) == 2 else
+                                 f"{user_name}/pre_activation_{i}", user_name, "activations", q, v,
+                                 _output_elements(layer), wrapper=layer.name)
+                 for i, (q, v) in enumerate(owned[:-1])]
         if owned:
             quantizer, variables = owned[-1]
             activations[layer.name] = QuantizedTensor(
@@ -121,6 +127,7 @@ def quantized_tensors(model: keras.Model) -> List[QuantizedTensor]:
                 elements = int(np.prod(w.shape))
                 result.append(QuantizedTensor(name, user_name, "weights", q, v, elements,
                                               elements * positions, source, layer.name, attr, w))
+        result.extend(inner)
         if layer.name in activations:
             result.append(activations[layer.name])
     return result
