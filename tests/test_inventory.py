@@ -58,9 +58,9 @@ def test_every_learned_bitlength_is_in_the_budget(kname):
 
 @pytest.mark.parametrize("kname", BOTH)
 def test_the_budget_lowers_a_pre_activation(kname):
-    """The bit loss reaches the tensor before an activation inside a layer: with the task
-    loss off (a zero task loss: the bit loss alone), every listed bitlength falls, and freezing to a budget
-    meets it with the pre-activation counted."""
+    """The bit loss reaches the tensor before an activation inside a layer: with a zero
+    task loss (the bit loss alone), every listed bitlength falls, and freezing to a
+    budget meets it with the pre-activation counted."""
     K = KERASES[kname]
     bp = tfbp.bitprune_model(_zoo(K), regularization=1.0)
     x = np.random.default_rng(0).normal(size=(16, 6, 6, 2)).astype(np.float32)
