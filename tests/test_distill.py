@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+import keras as keras3
 import tf_keras as keras
 
 import tf_bitpruning as tfbp
+
+KERASES = {"tf_keras": keras, "keras3": keras3}
 
 
 def _softmax(z):
@@ -42,10 +45,10 @@ def test_probabilities_are_read_as_their_logs():
     assert float(sig) == pytest.approx(float(two), rel=1e-5)
 
 
-def _models():
-    teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    student.compile(keras.optimizers.SGD(1.0), "sparse_categorical_crossentropy")
+def _models(K=keras):
+    teacher = K.Sequential([K.Input((4,)), K.layers.Dense(3, activation="softmax")])
+    student = K.Sequential([K.Input((4,)), K.layers.Dense(3, activation="softmax")])
+    student.compile(K.optimizers.SGD(1.0), "sparse_categorical_crossentropy")
     return teacher, student
 
 
@@ -59,8 +62,9 @@ def _sgd_step(student, x, y, weight, teacher):
     return [(v - g).numpy() for v, g in zip(student.trainable_variables, grads)]
 
 
-def test_callback_trains_on_the_weighted_term_during_fit_only():
-    teacher, student = _models()
+@pytest.mark.parametrize("kname", ["tf_keras", "keras3"])
+def test_callback_trains_on_the_weighted_term_during_fit_only(kname):
+    teacher, student = _models(KERASES[kname])
     x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     y = np.arange(8) % 3
     assert float(tfbp.distillation_loss(student(x), teacher(x), 2.0)) > 0.01
@@ -78,3 +82,11 @@ def test_callback_trains_on_the_weighted_term_during_fit_only():
         np.testing.assert_allclose(got, want, atol=1e-5)
     with pytest.raises(ValueError, match="temperature"):
         tfbp.Distill(teacher, temperature=0.0)
+
+
+def test_teacher_and_student_of_one_keras():
+    teacher, _ = _models(keras3)
+    _, student = _models(keras)
+    x = np.zeros((4, 4), np.float32)
+    with pytest.raises(ValueError, match="not a tf_keras model like the student"):
+        student.fit(x, np.zeros(4), verbose=0, callbacks=[tfbp.Distill(teacher)])

@@ -20,6 +20,8 @@ import types
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_bitpruning.frontend import frontend_for
+
 __all__ = ["Distill", "distillation_loss"]
 
 
@@ -58,10 +60,13 @@ class Distill(keras.callbacks.Callback):
     in the learning phase and again when fine-tuning the frozen model. The teacher
     runs on each training batch (its weights are not trained); the model's
     ``compute_loss`` adds :func:`distillation_loss` times ``weight`` for the fit's
-    duration and is restored after (so ``evaluate`` reports the plain loss).
+    duration and is restored after (so ``evaluate`` reports the plain loss). Under
+    tf_keras the logged ``loss`` is the compiled one; under Keras 3 it includes the term
+    (Keras 3 logs what ``compute_loss`` returns).
 
     Args:
-      teacher: a tf_keras model with the same inputs and outputs (the float model).
+      teacher: a model of the same Keras as the student (tf_keras or Keras 3) with the
+        same inputs and outputs (the float model).
       weight: the factor of the distillation term (the compiled loss keeps factor 1).
       temperature: the softmax temperature ``T`` of both models' logits.
       from_logits: the models output logits (default: probabilities, e.g. softmax).
@@ -76,20 +81,24 @@ class Distill(keras.callbacks.Callback):
         self.teacher, self.weight, self.temperature = teacher, float(weight), float(temperature)
         self.from_logits = bool(from_logits)
 
-    def _compute_loss(self, model, x=None, y=None, y_pred=None, sample_weight=None):
-        loss = type(model).compute_loss(model, x, y, y_pred, sample_weight)
+    def _compute_loss(self, model, x=None, y=None, y_pred=None, sample_weight=None, **kwargs):
+        loss = type(model).compute_loss(model, x, y, y_pred, sample_weight, **kwargs)  # Keras 3: training=
         term = distillation_loss(y_pred, self.teacher(x, training=False), self.temperature, self.from_logits)
         return loss + self.weight * term
 
     def on_train_begin(self, logs=None):
         model = self.model
-        if not isinstance(model, keras.Model):
-            raise ValueError(f"Distill: needs a tf_keras model, got {type(model).__name__}.")
+        front = frontend_for(model)
+        if not isinstance(model, front.model_class):
+            raise ValueError(f"Distill: needs a Keras model, got {type(model).__name__}.")
+        if not isinstance(self.teacher, front.model_class):
+            raise ValueError(f"Distill: the teacher '{getattr(self.teacher, 'name', self.teacher)}' is not a "
+                             f"{front.name} model like the student '{model.name}': build both with one Keras.")
         if "compute_loss" in vars(model):
             raise ValueError(f"Distill: model '{model.name}' already has a compute_loss of its own "
                              f"(two Distill callbacks in one fit?). Pass one.")
         model.compute_loss = types.MethodType(self._compute_loss, model)
-        model.train_function = model.make_train_function(force=True)  # traced with the new loss
+        model.make_train_function(force=True)  # traced with the new loss (both Kerases set it)
 
     def on_train_end(self, logs=None):
         if "compute_loss" in vars(self.model):
