@@ -268,3 +268,17 @@ def test_least_error_pow2_kernels_get_their_learned_width():
         (weight, _, _, _), = _compat.weight_quantizers(frozen.get_layer(f"quant_{name}"))
         saturated += np.abs(np.asarray(weight)).max() > np.abs(kernel).max() * 1.5
     assert saturated  # the least-error step is below max|w|: the path that rounds down is tested
+
+
+def test_attention_is_refused_naming_the_users_layer(tmp_path):
+    """A MultiHeadAttention reaches export_hls4ml as the layers bitprune_model expanded it
+    into; the refusal names the user's layer and where attention does export."""
+    L = keras.layers
+    inputs = keras.Input((4, 8))
+    x = L.LayerNormalization()(L.Add()([inputs, L.MultiHeadAttention(2, 4, name="mha")(inputs, inputs)]))
+    bp = tfbp.bitprune_model(keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling1D()(x))), grid="pow2")
+    bp(np.random.default_rng(0).normal(size=(2, 4, 8)).astype(np.float32), training=True)  # sets the ranges
+    with pytest.raises(ExportError, match=r"'mha\.\w+' \(EinsumDense, a piece of the MultiHeadAttention 'mha'.*"
+                                          r"export_tflite"):
+        tfbp.export_hls4ml(tfbp.freeze_bitlengths(bp), tmp_path / "x")
+    assert not (tmp_path / "x").exists()

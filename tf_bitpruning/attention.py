@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from tf_bitpruning import _compat
 from tf_bitpruning.attention_layers import einsum_output_shape
@@ -38,6 +38,16 @@ _UNSUPPORTED_CALL = ("attention_mask", "query_mask", "value_mask", "key_mask", "
                      "use_causal_mask")
 _WHAT_TO_DO = ("Leave it in float (skip_layers=[its name]) and export with representative_dataset=..., "
                "or build the attention from EinsumDense layers.")
+
+
+# The roles of the layers an expansion makes, named "<attention's name>.<role>".
+ROLES = ("query", "key", "value", "scores", "softmax", "dropout", "context", "output")
+
+
+def expanded_from(name: str) -> Optional[str]:
+    """The name of the ``MultiHeadAttention`` whose expansion made the layer ``name``, or None."""
+    base, _, role = name.rpartition(".")
+    return base if base and role in ROLES else None
 
 
 def _refuse(layer, what: str) -> None:

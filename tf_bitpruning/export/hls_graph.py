@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from tf_bitpruning import costs, frontend
+from tf_bitpruning.attention import expanded_from
 from tf_bitpruning.export import _compat, hls_layers
 from tf_bitpruning.export.checks import ExportError
 from tf_bitpruning.export.fixed import FixedType
@@ -144,9 +145,13 @@ class GraphBuilder:
         elif kind in ("Add", "Concatenate"):
             hls_layers.merge(self, layer, kind)
         else:
-            raise ExportError(f"layer '{_compat.inner(layer).name}' ({type(_compat.inner(layer)).__name__}) is not "
-                              f"supported by "
-                              f"export_hls4ml (supported: {', '.join(SUPPORTED)}).")
+            inner = _compat.inner(layer)
+            attention = expanded_from(inner.name)
+            origin = (f", a piece of the MultiHeadAttention '{attention}' that bitprune_model expanded"
+                      if attention else "")
+            advice = " Attention models export with export_tflite." if attention else ""
+            raise ExportError(f"layer '{inner.name}' ({type(inner).__name__}{origin}) is not supported by "
+                              f"export_hls4ml (supported: {', '.join(SUPPORTED)}).{advice}")
 
     def output_grid(self, layer, name: Optional[str] = None) -> Optional[FixedType]:
         """The type of ``layer``'s output quantizer (bits recorded under ``name``), or None."""
