@@ -148,3 +148,23 @@ def test_bit_pruned_attention_saves_and_loads(kname, tmp_path):
     loaded = load_model(path)
     assert {layer.name for layer in loaded.layers} == {layer.name for layer in frozen.layers}
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(frozen(x)), atol=1e-6)
+
+
+def test_softmax_grid_values_and_gradients_are_the_same_under_both_kerases():
+    """The attention softmax on TFLite's 1/256 grid: the same values, and the same gradient
+    (fake_quant's: straight through up to 255/256, zero above) under both Kerases."""
+    import tensorflow as tf
+
+    scores = np.array([[[8.0, 0.0, -1.0], [0.2, 0.1, 0.0], [9.0, -3.0, 1.0]]], np.float32)
+    weights = tf.constant(np.random.default_rng(0).normal(size=scores.shape).astype(np.float32))
+    results = []
+    for layer in (attention_layers.AttentionSoftmax(), keras3_attention_layers.AttentionSoftmax()):
+        x = tf.Variable(scores)
+        with tf.GradientTape() as tape:
+            y = layer(x)
+            loss = tf.reduce_sum(weights * y)
+        results.append((np.asarray(y), tape.gradient(loss, x).numpy()))
+    (y2, g2), (y3, g3) = results
+    np.testing.assert_array_equal(y2, y3)
+    assert (y2 >= 255 / 256).any()  # the case that differed: a probability above the grid's top
+    np.testing.assert_allclose(g2, g3, atol=1e-6)

@@ -25,7 +25,8 @@ class AttentionEinsum(EinsumOfTwo, keras.layers.Layer):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class AttentionSoftmax(keras.layers.Layer):
     """A softmax over the last axis, its output on TFLite's int8 softmax grid (step 1/256):
-    rounded half up as TensorFlow's ``fake_quant`` rounds, gradients straight through.
+    rounded half up and with the gradient of TensorFlow's ``fake_quant`` (the tf_keras twin's
+    op): straight through on the grid's span ``[0, 255/256]``, zero above it.
 
     >>> probabilities = AttentionSoftmax()(scores)
     """
@@ -34,7 +35,8 @@ class AttentionSoftmax(keras.layers.Layer):
         ops = keras.ops
         probabilities = ops.softmax(inputs, axis=-1)
         on_grid = ops.minimum(ops.floor(probabilities / SOFTMAX_STEP + 0.5) * SOFTMAX_STEP, SOFTMAX_TOP)
-        return probabilities + ops.stop_gradient(on_grid - probabilities)
+        inside = probabilities * ops.cast(probabilities <= SOFTMAX_TOP, probabilities.dtype)
+        return inside + ops.stop_gradient(on_grid - inside)
 
     def compute_output_shape(self, input_shape):
         return input_shape
