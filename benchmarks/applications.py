@@ -77,7 +77,7 @@ flags.DEFINE_enum("keras", "2", ["2", "3"], "The Keras whose applications run: t
                   "(`import keras`; no tfmot column: tfmot does not take Keras 3 models).")
 flags.DEFINE_string("out", None, "Output prefix (.json, .md); default docs/applications (--keras=2), "
                     "docs/applications_keras3 (--keras=3).")
-flags.DEFINE_enum("activation_range", "expand", ["expand", "ema"],
+flags.DEFINE_enum("activation_range", "expand", ["expand", "ema", "learned"],
                   "bitprune_model(activation_range=...): these networks train from random weights (docs/concepts.md).")
 flags.DEFINE_bool("trace", False, "Per quantized layer: share of elements LiteRT puts on another grid point than Keras.")
 flags.DEFINE_string("one", None, "Internal: run one family in this process, print its JSON.")

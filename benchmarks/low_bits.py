@@ -1,0 +1,177 @@
+"""The ``keras.applications`` families at a low budget, against float trained as long.
+
+Per family (the coverage benchmark's networks, data and schedule, ``applications.py``):
+a float model trained for the learning and fine-tuning steps together, at the same
+learning rates; and ``bitprune_model -> fit(BitBudget(--target_bits)) ->
+freeze_bitlengths(target_bits) -> fit -> export_tflite`` from the same initial weights.
+Reported: float and deployed (the ``.tflite`` in LiteRT) test top-1, the drop in points,
+the deployed average bits, and the share of test inputs on which file and Keras model
+pick the same class.
+
+    python benchmarks/low_bits.py --families=MobileNetV2,ResNet50V2 --target_bits=4
+    python benchmarks/low_bits.py --families=MobileNet --activation_range=learned
+    python benchmarks/low_bits.py --families=           # rewrite the page from the json
+
+Rows merge into ``--out``.json (default ``docs/applications_4bit``); each family runs in
+its own process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from absl import app, flags
+
+from benchmarks import applications as apps
+from benchmarks.common import digits, print_row, row_in_subprocess
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("weight_clip", "max", ["max", "mse", "learned"], "bitprune_model(weight_clip=...).")
+flags.DEFINE_float("within", 3.0, "The claim: deployed within this many points of float.")
+DEFAULT_OUT = os.path.join(ROOT, "docs", "applications_4bit")
+
+
+def _fit(model, keras, lr, steps, xtr, ytr, callbacks=()):
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(lr), loss, metrics=["accuracy"])
+    args = apps.schedule(steps, len(xtr))
+    model.fit(*apps.fit_data(xtr, ytr, args), batch_size=FLAGS.batch_size, verbose=0,
+              callbacks=list(callbacks), **args)
+
+
+def _accuracy(model, x, y) -> float:
+    return round(float((model.predict(x, verbose=0, batch_size=64).argmax(1) == y).mean()), 4)
+
+
+def run_one(name: str) -> dict:
+    import tf_bitpruning as tfbp
+    from tf_bitpruning.export import ExportError
+    from tests.support.litert_run import run_tflite
+
+    keras = apps.K()
+    size, _, raw = {**apps.FAMILIES, **apps.EXTRA}[name]
+    xtr, ytr, xte, yte = digits(size, raw)
+    steps, finetune_steps, lr = apps.recipe(name)
+    row = {"family": name, "input": size, "commit": apps.commit(), "keras": keras.__version__,
+           "target_bits": FLAGS.target_bits, "activation_range": FLAGS.activation_range,
+           "weight_clip": FLAGS.weight_clip, "steps": steps, "finetune_steps": finetune_steps,
+           "learning_rate": lr}
+    stage = "float"
+    try:
+        keras.utils.set_random_seed(0)
+        model = apps.build(name)
+        start = model.get_weights()
+        _fit(model, keras, lr, steps, xtr, ytr)
+        _fit(model, keras, lr / 5, finetune_steps, xtr, ytr)
+        row["float_accuracy"] = _accuracy(model, xte, yte)
+
+        stage = "fit(BitBudget)"
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(0)
+        model = apps.build(name)
+        model.set_weights(start)  # the float run's initial weights
+        bp = tfbp.bitprune_model(model, regularization=0.01, activation_range=FLAGS.activation_range,
+                                 weight_clip=FLAGS.weight_clip)
+        _fit(bp, keras, lr, steps, xtr, ytr, [tfbp.BitBudget(FLAGS.target_bits)])
+        row["learning_accuracy"] = _accuracy(bp, xte, yte)
+        row["learned_bits"] = round(tfbp.average_bits(bp), 2)
+        stage = "freeze_bitlengths"
+        frozen = tfbp.freeze_bitlengths(bp, target_bits=FLAGS.target_bits)
+        row["frozen_accuracy"] = _accuracy(frozen, xte, yte)
+        stage = "fit (fine-tune)"
+        _fit(frozen, keras, lr / 5, finetune_steps, xtr, ytr)
+        row["avg_bits"] = round(tfbp.average_bits(frozen), 2)
+        stage = "export_tflite"
+        with tempfile.TemporaryDirectory() as workdir:
+            path = os.path.join(workdir, "model.tflite")
+            try:  # learned grids only; calibration data only where a tensor has none
+                tfbp.export_tflite(frozen, path)
+            except ExportError:
+                tfbp.export_tflite(frozen, path, representative_dataset=xtr[:64])
+            stage = "LiteRT"
+            got = run_tflite(path, xte)
+        row["accuracy"] = _accuracy(frozen, xte, yte)  # aligned by the export: the model in hand
+        row["tflite_accuracy"] = round(float((got.argmax(1) == yte).mean()), 4)
+        row["same_class"] = round(float((got.argmax(1) == frozen.predict(xte, verbose=0, batch_size=64)
+                                          .argmax(1)).mean()), 4)
+        row["drop"] = round(100 * (row["float_accuracy"] - row["tflite_accuracy"]), 1)
+        row["ours"] = "yes"
+    except Exception as e:  # noqa: BLE001 (reported)
+        row.update(ours="no", ours_stage=stage, ours_error=f"{type(e).__name__}: {e}"[:400])
+        traceback.print_exc()
+    return row
+
+
+def _pct(r, key) -> str:
+    return f"{100 * r[key]:.1f}" if r.get(key) is not None else "–"
+
+
+def table(results: dict, made_by: str) -> str:
+    commits = sorted({r.get("commit", "unknown") for r in results.values()})
+    within = FLAGS.within
+    head = (f"{made_by} Every row ran at commit {', '.join(commits)} (its `commit` in "
+            f"`{os.path.basename(FLAGS.out or DEFAULT_OUT)}.json`, with its options and schedule).\n\n"
+            "Float: the same network from the same initial weights, trained for the learning and "
+            "fine-tuning steps together at the same learning rates. Deployed: the `.tflite` in LiteRT "
+            "on the test set, frozen at the budget (`freeze_bitlengths(target_bits=...)`).\n\n"
+            "| family | Keras | budget | activation range | weight clip | steps (learn + fine-tune) "
+            "| float % | learning phase % | frozen % | deployed % | drop (points) | avg bits "
+            f"| same class as Keras % | within {within:g} points |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    rows, errors = [], []
+    for key in sorted(results, key=lambda k: list(apps.FAMILIES).index(results[k]["family"])
+                      if results[k]["family"] in apps.FAMILIES else 99):
+        r = results[key]
+        if r.get("ours") != "yes":
+            errors.append(f"- {key}: {r.get('ours_stage')}: {r.get('ours_error')}")
+            continue
+        rows.append(f"| {r['family']} | {r['keras']} | {r['target_bits']:g} | {r['activation_range']} "
+                    f"| {r['weight_clip']} | {r['steps']} + {r['finetune_steps']} | {_pct(r, 'float_accuracy')} "
+                    f"| {_pct(r, 'learning_accuracy')} | {_pct(r, 'frozen_accuracy')} | {_pct(r, 'tflite_accuracy')} "
+                    f"| {r['drop']:.1f} | {r['avg_bits']} | {_pct(r, 'same_class')} "
+                    f"| {'yes' if r['drop'] <= within else 'no'} |")
+    return head + "\n".join(rows) + ("\n\nErrors:\n\n" + "\n".join(errors) if errors else "") + "\n"
+
+
+def main(argv):
+    del argv
+    FLAGS.out = FLAGS.out or DEFAULT_OUT
+    if FLAGS.one:
+        print_row(run_one(FLAGS.one))
+        return
+    from benchmarks.provenance import stamp
+
+    made_by = stamp()
+    path = FLAGS.out + ".json"
+    results = json.load(open(path)) if os.path.exists(path) else {}
+    passed = [a for a in sys.argv[1:] if not a.startswith(("--families", "--one"))]
+    for name in FLAGS.families:
+        t0 = time.time()
+        row, stderr = row_in_subprocess(os.path.abspath(__file__), name, passed)
+        if row is None:
+            row = {"family": name, "ours": "no", "ours_stage": "crash", "ours_error": stderr[-400:]}
+            print(stderr[-3000:], flush=True)
+        row["seconds"] = round(time.time() - t0)
+        key = f"{name} {row.get('keras', '')} {FLAGS.target_bits:g} {FLAGS.activation_range} {FLAGS.weight_clip}"
+        results[key] = row
+        print(f"{key}: {json.dumps(row)}", flush=True)
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+        with open(FLAGS.out + ".md", "w") as f:
+            f.write(table(results, made_by))
+    with open(FLAGS.out + ".md", "w") as f:
+        f.write(table(results, made_by))
+    print(table(results, made_by))
+
+
+if __name__ == "__main__":
+    flags.FLAGS.set_default("target_bits", 4.0)
+    app.run(main)
