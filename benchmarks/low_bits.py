@@ -60,7 +60,8 @@ def run_one(name: str) -> dict:
     size, _, raw = {**apps.FAMILIES, **apps.EXTRA}[name]
     xtr, ytr, xte, yte = digits(size, raw)
     steps, finetune_steps, lr = apps.recipe(name)
-    row = {"family": name, "input": size, "commit": apps.commit(), "keras": keras.__version__,
+    row = {"family": name, "input": size, "commit": apps.commit(),
+           "keras": f"{'keras3' if FLAGS.keras == '3' else 'tf_keras'} {keras.__version__}",
            "target_bits": FLAGS.target_bits, "activation_range": FLAGS.activation_range,
            "weight_clip": FLAGS.weight_clip, "steps": steps, "finetune_steps": finetune_steps,
            "learning_rate": lr}
@@ -160,7 +161,8 @@ def main(argv):
             row = {"family": name, "ours": "no", "ours_stage": "crash", "ours_error": stderr[-400:]}
             print(stderr[-3000:], flush=True)
         row["seconds"] = round(time.time() - t0)
-        key = f"{name} {row.get('keras', '')} {FLAGS.target_bits:g} {FLAGS.activation_range} {FLAGS.weight_clip}"
+        key = (f"{name} {FLAGS.keras} {FLAGS.target_bits:g} {FLAGS.activation_range} {FLAGS.weight_clip} "
+               f"{row.get('steps')}+{row.get('finetune_steps')}")
         results[key] = row
         print(f"{key}: {json.dumps(row)}", flush=True)
         with open(path, "w") as f:
