@@ -82,26 +82,25 @@ def run(task, seed, beta):
     return row
 
 
-def main(argv):
-    del argv
+def _write(made_by, rows):
+    """The page and JSON of the runs so far (rewritten after each run, so a long run leaves a page)."""
     import numpy as np
 
-    from benchmarks.provenance import stamp
-
-    made_by = stamp()
-    rows = [run(task, seed, float(beta)) for task in FLAGS.tasks for beta in FLAGS.betas for seed in range(FLAGS.seeds)]
     lines = [made_by, "", f"HGQ2, {FLAGS.epochs} epochs, {FLAGS.seeds} seed(s); bits per tensor averaged like "
              "benchmarks/compare.py's.", "",
-             "| task | β | top-1 % | avg bits per tensor | weight bits | activation bits | EBOPs |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | β | seeds | top-1 % | avg bits per tensor | weight bits | activation bits | EBOPs |",
+             "|---|---|---|---|---|---|---|---|"]
     for task in FLAGS.tasks:
         for beta in FLAGS.betas:
             sel = [r for r in rows if r["task"] == task and r["beta"] == float(beta)]
+            if not sel:
+                continue
             mean = {k: float(np.mean([r[k] for r in sel])) for k in ("top1", "avg_bits", "weight_bits",
                                                                     "activation_bits", "ebops")}
             std = float(np.std([r["top1"] for r in sel]))
-            lines.append(f"| {task} | {beta} | {100 * mean['top1']:.2f} ± {100 * std:.2f} | {mean['avg_bits']:.2f} | "
-                         f"{mean['weight_bits']:.2f} | {mean['activation_bits']:.2f} | {mean['ebops']:,.0f} |")
+            lines.append(f"| {task} | {beta} | {len(sel)} | {100 * mean['top1']:.2f} ± {100 * std:.2f} | "
+                         f"{mean['avg_bits']:.2f} | {mean['weight_bits']:.2f} | {mean['activation_bits']:.2f} | "
+                         f"{mean['ebops']:,.0f} |")
     lines += ["", "Per seed:", "", "| task | β | seed | top-1 % | avg bits | weight bits | activation bits |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['beta']:g} | {r['seed']} | {100 * r['top1']:.2f} | {r['avg_bits']:.2f} | "
@@ -110,6 +109,20 @@ def main(argv):
         json.dump(rows, f, indent=1)
     with open(FLAGS.out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
+    return lines
+
+
+def main(argv):
+    del argv
+    from benchmarks.provenance import stamp
+
+    made_by = stamp()
+    rows = []
+    for task in FLAGS.tasks:
+        for beta in FLAGS.betas:
+            for seed in range(FLAGS.seeds):
+                rows.append(run(task, seed, float(beta)))
+                lines = _write(made_by, rows)
     print("\n".join(lines))
 
 
