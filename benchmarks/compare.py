@@ -62,6 +62,8 @@ flags.DEFINE_integer("learn_epochs", 40, "Epochs of the learning phase (BitBudge
 flags.DEFINE_integer("finetune_epochs", 10, "Epochs of the fine-tuning at frozen bitlengths (the long lever: 3x).")
 flags.DEFINE_enum("finetune_schedule", "constant", ["constant", "cosine"],
                   "Fine-tuning learning rate: constant, or cosine decay from --finetune_lr to 0 over the epochs.")
+flags.DEFINE_bool("finetune_holdout", True, "Fine-tune on five sixths of the training data and keep the epoch best on the "
+                  "other sixth; --nofinetune_holdout: on all of it, keeping the last epoch (as HGQ2's runs train).")
 flags.DEFINE_integer("first_seed", 0, "Seeds run are first_seed .. first_seed + seeds - 1.")
 flags.DEFINE_enum("weighting", "uniform", ["uniform", "memory", "bops"], "BitBudget weighting of the budget.")
 flags.DEFINE_float("anneal", 0.25, "BitBudget(anneal=...): share of the learning phase that slides the bits to integers.")
@@ -144,9 +146,13 @@ def _levers(entry):
 def _fine_tune(model, xtr, ytr, xte, yte, epochs, callbacks=()):
     """Fine-tunes a compiled frozen model, keeping the epoch that does best on a
     held-out sixth of the training data (never one below where it started, as the
-    example does); returns the test accuracy."""
+    example does), or with --nofinetune_holdout on all of it, keeping the last epoch;
+    returns the test accuracy."""
     import tf_keras as keras
 
+    if not FLAGS.finetune_holdout:
+        model.fit(xtr, ytr, epochs=epochs, batch_size=32, callbacks=list(callbacks), verbose=0)
+        return float(model.evaluate(xte, yte, verbose=0)[1])
     n_val = len(xtr) // 6
     held = (xtr[-n_val:], ytr[-n_val:])
     start, weights = model.evaluate(*held, verbose=0)[1], model.get_weights()
@@ -167,7 +173,7 @@ def _finetune_lr(epochs, n_train):
 
     if FLAGS.finetune_schedule == "constant":
         return FLAGS.finetune_lr
-    steps = epochs * math.ceil((n_train - n_train // 6) / 32)
+    steps = epochs * math.ceil((n_train - (n_train // 6 if FLAGS.finetune_holdout else 0)) / 32)
     return keras.optimizers.schedules.CosineDecay(FLAGS.finetune_lr, steps)
 
 
@@ -304,6 +310,7 @@ def run_task(name, load, build, seed, tmp):
                                                ("mse clip" if clip == "mse" else "", ""),
                                                (f"{FLAGS.learn_epochs}-epoch learning", "40-epoch learning"),
                                                (f"{FLAGS.finetune_epochs}-epoch fine-tuning", "10-epoch fine-tuning"),
+                                               ("" if FLAGS.finetune_holdout else "fine-tuning on all, last epoch", ""),
                                                ("cosine fine-tuning" if FLAGS.finetune_schedule == "cosine" else "", ""),
                                                *((LEVERS[v], "") for v in levers)) if v != d)
         suffix = f" ({suffix[2:]})" if suffix else ""
