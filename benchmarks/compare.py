@@ -233,6 +233,7 @@ def _row(method, acc, w_bits, a_bits, inventory, step, size, latency, macs_bits=
 
 
 def run_task(name, load, build, seed, tmp):
+    import numpy as np
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
@@ -321,10 +322,14 @@ def run_task(name, load, build, seed, tmp):
         rows[-1]["memory_avg_bits"] = tfbp.average_bits(frozen, weighting="memory")
         rows[-1].update(float_top1=float_acc, learn_top1=learn_acc, learn_bits=learn_bits, frozen_top1=frozen_acc,
                         deployed_bits=tfbp.average_bits(frozen, weighting=FLAGS.weighting),
-                        tflite_top1=_tflite_top1(path, xte, yte))
+                        tflite_top1=_tflite_top1(path, xte, yte),
+                        tensor_bits={t.name: float(t.bits()) for t in tensors},
+                        # HGQ2 leaves the model's output unquantized: the average without it
+                        bits_no_output=float(np.mean([float(t.bits()) for t in tensors if t.name != tensors[-1].name])))
         print(f"{name} seed {seed} {rows[-1]['method']} ({FLAGS.weighting}): float {100 * float_acc:.2f} | learning "
               f"phase {100 * learn_acc:.2f} at {learn_bits:.3f} bits | frozen {100 * frozen_acc:.2f} | deployed "
-              f"{100 * acc:.2f} at {rows[-1]['deployed_bits']:.3f} bits (.tflite {100 * rows[-1]['tflite_top1']:.2f})",
+              f"{100 * acc:.2f} at {rows[-1]['deployed_bits']:.3f} bits (.tflite {100 * rows[-1]['tflite_top1']:.2f}); "
+              f"per tensor {rows[-1]['tensor_bits']}",
               flush=True)
     return rows
 
@@ -337,7 +342,7 @@ def _aggregate(per_seed):
         runs = [rows[i] for rows in per_seed]
         row = {"method": first["method"]}
         for key in first:
-            if key != "method":
+            if key != "method" and not isinstance(first[key], dict):  # tensor_bits stay per seed
                 values = np.array([r[key] for r in runs], float)
                 row[key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
                 if key == "top1":
@@ -368,14 +373,16 @@ def _markdown(results):
 def _runs_markdown(runs):
     """Per seed: the accuracy at each stage of BitPruning and the bits it ran at."""
     lines = ["", "### BitPruning per seed: float → learning phase → frozen → deployed (fine-tuned)", "",
-             "| task | seed | budget | float % | learning % (bits) | frozen % | deployed % (bits) | .tflite % |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| task | seed | budget | float % | learning % (bits) | frozen % | deployed % (bits) | .tflite % "
+             "| bits without the output's |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for task, rows in runs.items():
         for i, r in enumerate(rows):
             seed = FLAGS.first_seed + i // max(1, len(FLAGS.budgets) * len(FLAGS.weight_clip) * len(FLAGS.levers))
             lines.append(f"| {task} | {seed} | {r['method']} | {100 * r['float_top1']:.2f} | "
                          f"{100 * r['learn_top1']:.2f} ({r['learn_bits']:.2f}) | {100 * r['frozen_top1']:.2f} | "
-                         f"{100 * r['top1']:.2f} ({r['deployed_bits']:.2f}) | {100 * r['tflite_top1']:.2f} |")
+                         f"{100 * r['top1']:.2f} ({r['deployed_bits']:.2f}) | {100 * r['tflite_top1']:.2f} | "
+                         f"{r['bits_no_output']:.2f} |")
     return "\n".join(lines + [""])
 
 
