@@ -12,6 +12,9 @@ its elements, then the mean over tensors (weights: the kernels of QConv2D/QDense
 every layer's input quantizer); EBOPs after ``trace_minmax``.
 
     python benchmarks/hgq2_compare.py --tasks=breast_cancer --out=docs/hgq2_compare_mlp  # where hgq2 is installed
+    python benchmarks/hgq2_compare.py --tasks=digits --betas=1e-7,1e-6,1e-5 --out=docs/hgq2_compare_digits
+    python benchmarks/hgq2_compare.py --tasks=breast_cancer --betas=1e-5,1e-4 --first_seed=3 \
+        --out=docs/hgq2_compare_mlp_seeds3to5
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from absl import app, flags
 
 flags.DEFINE_list("tasks", ["digits", "breast_cancer"], "compare.py's tasks: digits (CNN), breast_cancer (MLP).")
 flags.DEFINE_integer("seeds", 3, "Seeds per β.")
+flags.DEFINE_integer("first_seed", 0, "Seeds run are first_seed .. first_seed + seeds - 1.")
 flags.DEFINE_list("betas", ["1e-6", "1e-5", "1e-4"], "HGQ2's β (the EBOPs weight in the loss), one run per value.")
 flags.DEFINE_integer("epochs", 150, "Training epochs (from scratch).")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "hgq2_compare"), "Output prefix (.md, .json).")
@@ -86,7 +90,7 @@ def _write(made_by, rows):
     """The page and JSON of the runs so far (rewritten after each run, so a long run leaves a page)."""
     import numpy as np
 
-    lines = [made_by, "", f"HGQ2, {FLAGS.epochs} epochs, {FLAGS.seeds} seed(s); bits per tensor averaged like "
+    lines = [made_by, "", f"HGQ2, {FLAGS.epochs} epochs, seeds {FLAGS.first_seed}-{FLAGS.first_seed + FLAGS.seeds - 1}; bits per tensor averaged like "
              "benchmarks/compare.py's.", "",
              "| task | β | seeds | top-1 % | avg bits per tensor | weight bits | activation bits | EBOPs |",
              "|---|---|---|---|---|---|---|---|"]
@@ -120,7 +124,7 @@ def main(argv):
     rows = []
     for task in FLAGS.tasks:
         for beta in FLAGS.betas:
-            for seed in range(FLAGS.seeds):
+            for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds):
                 rows.append(run(task, seed, float(beta)))
                 lines = _write(made_by, rows)
     print("\n".join(lines))
