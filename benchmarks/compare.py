@@ -62,8 +62,8 @@ flags.DEFINE_integer("learn_epochs", 40, "Epochs of the learning phase (BitBudge
 flags.DEFINE_integer("finetune_epochs", 10, "Epochs of the fine-tuning at frozen bitlengths (the long lever: 3x).")
 flags.DEFINE_enum("finetune_schedule", "constant", ["constant", "cosine"],
                   "Fine-tuning learning rate: constant, or cosine decay from --finetune_lr to 0 over the epochs.")
-flags.DEFINE_bool("finetune_holdout", True, "Fine-tune on five sixths of the training data and keep the epoch best on the "
-                  "other sixth; --nofinetune_holdout: on all of it, keeping the last epoch (as HGQ2's runs train).")
+flags.DEFINE_bool("finetune_holdout", True, "Fine-tune on five sixths of the training data and keep the epoch best "
+                  "on the other sixth; --nofinetune_holdout: on all of it, keeping the last epoch (as HGQ2's runs train).")
 flags.DEFINE_integer("first_seed", 0, "Seeds run are first_seed .. first_seed + seeds - 1.")
 flags.DEFINE_enum("weighting", "uniform", ["uniform", "memory", "bops"], "BitBudget weighting of the budget.")
 flags.DEFINE_float("anneal", 0.25, "BitBudget(anneal=...): share of the learning phase that slides the bits to integers.")

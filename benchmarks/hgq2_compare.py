@@ -90,7 +90,8 @@ def _write(made_by, rows):
     """The page and JSON of the runs so far (rewritten after each run, so a long run leaves a page)."""
     import numpy as np
 
-    lines = [made_by, "", f"HGQ2, {FLAGS.epochs} epochs, seeds {FLAGS.first_seed}-{FLAGS.first_seed + FLAGS.seeds - 1}; bits per tensor averaged like "
+    seeds = f"seeds {FLAGS.first_seed}-{FLAGS.first_seed + FLAGS.seeds - 1}"
+    lines = [made_by, "", f"HGQ2, {FLAGS.epochs} epochs, {seeds}; bits per tensor averaged like "
              "benchmarks/compare.py's.", "",
              "| task | β | seeds | top-1 % | avg bits per tensor | weight bits | activation bits | EBOPs |",
              "|---|---|---|---|---|---|---|---|"]
