@@ -6,12 +6,13 @@ against its resource estimate (EBOPs) weighted by β. Here it gets compare.py's 
 as HGQ2 layers (``QConv2D``, ``QBatchNormalization``, ``QMaxPooling2D``, ``QDense``), the same
 data splits, and about as many epochs as BitPruning's whole pipeline in the longer-training
 pages (float + learning phase + fine-tuning: 20 + 100 + 30 = 150 on digits; the MLP's recipe
-trains 20 + 120 + 30 = 170), Adam from 3e-3 under a cosine decay, batch 32; weights start at
-4 bits (``kbi``, ``i0 = 0``), activations at 4 fraction bits (``kif``). ``--betas=float,...``
-adds the control: the same network as plain Keras layers trained the same way (150 epochs, the same schedule, all the training data, the last epoch).
-Bits are reported the way compare.py reports ours: each tensor's mean bitwidth over
-its elements, then the mean over tensors (weights: the kernels of QConv2D/QDense; activations:
-every layer's input quantizer); EBOPs after ``trace_minmax``.
+trains 20 + 120 + 30 = 170): 150 epochs from scratch, Adam from 3e-3 under a cosine decay,
+batch 32, all the training data, the last epoch; weights start at 4 bits (``kbi``,
+``i0 = 0``), activations at 4 fraction bits (``kif``). ``--betas=float,...`` adds the control:
+the same network as plain Keras layers trained the same way. Bits are reported the way
+compare.py reports ours: each tensor's mean bitwidth over its elements, then the mean over
+tensors (weights: the kernels of QConv2D/QDense; activations: every layer's input quantizer);
+EBOPs after ``trace_minmax``.
 
     python benchmarks/hgq2_compare.py --tasks=breast_cancer --out=docs/hgq2_compare_mlp  # where hgq2 is installed
     python benchmarks/hgq2_compare.py --tasks=digits --betas=1e-7,1e-6,1e-5 --out=docs/hgq2_compare_digits
