@@ -17,12 +17,13 @@ from collections import defaultdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# task: (hgq2_compare.py pages, [(compare.py page, its first seed)])
+# task: (hgq2_compare.py pages, [(compare.py page, its first seed, a note for options its labels omit)])
 SOURCES = {
-    "digits": (["hgq2_compare_digits"], [("comparison_levers_long", 0)]),
+    "digits": (["hgq2_compare_digits"], [("comparison_levers_long", 0, "")]),
     "breast_cancer": (["hgq2_compare_mlp_6seeds"],
-                      [("comparison_levers_mlp_long_cos", 0), ("comparison_levers_mlp_long_cos_seeds3to5", 3),
-                       ("comparison_levers_mlp_hgq2", 0), ("comparison_levers_mlp_hgq2_seeds3to5", 3)]),
+                      [("comparison_levers_mlp_long_cos", 0, ""), ("comparison_levers_mlp_long_cos_seeds3to5", 3, ""),
+                       ("comparison_levers_mlp_hgq2", 0, ""), ("comparison_levers_mlp_hgq2_seeds3to5", 3, ""),
+                       ("comparison_levers_mlp_hgq2_lr3e-4", 0, ", fine-tuning from 3e-4")]),
 }
 
 
@@ -35,13 +36,13 @@ def _rows(task):
     """label -> seed -> (top-1, bits per tensor, bits without the output's or None)."""
     hgq2_pages, our_pages = SOURCES[task]
     rows = defaultdict(dict)
-    for page, first in our_pages:
+    for page, first, note in our_pages:
         seen = defaultdict(int)
         for run in _load(page)["bitpruning_runs"][task]:
             seed = first + seen[run["method"]]
             seen[run["method"]] += 1
             rows["float (compare.py: 20 epochs)"][seed] = (run["float_top1"], 32.0, None)
-            rows["ours: " + run["method"][len("BitPruning "):]][seed] = (
+            rows["ours: " + run["method"][len("BitPruning "):] + note][seed] = (
                 run["top1"], run["uniform_avg_bits"], run.get("bits_no_output"))
     for page in hgq2_pages:
         for run in _load(page):
@@ -82,7 +83,7 @@ def main():
 
     text = [stamp(), "", "Deployed top-1 % per seed (ours: frozen, fine-tuned; HGQ2: after `trace_minmax`), "
             "bits per tensor as each page counts them; the pages: "
-            + ", ".join(f"[{p}]({p}.md)" for hgq2, ours in SOURCES.values() for p in hgq2 + [o for o, _ in ours])
+            + ", ".join(f"[{p}]({p}.md)" for hgq2, ours in SOURCES.values() for p in hgq2 + [o for o, *_ in ours])
             + ".", ""] + [table(task) for task in SOURCES]
     path = os.path.join(ROOT, "docs", "hgq2_vs_ours.md")
     with open(path, "w") as f:
