@@ -16,6 +16,7 @@ EBOPs after ``trace_minmax``.
 
     python benchmarks/hgq2_compare.py --tasks=breast_cancer --out=docs/hgq2_compare_mlp  # where hgq2 is installed
     python benchmarks/hgq2_compare.py --tasks=digits --betas=1e-7,1e-6,1e-5 --out=docs/hgq2_compare_digits
+    python benchmarks/hgq2_compare.py --tasks=digits --betas=float --out=docs/hgq2_compare_digits_float
     python benchmarks/hgq2_compare.py --tasks=breast_cancer --betas=float,1e-5 --seeds=6 \
         --out=docs/hgq2_compare_mlp_6seeds
 """

@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)
 
 # task: (hgq2_compare.py pages, [(compare.py page, its first seed, a note for options its labels omit)])
 SOURCES = {
-    "digits": (["hgq2_compare_digits"], [("comparison_levers_long", 0, "")]),
+    "digits": (["hgq2_compare_digits", "hgq2_compare_digits_float"], [("comparison_levers_long", 0, "")]),
     "breast_cancer": (["hgq2_compare_mlp_6seeds"],
                       [("comparison_levers_mlp_long_cos", 0, ""), ("comparison_levers_mlp_long_cos_seeds3to5", 3, ""),
                        ("comparison_levers_mlp_hgq2", 0, ""), ("comparison_levers_mlp_hgq2_seeds3to5", 3, ""),
