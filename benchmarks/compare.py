@@ -62,6 +62,8 @@ flags.DEFINE_integer("learn_epochs", 40, "Epochs of the learning phase (BitBudge
 flags.DEFINE_integer("finetune_epochs", 10, "Epochs of the fine-tuning at frozen bitlengths (the long lever: 3x).")
 flags.DEFINE_enum("finetune_schedule", "constant", ["constant", "cosine"],
                   "Fine-tuning learning rate: constant, or cosine decay from --finetune_lr to 0 over the epochs.")
+flags.DEFINE_bool("finetune_holdout", True, "Fine-tune on five sixths of the training data and keep the epoch best "
+                  "on the other sixth; --nofinetune_holdout: on all of it, keeping the last epoch (as HGQ2's runs train).")
 flags.DEFINE_integer("first_seed", 0, "Seeds run are first_seed .. first_seed + seeds - 1.")
 flags.DEFINE_enum("weighting", "uniform", ["uniform", "memory", "bops"], "BitBudget weighting of the budget.")
 flags.DEFINE_float("anneal", 0.25, "BitBudget(anneal=...): share of the learning phase that slides the bits to integers.")
@@ -144,9 +146,13 @@ def _levers(entry):
 def _fine_tune(model, xtr, ytr, xte, yte, epochs, callbacks=()):
     """Fine-tunes a compiled frozen model, keeping the epoch that does best on a
     held-out sixth of the training data (never one below where it started, as the
-    example does); returns the test accuracy."""
+    example does), or with --nofinetune_holdout on all of it, keeping the last epoch;
+    returns the test accuracy."""
     import tf_keras as keras
 
+    if not FLAGS.finetune_holdout:
+        model.fit(xtr, ytr, epochs=epochs, batch_size=32, callbacks=list(callbacks), verbose=0)
+        return float(model.evaluate(xte, yte, verbose=0)[1])
     n_val = len(xtr) // 6
     held = (xtr[-n_val:], ytr[-n_val:])
     start, weights = model.evaluate(*held, verbose=0)[1], model.get_weights()
@@ -167,7 +173,7 @@ def _finetune_lr(epochs, n_train):
 
     if FLAGS.finetune_schedule == "constant":
         return FLAGS.finetune_lr
-    steps = epochs * math.ceil((n_train - n_train // 6) / 32)
+    steps = epochs * math.ceil((n_train - (n_train // 6 if FLAGS.finetune_holdout else 0)) / 32)
     return keras.optimizers.schedules.CosineDecay(FLAGS.finetune_lr, steps)
 
 
@@ -227,6 +233,7 @@ def _row(method, acc, w_bits, a_bits, inventory, step, size, latency, macs_bits=
 
 
 def run_task(name, load, build, seed, tmp):
+    import numpy as np
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
@@ -304,6 +311,7 @@ def run_task(name, load, build, seed, tmp):
                                                ("mse clip" if clip == "mse" else "", ""),
                                                (f"{FLAGS.learn_epochs}-epoch learning", "40-epoch learning"),
                                                (f"{FLAGS.finetune_epochs}-epoch fine-tuning", "10-epoch fine-tuning"),
+                                               ("" if FLAGS.finetune_holdout else "fine-tuning on all, last epoch", ""),
                                                ("cosine fine-tuning" if FLAGS.finetune_schedule == "cosine" else "", ""),
                                                *((LEVERS[v], "") for v in levers)) if v != d)
         suffix = f" ({suffix[2:]})" if suffix else ""
@@ -314,10 +322,14 @@ def run_task(name, load, build, seed, tmp):
         rows[-1]["memory_avg_bits"] = tfbp.average_bits(frozen, weighting="memory")
         rows[-1].update(float_top1=float_acc, learn_top1=learn_acc, learn_bits=learn_bits, frozen_top1=frozen_acc,
                         deployed_bits=tfbp.average_bits(frozen, weighting=FLAGS.weighting),
-                        tflite_top1=_tflite_top1(path, xte, yte))
+                        tflite_top1=_tflite_top1(path, xte, yte),
+                        tensor_bits={t.name: float(t.bits()) for t in tensors},
+                        # HGQ2 leaves the model's output unquantized: the average without it
+                        bits_no_output=float(np.mean([float(t.bits()) for t in tensors if t.name != tensors[-1].name])))
         print(f"{name} seed {seed} {rows[-1]['method']} ({FLAGS.weighting}): float {100 * float_acc:.2f} | learning "
               f"phase {100 * learn_acc:.2f} at {learn_bits:.3f} bits | frozen {100 * frozen_acc:.2f} | deployed "
-              f"{100 * acc:.2f} at {rows[-1]['deployed_bits']:.3f} bits (.tflite {100 * rows[-1]['tflite_top1']:.2f})",
+              f"{100 * acc:.2f} at {rows[-1]['deployed_bits']:.3f} bits (.tflite {100 * rows[-1]['tflite_top1']:.2f}); "
+              f"per tensor {rows[-1]['tensor_bits']}",
               flush=True)
     return rows
 
@@ -330,7 +342,7 @@ def _aggregate(per_seed):
         runs = [rows[i] for rows in per_seed]
         row = {"method": first["method"]}
         for key in first:
-            if key != "method":
+            if key != "method" and not isinstance(first[key], dict):  # tensor_bits stay per seed
                 values = np.array([r[key] for r in runs], float)
                 row[key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
                 if key == "top1":
@@ -361,14 +373,16 @@ def _markdown(results):
 def _runs_markdown(runs):
     """Per seed: the accuracy at each stage of BitPruning and the bits it ran at."""
     lines = ["", "### BitPruning per seed: float → learning phase → frozen → deployed (fine-tuned)", "",
-             "| task | seed | budget | float % | learning % (bits) | frozen % | deployed % (bits) | .tflite % |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| task | seed | budget | float % | learning % (bits) | frozen % | deployed % (bits) | .tflite % "
+             "| bits without the output's |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for task, rows in runs.items():
         for i, r in enumerate(rows):
             seed = FLAGS.first_seed + i // max(1, len(FLAGS.budgets) * len(FLAGS.weight_clip) * len(FLAGS.levers))
             lines.append(f"| {task} | {seed} | {r['method']} | {100 * r['float_top1']:.2f} | "
                          f"{100 * r['learn_top1']:.2f} ({r['learn_bits']:.2f}) | {100 * r['frozen_top1']:.2f} | "
-                         f"{100 * r['top1']:.2f} ({r['deployed_bits']:.2f}) | {100 * r['tflite_top1']:.2f} |")
+                         f"{100 * r['top1']:.2f} ({r['deployed_bits']:.2f}) | {100 * r['tflite_top1']:.2f} | "
+                         f"{r['bits_no_output']:.2f} |")
     return "\n".join(lines + [""])
 
 

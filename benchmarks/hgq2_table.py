@@ -1,0 +1,95 @@
+"""HGQ2 against our recipe, seed by seed, from the JSON the benchmarks wrote (no training).
+
+Reads ``benchmarks/hgq2_compare.py``'s pages (HGQ2 at each β, and its float control) and
+``benchmarks/compare.py``'s (ours: float, deployed accuracy, bits per tensor, and the average
+without the output's tensor, which HGQ2 leaves unquantized) and writes one table per task:
+
+    python benchmarks/hgq2_table.py        # writes docs/hgq2_vs_ours.md
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# task: (hgq2_compare.py pages, [(compare.py page, its first seed, a note for options its labels omit)])
+SOURCES = {
+    "digits": (["hgq2_compare_digits", "hgq2_compare_digits_float"], [("comparison_levers_long", 0, "")]),
+    "breast_cancer": (["hgq2_compare_mlp_6seeds"],
+                      [("comparison_levers_mlp_long_cos", 0, ""), ("comparison_levers_mlp_long_cos_seeds3to5", 3, ""),
+                       ("comparison_levers_mlp_hgq2", 0, ""), ("comparison_levers_mlp_hgq2_seeds3to5", 3, ""),
+                       ("comparison_levers_mlp_hgq2_lr3e-4", 0, ", fine-tuning from 3e-4")]),
+}
+
+
+def _load(name):
+    with open(os.path.join(ROOT, "docs", name + ".json")) as f:
+        return json.load(f)
+
+
+def _rows(task):
+    """label -> seed -> (top-1, bits per tensor, bits without the output's or None)."""
+    hgq2_pages, our_pages = SOURCES[task]
+    rows = defaultdict(dict)
+    for page, first, note in our_pages:
+        seen = defaultdict(int)
+        for run in _load(page)["bitpruning_runs"][task]:
+            seed = first + seen[run["method"]]
+            seen[run["method"]] += 1
+            rows["float (compare.py: 20 epochs)"][seed] = (run["float_top1"], 32.0, None)
+            rows["ours: " + run["method"][len("BitPruning "):] + note][seed] = (
+                run["top1"], run["uniform_avg_bits"], run.get("bits_no_output"))
+    for page in hgq2_pages:
+        for run in _load(page):
+            label = ("float (HGQ2's training, plain Keras layers)" if run["beta"] is None
+                     else f"HGQ2 β = {run['beta']:g}")
+            rows[label][run["seed"]] = (run["top1"], run["avg_bits"], None)
+    return rows
+
+
+def _span(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    low, high = min(values), max(values)
+    return f"{low:.2f}" if high - low < 0.005 else f"{low:.2f}–{high:.2f}"
+
+
+def table(task):
+    """The markdown table of one task."""
+    import numpy as np
+
+    rows = _rows(task)
+    seeds = sorted({s for by_seed in rows.values() for s in by_seed})
+    lines = [f"### {task}", "", "| run | bits per tensor | without the output's | "
+             + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+             "|---|---|---|" + "---|" * len(seeds) + "---|"]
+    for label, by_seed in rows.items():
+        accs = [100 * by_seed[s][0] for s in seeds if s in by_seed]
+        cells = [f"{100 * by_seed[s][0]:.2f}" if s in by_seed else "—" for s in seeds]
+        lines.append(f"| {label} | {_span([v[1] for v in by_seed.values()])} | "
+                     f"{_span([v[2] for v in by_seed.values()])} | " + " | ".join(cells)
+                     + f" | {np.mean(accs):.2f} ± {np.std(accs):.2f} ({len(accs)}) |")
+    return "\n".join(lines + [""])
+
+
+def main():
+    from benchmarks.provenance import stamp
+
+    text = [stamp(), "", "Deployed top-1 % per seed (ours: frozen, fine-tuned; HGQ2: after `trace_minmax`), "
+            "bits per tensor as each page counts them; the pages: "
+            + ", ".join(f"[{p}]({p}.md)" for hgq2, ours in SOURCES.values() for p in hgq2 + [o for o, *_ in ours])
+            + ".", ""] + [table(task) for task in SOURCES]
+    path = os.path.join(ROOT, "docs", "hgq2_vs_ours.md")
+    with open(path, "w") as f:
+        f.write("\n".join(text))
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
