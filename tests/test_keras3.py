@@ -472,3 +472,28 @@ def test_gelu_inputs_are_on_learned_grids(name):
     x = L.Activation("gelu", name="act")(L.Conv2D(8, 1, name="before")(x))
     bp = tfbp.bitprune_model(keras.Model(inputs, x))
     assert {"before/activations", "inside/activations", "act/activations"} <= set(tfbp.bitlengths(bp))
+
+
+@pytest.mark.slow  # traces and fits
+def test_keras3_evaluate_and_fit_trace_their_step_once():
+    """Without a distribution strategy Keras 3 creates the metrics' and the optimizer's
+    variables inside the first trace of a step, and a tf.function that creates variables
+    is traced again; a BitPrunedModel creates them first (``BuildBeforeTrace``): one trace
+    per step function (a trace of a large bit-pruned model's train step takes a minute)."""
+    keras3.utils.set_random_seed(0)
+    bp = tfbp.bitprune_model(cnn(keras3))
+    bp.compile(keras3.optimizers.Adam(1e-3), _loss(keras3), metrics=["accuracy"])
+    traces = {"train": 0, "test": 0}
+
+    def counted(kind, step):
+        def step_traced(data):
+            traces[kind] += 1  # Python runs only while the step function is traced
+            return step(data)
+        return step_traced
+
+    bp.train_step, bp.test_step = counted("train", bp.train_step), counted("test", bp.test_step)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, 32)
+    bp.evaluate(x, y, batch_size=8, verbose=0)
+    bp.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert traces == {"train": 1, "test": 1}

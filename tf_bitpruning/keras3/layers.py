@@ -178,14 +178,16 @@ class BitPruneInputQuantizer(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BitPrunedModel(keras.Model):
+class BitPrunedModel(_compat.BuildBeforeTrace, keras.Model):
     """A functional Keras 3 model whose ``losses`` include the bit loss ``λ · R``.
 
     ``fit`` adds ``model.losses`` to the compiled loss, as on the tf_keras path
     (where the bit loss is a callable loss of the model). The bit loss's settings
     are part of the config and its variables (λ, the objective, the annealing
     state) are saved with the model's own variables, so ``model.save("m.keras")``
-    and ``keras.saving.load_model`` round-trip it.
+    and ``keras.saving.load_model`` round-trip it. Its optimizer and metrics are built
+    before the train step is traced (:class:`~tf_bitpruning.keras3._compat.BuildBeforeTrace`):
+    one trace instead of two.
     """
 
     @property
