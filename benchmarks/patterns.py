@@ -53,6 +53,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags
 
+from benchmarks import pattern_table
 from benchmarks.common import print_row, row_in_subprocess
 
 KERASES = ("tf_keras", "keras3")
@@ -330,95 +331,9 @@ def run_one(spec: str) -> dict:
 
 # -- the table -------------------------------------------------------------------------------------
 
-def _runs(r: dict) -> list:
-    """A row's runs, one per seed (a row of a run before ``--seeds``: itself)."""
-    return r.get("runs") or [r]
-
-
-def _stat(runs, key, scale: float = 100.0) -> str:
-    """``mean ± std`` of ``key`` over the runs that have it (std over seeds, ddof 1)."""
-    import numpy as np
-
-    v = [x[key] for x in runs if isinstance(x.get(key), (int, float)) and x[key] == x[key]]
-    if not v:
-        return "–"
-    v = scale * np.asarray(v, dtype=float)
-    return f"{v.mean():.1f}" + (f" ± {v.std(ddof=1):.1f}" if len(v) > 1 else "")
-
-
-def _ours(runs) -> str:
-    failed = [x for x in runs if x.get("ours") != "yes"]
-    if not failed:
-        return "yes"
-    first = failed[0]
-    what = f"no ({first.get('ours_stage')})" if first.get("ours") == "no" else first.get("ours", "–")
-    return what + (f" ({len(failed)} of {len(runs)} seeds)" if len(runs) > 1 else "")
-
-
-def _row(what: str, kname: str, r: dict) -> str:
-    runs = _runs(r)
-    for x in runs:  # deployed minus float, per seed
-        if "deployed_accuracy" in x and "float_accuracy" in x:
-            x["_delta"] = x["deployed_accuracy"] - x["float_accuracy"]
-    bits = [x["avg_bits"] for x in runs if "avg_bits" in x]
-    decided = [x["confident"] for x in runs if "confident" in x]
-    agree = f"{_stat(runs, 'agreement')} ({min(decided)})" if decided else "–"
-    cells = [what, kname, str(len(runs)), runs[0].get("int8", "–"), _ours(runs),
-             str(runs[0].get("quantized_tensors", "–")), str(max(bits)) if bits else "–",
-             _stat(runs, "float_accuracy"), _stat(runs, "float_same_schedule_accuracy"),
-             _stat(runs, "deployed_accuracy"), _stat(runs, "_delta"), _stat(runs, "tflite_accuracy"), agree]
-    for x in runs:
-        x.pop("_delta", None)
-    return "| " + " | ".join(cells) + " |"
-
-
 def table(results: dict, made_by: str) -> str:
-    commits = sorted({x.get("commit", "unknown") for r in results.values() for x in _runs(r)})
-    commands = sorted({r["command"] for r in results.values() if r.get("command")})
-    head = (f"{made_by} Every row ran at commit {', '.join(commits)} (its `commit` in "
-            f"`{os.path.basename(FLAGS.out)}.json`), made by "
-            + ", ".join(f"`{c}`" for c in commands) + ".\n\n"
-            "Accuracies in %, mean ± std over the seeds (each seed reruns the whole row, op determinism "
-            "on). *float*: the model the user starts from; *float, same schedule*: it trained through "
-            "the same epochs and learning rates without bit pruning; *deployed*: bit-pruned to the "
-            "budget, frozen, fine-tuned; *deployed − float* in points; *avg bits*: the largest over "
-            "the seeds; agreement: the `.tflite` file's top-1 with Keras on decided inputs (fewest "
-            "decided over the seeds in parentheses).\n\n"
-            "| pattern | Keras | seeds | Keras' int8 (tfmot QAT / `model.quantize`) | ours | quantized tensors "
-            "| avg bits | float | float, same schedule | deployed | deployed − float | `.tflite` "
-            "| agreement (decided) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    rows, errors = [], []
-    for pattern, (_, what) in PATTERNS.items():
-        for kname in KERASES:
-            r = results.get(f"{pattern}:{kname}")
-            if r is None:
-                continue
-            rows.append(_row(what, kname, r))
-            first = _runs(r)[0]
-            errors += [f"- {pattern} ({kname}), {k.split('_')[0]}: {x[k]}" for k in ("int8_error",)
-                       if (x := first).get(k)]
-            errors += [f"- {pattern} ({kname}, seed {x.get('seed', 0)}), ours: {x['ours_error']}"
-                       for x in _runs(r) if x.get("ours_error")]
-    return (head + "\n".join(rows) + "\n\n" + _claim(results)
-            + ("\n\nErrors:\n\n" + "\n".join(errors) if errors else "") + "\n")
-
-
-def _claim(results: dict) -> str:
-    """The claim "deployed within 1 point of float (mean over the seeds)", and the rows that miss it."""
-    import numpy as np
-
-    missed = []
-    for spec, r in results.items():
-        d = [x["deployed_accuracy"] - x["float_accuracy"] for x in _runs(r)
-             if "deployed_accuracy" in x and "float_accuracy" in x]
-        if not d or np.mean(d) < -0.01:
-            what = "did not finish" if not d else f"{100 * np.mean(d):+.1f} points"
-            missed.append(f"{PATTERNS.get(r.get('pattern'), ('', spec))[1]} under {r.get('keras')} ({what})")
-    if not missed:
-        return "Every row's deployed accuracy is within 1 point of its float accuracy (or above it), mean over the seeds."
-    return ("Rows whose deployed accuracy is more than 1 point under float (mean over the seeds): "
-            + "; ".join(missed) + ".")
+    return pattern_table.table(results, made_by, os.path.basename(FLAGS.out),
+                               {name: what for name, (_, what) in PATTERNS.items()}, KERASES)
 
 
 def main(argv):
