@@ -46,7 +46,7 @@ def _row(what: str, kname: str, r: dict) -> str:
     agree = f"{_stat(runs, 'agreement')} ({min(decided)})" if decided else "–"
     cells = [what, kname, str(len(runs)), runs[0].get("int8", "–"), _ours(runs),
              str(runs[0].get("quantized_tensors", "–")), str(max(bits)) if bits else "–",
-             _stat(runs, "float_accuracy"), _stat(runs, "float_same_schedule_accuracy"),
+             _stat(runs, "float_accuracy"), _stat(runs, "float_same_schedule_accuracy"), _stat(runs, "learning_accuracy"),
              _stat(runs, "deployed_accuracy"), _stat(runs, "_delta"), _stat(runs, "tflite_accuracy"), agree]
     for x in runs:
         x.pop("_delta", None)
@@ -64,14 +64,15 @@ def table(results: dict, made_by: str, json_name: str, patterns: Dict[str, str],
             + ", ".join(f"`{c}`" for c in commands) + ".\n\n"
             "Accuracies in %, mean ± std over the seeds (each seed reruns the whole row, op determinism "
             "on). *float*: the model the user starts from; *float, same schedule*: it trained through "
-            "the same epochs and learning rates without bit pruning; *deployed*: bit-pruned to the "
+            "the same epochs and learning rates without bit pruning; *learning phase*: the bit-pruned model "
+            "after `fit(BitBudget)`; *deployed*: bit-pruned to the "
             "budget, frozen, fine-tuned; *deployed − float* in points; *avg bits*: the largest over "
             "the seeds; agreement: the `.tflite` file's top-1 with Keras on decided inputs (fewest "
             "decided over the seeds in parentheses).\n\n"
             "| pattern | Keras | seeds | Keras' int8 (tfmot QAT / `model.quantize`) | ours | quantized tensors "
-            "| avg bits | float | float, same schedule | deployed | deployed − float | `.tflite` "
+            "| avg bits | float | float, same schedule | learning phase | deployed | deployed − float | `.tflite` "
             "| agreement (decided) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     rows, errors = [], []
     for pattern, what in patterns.items():
         for kname in kerases:
