@@ -44,7 +44,8 @@ def _row(what: str, kname: str, r: dict) -> str:
     bits = [x["avg_bits"] for x in runs if "avg_bits" in x]
     decided = [x["confident"] for x in runs if "confident" in x]
     agree = f"{_stat(runs, 'agreement')} ({min(decided)})" if decided else "–"
-    cells = [what, kname, str(len(runs)), runs[0].get("int8", "–"), _ours(runs),
+    rate = f"{runs[0].get('lr', 1e-3):g} (×{runs[0].get('bits_lr_multiplier', 10.0):g})"  # before --seeds: 1e-3, ×10
+    cells = [what, kname, str(len(runs)), rate, runs[0].get("int8", "–"), _ours(runs),
              str(runs[0].get("quantized_tensors", "–")), str(max(bits)) if bits else "–",
              _stat(runs, "float_accuracy"), _stat(runs, "float_same_schedule_accuracy"), _stat(runs, "learning_accuracy"),
              _stat(runs, "deployed_accuracy"), _stat(runs, "_delta"), _stat(runs, "tflite_accuracy"), agree]
@@ -66,13 +67,13 @@ def table(results: dict, made_by: str, json_name: str, patterns: Dict[str, str],
             "on). *float*: the model the user starts from; *float, same schedule*: it trained through "
             "the same epochs and learning rates without bit pruning; *learning phase*: the bit-pruned model "
             "after `fit(BitBudget)`; *deployed*: bit-pruned to the "
-            "budget, frozen, fine-tuned; *deployed − float* in points; *avg bits*: the largest over "
+            "budget, frozen, fine-tuned (at a fifth of the Adam lr); *deployed − float* in points; *avg bits*: the largest over "
             "the seeds; agreement: the `.tflite` file's top-1 with Keras on decided inputs (fewest "
             "decided over the seeds in parentheses).\n\n"
-            "| pattern | Keras | seeds | Keras' int8 (tfmot QAT / `model.quantize`) | ours | quantized tensors "
+            "| pattern | Keras | seeds | Adam lr (bits_lr_multiplier) | Keras' int8 (tfmot QAT / `model.quantize`) | ours | quantized tensors "
             "| avg bits | float | float, same schedule | learning phase | deployed | deployed − float | `.tflite` "
             "| agreement (decided) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     rows, errors = [], []
     for pattern, what in patterns.items():
         for kname in kerases:

@@ -21,13 +21,15 @@ def _results(b_runs):
 
 
 def test_row_shows_mean_and_std_over_seeds():
-    page = table(_results([_run(0, 0.9, 0.9, 0.9)]), "Made by `x`.", "patterns", PATTERNS, ("tf_keras", "keras3"))
+    page = table(_results([_run(0, 0.9, 0.9, 0.9, lr=1e-4, bits_lr_multiplier=100.0)]), "Made by `x`.", "patterns", PATTERNS, ("tf_keras", "keras3"))
     row_a = next(line for line in page.splitlines() if line.startswith("| row A"))
     # seeds 3; float 82.0 ± 2.0; same schedule 86.0 ± 2.0; learning phase 74.0 ± 2.0; deployed 84.0 ± 2.0;
     # deployed − float +2 each seed
     assert "| 3 |" in row_a and "| 82.0 ± 2.0 | 86.0 ± 2.0 | 74.0 ± 2.0 | 84.0 ± 2.0 | 2.0 ± 0.0 |" in row_a, row_a
     assert "100.0 ± 0.0 (300)" in row_a  # the fewest decided inputs over the seeds
+    assert "| 0.001 (×10) |" in row_a  # a run that does not record its rates ran at 1e-3, ×10
     row_b = next(line for line in page.splitlines() if line.startswith("| row B"))
+    assert "| 0.0001 (×100) |" in row_b, row_b
     assert "| 1 |" in row_b and "| 90.0 | 90.0 | 80.0 | 90.0 | 0.0 |" in row_b, row_b  # one seed: no ±
 
 
