@@ -21,8 +21,21 @@ task for the text classifier (4 classes, 64 tokens, 24 per sequence).
     python benchmarks/patterns.py --patterns=text,lstm --kerases=keras3
     python benchmarks/patterns.py --patterns= --out=docs/patterns    # the table of the json only
 
-Each row runs in its own process; results merge into ``--out``.json and the table
-goes to ``--out``.md, stamped with this command and each row's commit.
+Each row and seed runs in its own process, seeded, with TensorFlow's op determinism
+on (a rerun of a row and seed gives the same numbers); results merge into ``--out``.json
+and the table (mean ± std over ``--seeds``) goes to ``--out``.md, stamped with this
+command and each row's commit.
+
+Columns "float" and "float, same schedule": the model the user starts from, and that
+model trained through the same epochs, learning rates and augmentation as the bit-pruned
+one but without bit pruning (what the schedule alone does, apart from quantization).
+
+The image rows with a frozen-then-unfrozen backbone (the recipe and the inline
+augmentation) bit-prune at the fine-tuning stage of Keras' recipe, so they use its low
+learning rate for an unfrozen pretrained backbone: Adam ``--backbone_lr`` (1e-4; fine-tuning
+at frozen bitlengths at a fifth of it) with ``bitprune_model(..., bits_lr_multiplier=100)``
+so the bitlengths move as fast as with the defaults (``--backbone_lr=1e-3
+--backbone_bits_lr_multiplier=10`` is the schedule of the other rows).
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags
 
+from benchmarks import pattern_table
 from benchmarks.common import print_row, row_in_subprocess
 
 KERASES = ("tf_keras", "keras3")
@@ -61,6 +75,11 @@ flags.DEFINE_integer("float_epochs", 8, "Epochs of float training before bit pru
 flags.DEFINE_integer("epochs", 4, "Epochs with BitBudget.")
 flags.DEFINE_integer("finetune_epochs", 2, "Epochs at frozen bitlengths.")
 flags.DEFINE_integer("batch_size", 32, "Batch size.")
+flags.DEFINE_integer("seeds", 3, "Seeds per row (0, 1, ...); the table shows mean ± std.")
+flags.DEFINE_float("backbone_lr", 1e-4, "Adam learning rate of bit pruning an unfrozen pretrained backbone "
+                   "(the recipe's fine-tuning stage); the fine-tuning at frozen bitlengths uses a fifth of it.")
+flags.DEFINE_float("backbone_bits_lr_multiplier", 100.0, "bits_lr_multiplier with --backbone_lr (100 at 1e-4: "
+                   "bitlengths step as with the defaults, 10 at 1e-3).")
 flags.DEFINE_float("tie_margin", 0.05, "Near-tie: Keras top-2 margin below this share of the logit range.")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "patterns"), "Output prefix (.json, .md).")
 flags.DEFINE_string("one", None, "Internal: run one 'pattern:keras' in this process, print its JSON.")
@@ -215,7 +234,32 @@ def others(pattern: str, kname: str, K, classes: int, xtr) -> dict:
         return {"int8": "no", "int8_error": _error(e)}
 
 
-def run_ours(pattern, K, classes, data, workdir) -> dict:
+def schedule(pattern: str) -> dict:
+    """The learning rates of a row: the backbone rows that unfreeze a frozen pretrained
+    base use ``--backbone_lr`` and ``--backbone_bits_lr_multiplier`` (Keras' recipe fine-tunes an
+    unfrozen base at a low rate: a high one wrecks its features on small data)."""
+    if pattern.startswith(("recipe", "inline")):
+        return {"lr": FLAGS.backbone_lr, "finetune_lr": FLAGS.backbone_lr / 5,
+                "bits_lr_multiplier": FLAGS.backbone_bits_lr_multiplier}
+    return {"lr": 1e-3, "finetune_lr": 2e-4, "bits_lr_multiplier": 10.0}
+
+
+def float_same_schedule(model, K, loss, sched: dict, data) -> float:
+    """Test accuracy of ``model`` (float) trained through the bit-pruned run's epochs and
+    learning rates without bit pruning; its weights are restored afterwards."""
+    xtr, ytr, xte, yte = data
+    weights = model.get_weights()
+    fit = dict(batch_size=FLAGS.batch_size, verbose=0)
+    model.compile(K.optimizers.Adam(sched["lr"]), loss)
+    model.fit(xtr, ytr, epochs=FLAGS.epochs, **fit)
+    model.compile(K.optimizers.Adam(sched["finetune_lr"]), loss)
+    model.fit(xtr, ytr, epochs=FLAGS.finetune_epochs, **fit)
+    acc = accuracy(model, xte, yte)
+    model.set_weights(weights)
+    return acc
+
+
+def run_ours(pattern, K, classes, data, workdir, seed: int = 0) -> dict:
     import tf_bitpruning as tfbp
     from benchmarks.common import agreement
     from tf_bitpruning import costs
@@ -227,12 +271,19 @@ def run_ours(pattern, K, classes, data, workdir) -> dict:
     try:
         model = float_model(pattern, K, classes, xtr, ytr, loss)
         result["float_accuracy"] = accuracy(model, xte, yte)
+        sched = schedule(pattern)
+        result.update(sched)
+        stage = "float, same schedule"
+        _log(pattern, stage)
+        result["float_same_schedule_accuracy"] = float_same_schedule(model, K, loss, sched, data)
+        K.utils.set_random_seed(seed)  # the bit-pruned run as without the float one
         stage = "bitprune_model"
         _log(pattern, stage)
-        bp = tfbp.bitprune_model(model)  # (a MultiHeadAttention is expanded and bit-pruned: docs/export.md)
+        # (a MultiHeadAttention is expanded and bit-pruned: docs/export.md)
+        bp = tfbp.bitprune_model(model, bits_lr_multiplier=sched["bits_lr_multiplier"])
         result["quantized_tensors"] = len(costs.quantized_tensors(bp))
         stage = "fit(BitBudget)"
-        bp.compile(K.optimizers.Adam(1e-3), loss)
+        bp.compile(K.optimizers.Adam(sched["lr"]), loss)
         bp.fit(xtr, ytr, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, verbose=0,
                callbacks=[tfbp.BitBudget(FLAGS.target_bits)])
         result["learning_accuracy"] = accuracy(bp, xte, yte)
@@ -240,7 +291,7 @@ def run_ours(pattern, K, classes, data, workdir) -> dict:
         frozen = tfbp.freeze_bitlengths(bp)
         result["avg_bits"] = round(tfbp.average_bits(frozen), 2)
         stage = "fit (fine-tune)"
-        frozen.compile(K.optimizers.Adam(2e-4), loss)
+        frozen.compile(K.optimizers.Adam(sched["finetune_lr"]), loss)
         frozen.fit(xtr, ytr, epochs=FLAGS.finetune_epochs, batch_size=FLAGS.batch_size, verbose=0)
         stage = "export_tflite"
         _log(pattern, stage)
@@ -262,48 +313,27 @@ def run_ours(pattern, K, classes, data, workdir) -> dict:
 def run_one(spec: str) -> dict:
     from benchmarks.provenance import commit
 
-    pattern, kname = spec.split(":")
+    import tensorflow as tf
+
+    pattern, kname, seed = (spec.split(":") + ["0"])[:3]
+    seed = int(seed)
     K = keras_module(kname)
-    K.utils.set_random_seed(0)
+    tf.config.experimental.enable_op_determinism()  # TensorFlow's ops under either Keras
+    K.utils.set_random_seed(seed)
     xtr, ytr, xte, yte, classes = task(PATTERNS[pattern][0])
-    result = {"pattern": pattern, "keras": kname, "commit": commit()}
+    result = {"pattern": pattern, "keras": kname, "seed": seed, "commit": commit()}
     result.update(others(pattern, kname, K, classes, xtr))
-    K.utils.set_random_seed(0)
+    K.utils.set_random_seed(seed)
     with tempfile.TemporaryDirectory() as workdir:
-        result.update(run_ours(pattern, K, classes, (xtr, ytr, xte, yte), workdir))
+        result.update(run_ours(pattern, K, classes, (xtr, ytr, xte, yte), workdir, seed))
     return result
 
 
 # -- the table -------------------------------------------------------------------------------------
 
-def _pct(r, key) -> str:
-    v = r.get(key)
-    return f"{100 * v:.1f}" if isinstance(v, (int, float)) and v == v else "–"
-
-
 def table(results: dict, made_by: str) -> str:
-    commits = sorted({r.get("commit", "unknown") for r in results.values()})
-    commands = sorted({r["command"] for r in results.values() if r.get("command")})
-    head = (f"{made_by} Every row ran at commit {', '.join(commits)} (its `commit` in "
-            f"`{os.path.basename(FLAGS.out)}.json`), made by "
-            + ", ".join(f"`{c}`" for c in commands) + ".\n\n"
-            "| pattern | Keras | Keras' int8 (tfmot QAT / `model.quantize`) | ours | quantized tensors "
-            "| avg bits | float % | deployed % | `.tflite` % | agreement % (decided) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
-    rows, errors = [], []
-    for pattern, (_, what) in PATTERNS.items():
-        for kname in KERASES:
-            r = results.get(f"{pattern}:{kname}")
-            if r is None:
-                continue
-            ours = r.get("ours", "–") if r.get("ours") != "no" else f"no ({r.get('ours_stage')})"
-            agree = f"{_pct(r, 'agreement')} ({r['confident']})" if "confident" in r else "–"
-            rows.append(f"| {what} | {kname} | {r.get('int8', '–')} | {ours} | {r.get('quantized_tensors', '–')} "
-                        f"| {r.get('avg_bits', '–')} | {_pct(r, 'float_accuracy')} | {_pct(r, 'deployed_accuracy')} "
-                        f"| {_pct(r, 'tflite_accuracy')} | {agree} |")
-            errors += [f"- {pattern} ({kname}), {k.split('_')[0]}: {r[k]}" for k in ("int8_error", "ours_error")
-                       if r.get(k)]
-    return head + "\n".join(rows) + ("\n\nErrors:\n\n" + "\n".join(errors) if errors else "") + "\n"
+    return pattern_table.table(results, made_by, os.path.basename(FLAGS.out),
+                               {name: what for name, (_, what) in PATTERNS.items()}, KERASES)
 
 
 def main(argv):
@@ -322,11 +352,13 @@ def main(argv):
     passed = [a for a in sys.argv[1:] if not a.startswith(("--patterns", "--kerases", "--out", "--one"))]
     for pattern in FLAGS.patterns:
         for kname in FLAGS.kerases:
-            spec, t0 = f"{pattern}:{kname}", time.time()
-            row, stderr = row_in_subprocess(os.path.abspath(__file__), spec, passed)
-            row = row or {"pattern": pattern, "keras": kname, "ours": "no", "ours_stage": "crash",
-                          "ours_error": stderr[-300:].replace("\n", " ")}
-            row["seconds"], row["command"] = round(time.time() - t0), command()
+            spec, runs, t0 = f"{pattern}:{kname}", [], time.time()
+            for seed in range(FLAGS.seeds):
+                run, stderr = row_in_subprocess(os.path.abspath(__file__), f"{spec}:{seed}", passed)
+                runs.append(run or {"pattern": pattern, "keras": kname, "seed": seed, "ours": "no",
+                                    "ours_stage": "crash", "ours_error": stderr[-300:].replace("\n", " ")})
+            row = {"pattern": pattern, "keras": kname, "runs": runs,
+                   "seconds": round(time.time() - t0), "command": command()}
             results[spec] = row
             print(f"{spec}: {json.dumps(row)}", flush=True)
             with open(path, "w") as f:
