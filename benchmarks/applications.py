@@ -36,7 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags
 
-from benchmarks.common import agreement, digits, fast_bn_statistics, fit_arrays, print_row, row_in_subprocess
+from benchmarks.common import (agreement, digits, fast_bn_statistics, fit_arrays, print_row, row_in_subprocess,
+                               save_page)
 
 # name -> (input size, extra constructor arguments, whether the model rescales [0, 255] itself)
 FAMILIES = {
@@ -401,10 +402,7 @@ def main(argv):
         print(f"{name}: {json.dumps(results[name])}", flush=True)
         if crashed:
             print(stderr[-3000:], flush=True)
-        with open(path, "w") as f:
-            json.dump(results, f, indent=1)
-        with open(out_prefix() + ".md", "w") as f:
-            f.write(table(results, made_by))
+        save_page(out_prefix(), results, table(results, made_by))
     with open(out_prefix() + ".md", "w") as f:
         f.write(table(results, made_by))
     print(table(results, made_by))

@@ -94,3 +94,14 @@ def row_in_subprocess(script: str, spec: str, args) -> tuple:
     proc = subprocess.run([sys.executable, script, f"--one={spec}", *args], capture_output=True, text=True)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     return (json.loads(lines[-1][len("RESULT "):]) if lines else None), proc.stderr
+
+
+def save_page(prefix: str, results: dict, page: str) -> None:
+    """Writes a benchmark's rows to ``prefix.json`` and its page to ``prefix.md`` (after
+    every row, so a long run that stops leaves both)."""
+    import json
+
+    with open(prefix + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    with open(prefix + ".md", "w") as f:
+        f.write(page)

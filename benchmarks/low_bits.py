@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 from absl import app, flags
 
 from benchmarks import applications as apps
-from benchmarks.common import digits, print_row, row_in_subprocess
+from benchmarks.common import digits, print_row, row_in_subprocess, save_page
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("weight_clip", "max", ["max", "mse", "learned"], "bitprune_model(weight_clip=...).")
@@ -165,10 +165,7 @@ def main(argv):
                f"{row.get('steps')}+{row.get('finetune_steps')}")
         results[key] = row
         print(f"{key}: {json.dumps(row)}", flush=True)
-        with open(path, "w") as f:
-            json.dump(results, f, indent=1)
-        with open(FLAGS.out + ".md", "w") as f:
-            f.write(table(results, made_by))
+        save_page(FLAGS.out, results, table(results, made_by))
     with open(FLAGS.out + ".md", "w") as f:
         f.write(table(results, made_by))
     print(table(results, made_by))

@@ -54,7 +54,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags
 
 from benchmarks import pattern_table
-from benchmarks.common import print_row, row_in_subprocess
+from benchmarks.common import print_row, row_in_subprocess, save_page
 
 KERASES = ("tf_keras", "keras3")
 PATTERNS = {  # name -> (task, description)
@@ -361,10 +361,7 @@ def main(argv):
                    "seconds": round(time.time() - t0), "command": command()}
             results[spec] = row
             print(f"{spec}: {json.dumps(row)}", flush=True)
-            with open(path, "w") as f:
-                json.dump(results, f, indent=1)
-            with open(FLAGS.out + ".md", "w") as f:
-                f.write(table(results, made_by))
+            save_page(FLAGS.out, results, table(results, made_by))
     with open(FLAGS.out + ".md", "w") as f:  # also with no rows to run: the table of the json
         f.write(table(results, made_by))
     print(table(results, made_by))
