@@ -81,6 +81,8 @@ flags.DEFINE_string("out", None, "Output prefix (.json, .md); default docs/appli
 flags.DEFINE_enum("activation_range", "expand", ["expand", "ema", "learned"],
                   "bitprune_model(activation_range=...): these networks train from random weights (docs/concepts.md).")
 flags.DEFINE_bool("trace", False, "Per quantized layer: share of elements LiteRT puts on another grid point than Keras.")
+flags.DEFINE_bool("int8_only", False, "--keras=3: only the column of Keras 3's own model.quantize('int8') "
+                  "(no training), merged into the rows of the last run.")
 flags.DEFINE_string("one", None, "Internal: run one family in this process, print its JSON.")
 FLAGS = flags.FLAGS
 
@@ -317,13 +319,37 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
     return result
 
 
+def run_keras_int8(name: str) -> dict:
+    """Keras 3's own post-training ``model.quantize("int8")`` on the float family: whether it
+    takes the model, and which of its layers it quantizes (Dense, EinsumDense, Embedding only)."""
+    import numpy as np
+
+    size = {**FAMILIES, **EXTRA}[name][0]
+    result = {"keras_int8_commit": commit()}
+    try:
+        model = build(name)
+        model.quantize("int8")
+        model.predict(np.zeros((1, size, size, 3), np.float32), verbose=0)
+        done = [type(layer).__name__ for layer in model.layers if getattr(layer, "quantization_mode", None)]
+        result.update(keras_int8="yes" if done else "no layer", keras_int8_layers=len(done),
+                      keras_int8_kinds=sorted(set(done)), keras_int8_of=len(model.layers))
+    except Exception as e:  # noqa: BLE001 (reported)
+        result.update(keras_int8="no", keras_int8_error=_error(e))
+    return result
+
+
 def run_one(name: str) -> dict:
     keras = K()
 
     keras.utils.set_random_seed(0)
+    if FLAGS.int8_only:
+        return run_keras_int8(name)
     size, _, raw = {**FAMILIES, **EXTRA}[name]
     xtr, ytr, xte, yte = digits(size, raw)
     result = {"family": name, "input": size, "commit": commit(), "keras": keras.__version__}
+    if FLAGS.keras == "3":
+        result.update(run_keras_int8(name))
+        keras.backend.clear_session()
     with tempfile.TemporaryDirectory() as workdir:
         result.update(run_tfmot(name, xtr, ytr, workdir))
         keras.backend.clear_session()
@@ -338,15 +364,17 @@ def _ratio(a, b) -> str:
 
 def table(results: dict, made_by: str = "") -> str:
     """The markdown page: provenance (this command, each row's commit), the table, tfmot's errors."""
-    commits = sorted({r.get("commit", "unknown") for r in results.values()})
+    commits = sorted({r.get("commit", "unknown") for r in results.values()}
+                     | {r["keras_int8_commit"] for r in results.values() if "keras_int8_commit" in r})
     head = ((f"{made_by} " if made_by else "")
             + f"Every row ran at commit {', '.join(commits)} (the `commit` of its row in `{os.path.basename(out_prefix())}.json`); "
             "a family not in `--families` keeps the row of its last run (its steps and learning rate are in "
             "that row too); tfmot's columns come from the last run that tried tfmot.\n\n"
-            "| family | input | tfmot int8 | ours | quantized tensors | avg bits | test top-1 % "
+            "| family | input | tfmot int8 | " + ("Keras 3 int8 (`model.quantize`) | " if FLAGS.keras == "3" else "")
+            + "ours | quantized tensors | avg bits | test top-1 % "
             "| agreement % (confident) | near-ties | max logit diff / range | aligned: agreement % (confident) "
             "| aligned: max diff / range | size / tfmot int8 | size / float32 |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if FLAGS.keras == "3" else "") + "\n")
     rows = []
     for name in list(FAMILIES) + list(EXTRA):
         r = results.get(name)
@@ -363,12 +391,17 @@ def table(results: dict, made_by: str = "") -> str:
                    if r.get("aligned_agreement") is not None and r["aligned_agreement"] == r["aligned_agreement"]
                    else "–")
         aligned_diff = f"{r['aligned_max_diff_over_range']:.3f}" if "aligned_max_diff_over_range" in r else "–"
-        rows.append(f"| {name} | {r['input']} | {r.get('tfmot', '–')} | {ours} | {r.get('quantized_tensors', '–')} "
+        int8 = (f"{r['keras_int8']} ({r['keras_int8_layers']} of {r['keras_int8_of']} layers: "
+                f"{', '.join(r['keras_int8_kinds']) or 'none'})" if "keras_int8_layers" in r
+                else r.get("keras_int8", "–"))
+        int8 = f"{int8} | " if FLAGS.keras == "3" else ""
+        rows.append(f"| {name} | {r['input']} | {r.get('tfmot', '–')} | {int8}{ours} | {r.get('quantized_tensors', '–')} "
                     f"| {r.get('avg_bits', '–')} | {accuracy} | {agree} | {r.get('near_ties', '–')} | {diff} "
                     f"| {aligned} | {aligned_diff} "
                     f"| {_ratio(r.get('ours_bytes'), r.get('tfmot_bytes'))} "
                     f"| {_ratio(r.get('ours_bytes'), r.get('float32_bytes'))} |")
     errors = [f"- {n}: tfmot: {r['tfmot_error']}" for n, r in results.items() if r.get("tfmot_error")]
+    errors += [f"- {n}: Keras 3 int8: {r['keras_int8_error']}" for n, r in results.items() if r.get("keras_int8_error")]
     errors += [f"- {n}: ours ({r['ours_stage']}): {r['ours_error']}" for n, r in results.items()
                if r.get("ours_error")]
     return head + "\n".join(rows) + ("\n\nErrors:\n\n" + "\n".join(errors) if errors else "") + "\n"
@@ -391,6 +424,11 @@ def main(argv):
     for name in FLAGS.families:
         t0 = time.time()
         row, stderr = row_in_subprocess(os.path.abspath(__file__), name, passed)
+        if FLAGS.int8_only:  # one column, into the row of the last run
+            results.setdefault(name, {"family": name, "input": {**FAMILIES, **EXTRA}[name][0]}).update(
+                row or {"keras_int8": "crash", "keras_int8_error": stderr[-300:].replace("\n", " ")})
+            save_page(out_prefix(), results, table(results, made_by))
+            continue
         crashed = row is None
         if crashed:
             row = {"family": name, "input": {**FAMILIES, **EXTRA}[name][0], "ours": "no", "ours_stage": "crash",
