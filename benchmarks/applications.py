@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags
 
 from benchmarks.common import (agreement, digits, fast_bn_statistics, fit_arrays, print_row, row_in_subprocess,
-                               save_page)
+                               export_learned_first, save_page)
 
 # name -> (input size, extra constructor arguments, whether the model rescales [0, 255] itself)
 FAMILIES = {
@@ -258,7 +258,6 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
 
     import tf_bitpruning as tfbp
     from tf_bitpruning import costs
-    from tf_bitpruning.export import ExportError
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     stage = "bitprune_model"
@@ -293,11 +292,8 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         int4 = {"auto": "auto", "true": True, "false": False}[FLAGS.int4]
         # align=False: the agreement columns measure the model before and after align_to_tflite
         # (export_tflite's default, align=True, leaves it aligned).
-        try:  # learned grids only; calibration data only where a tensor has none
-            tfbp.export_tflite(frozen, path, int4=int4, align=False)
-        except ExportError:
+        if export_learned_first(frozen, path, xtr[:64], int4=int4, align=False):
             result["representative_dataset"] = True
-            tfbp.export_tflite(frozen, path, representative_dataset=xtr[:64], int4=int4, align=False)
         result["ours_bytes"] = os.path.getsize(path)
         stage = "LiteRT"
         _log(name, stage)

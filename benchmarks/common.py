@@ -105,3 +105,24 @@ def save_page(prefix: str, results: dict, page: str) -> None:
         json.dump(results, f, indent=1)
     with open(prefix + ".md", "w") as f:
         f.write(page)
+
+
+def accuracy(model, x, y) -> float:
+    """Top-1 accuracy of a Keras model's class scores on ``x``, rounded to 4 digits."""
+    import numpy as np
+
+    return round(float(np.mean(model.predict(x, verbose=0, batch_size=256).argmax(1) == y)), 4)
+
+
+def export_learned_first(frozen, path: str, data, **kwargs) -> bool:
+    """``export_tflite`` on the learned grids alone, and with ``data`` as the representative
+    dataset only where a tensor has none (the export says so). Returns whether data was used."""
+    import tf_bitpruning as tfbp
+    from tf_bitpruning.export import ExportError
+
+    try:
+        tfbp.export_tflite(frozen, path, **kwargs)
+        return False
+    except ExportError:
+        tfbp.export_tflite(frozen, path, representative_dataset=data, **kwargs)
+        return True

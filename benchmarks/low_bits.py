@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 from absl import app, flags
 
 from benchmarks import applications as apps
-from benchmarks.common import digits, print_row, row_in_subprocess, save_page
+from benchmarks.common import accuracy, digits, export_learned_first, print_row, row_in_subprocess, save_page
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("weight_clip", "max", ["max", "mse", "learned"], "bitprune_model(weight_clip=...).")
@@ -47,13 +47,8 @@ def _fit(model, keras, lr, steps, xtr, ytr, callbacks=()):
               callbacks=list(callbacks), **args)
 
 
-def _accuracy(model, x, y) -> float:
-    return round(float((model.predict(x, verbose=0, batch_size=64).argmax(1) == y).mean()), 4)
-
-
 def run_one(name: str) -> dict:
     import tf_bitpruning as tfbp
-    from tf_bitpruning.export import ExportError
     from tests.support.litert_run import run_tflite
 
     keras = apps.K()
@@ -72,7 +67,7 @@ def run_one(name: str) -> dict:
         start = model.get_weights()
         _fit(model, keras, lr, steps, xtr, ytr)
         _fit(model, keras, lr / 5, finetune_steps, xtr, ytr)
-        row["float_accuracy"] = _accuracy(model, xte, yte)
+        row["float_accuracy"] = accuracy(model, xte, yte)
 
         stage = "fit(BitBudget)"
         keras.backend.clear_session()
@@ -82,24 +77,21 @@ def run_one(name: str) -> dict:
         bp = tfbp.bitprune_model(model, regularization=0.01, activation_range=FLAGS.activation_range,
                                  weight_clip=FLAGS.weight_clip)
         _fit(bp, keras, lr, steps, xtr, ytr, [tfbp.BitBudget(FLAGS.target_bits)])
-        row["learning_accuracy"] = _accuracy(bp, xte, yte)
+        row["learning_accuracy"] = accuracy(bp, xte, yte)
         row["learned_bits"] = round(tfbp.average_bits(bp), 2)
         stage = "freeze_bitlengths"
         frozen = tfbp.freeze_bitlengths(bp, target_bits=FLAGS.target_bits)
-        row["frozen_accuracy"] = _accuracy(frozen, xte, yte)
+        row["frozen_accuracy"] = accuracy(frozen, xte, yte)
         stage = "fit (fine-tune)"
         _fit(frozen, keras, lr / 5, finetune_steps, xtr, ytr)
         row["avg_bits"] = round(tfbp.average_bits(frozen), 2)
         stage = "export_tflite"
         with tempfile.TemporaryDirectory() as workdir:
             path = os.path.join(workdir, "model.tflite")
-            try:  # learned grids only; calibration data only where a tensor has none
-                tfbp.export_tflite(frozen, path)
-            except ExportError:
-                tfbp.export_tflite(frozen, path, representative_dataset=xtr[:64])
+            export_learned_first(frozen, path, xtr[:64])
             stage = "LiteRT"
             got = run_tflite(path, xte)
-        row["accuracy"] = _accuracy(frozen, xte, yte)  # aligned by the export: the model in hand
+        row["accuracy"] = accuracy(frozen, xte, yte)  # aligned by the export: the model in hand
         row["tflite_accuracy"] = round(float((got.argmax(1) == yte).mean()), 4)
         row["same_class"] = round(float((got.argmax(1) == frozen.predict(xte, verbose=0, batch_size=64)
                                           .argmax(1)).mean()), 4)

@@ -54,7 +54,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags
 
 from benchmarks import pattern_table
-from benchmarks.common import print_row, row_in_subprocess, save_page
+from benchmarks.common import accuracy, print_row, row_in_subprocess, save_page
 
 KERASES = ("tf_keras", "keras3")
 PATTERNS = {  # name -> (task, description)
@@ -184,12 +184,6 @@ def _error(e: BaseException) -> str:
 
 def _log(*args) -> None:
     print(time.strftime("%H:%M:%S"), *args, file=sys.stderr, flush=True)
-
-
-def accuracy(model, x, y) -> float:
-    import numpy as np
-
-    return round(float(np.mean(model.predict(x, verbose=0, batch_size=256).argmax(1) == y)), 4)
 
 
 def float_model(pattern: str, K, classes: int, xtr, ytr, loss):
