@@ -36,6 +36,15 @@ of 560) and, on digits, fine-tuning three times as long under a cosine decay fro
     python benchmarks/compare.py --tasks=breast_cancer --budgets=2.5,3 --uniform_bits= --levers=range,range+clip \
         --learn_epochs=120 --finetune_epochs=30 --finetune_schedule=cosine --finetune_lr=1e-3 \
         --out=docs/comparison_levers_mlp_long_cos
+
+The ``fixed`` lever trains every tensor at the budget's (whole) bits from the start, without
+``BitBudget`` (``bitprune_model(weight_bits=(n, n), activation_bits=(n, n))``): uniform QAT with
+our quantizer and the same schedule and levers, to tell learned bitlengths from a better quantizer
+(docs/comparison_uniform*.md):
+
+    python benchmarks/compare.py --tasks=digits --budgets=2,3 --uniform_bits= --levers=range,fixed+range \
+        --learn_epochs=100 --finetune_epochs=30 --finetune_schedule=cosine --finetune_lr=1e-3 \
+        --out=docs/comparison_uniform
 """
 
 from __future__ import annotations
@@ -74,7 +83,8 @@ flags.DEFINE_list("weight_clip", ["max"], "bitprune_model(weight_clip=...), one 
 flags.DEFINE_enum("activation_range", "ema", ["ema", "expand"], "bitprune_model(activation_range=...).")
 flags.DEFINE_list("levers", ["default"], "Accuracy levers, one BitPruning run per entry and budget: default, or "
                   "'+'-joined range (activation_range='learned'), clip (weight_clip='learned'), distill (tfbp.Distill(float model) in both "
-                  "phases), long (3x the fine-tuning epochs).")
+                  "phases), long (3x the fine-tuning epochs), fixed (every tensor at the budget's bits throughout, no BitBudget: "
+                  "uniform QAT with our quantizer, rows 'Uniform n bits').")
 flags.DEFINE_float("distill_weight", 1.0, "tfbp.Distill(weight=...) of the distill lever.")
 flags.DEFINE_float("distill_temperature", 2.0, "tfbp.Distill(temperature=...) of the distill lever.")
 flags.DEFINE_bool("calibrate", True, "Give BitBudget and freeze_bitlengths 256 training inputs as calibration_data.")
@@ -130,7 +140,8 @@ def _step_time(model, x, y, steps=30, batch=64, callbacks=()):
     return float(np.median(times))
 
 
-LEVERS = {"range": "learned range", "clip": "learned clip", "distill": "distill", "long": "3x fine-tuning"}
+LEVERS = {"range": "learned range", "clip": "learned clip", "distill": "distill", "long": "3x fine-tuning",
+          "fixed": "fixed bits"}
 
 
 def _levers(entry):
@@ -141,6 +152,16 @@ def _levers(entry):
         raise app.UsageError(f"--levers: unknown lever(s) {sorted(bad)} in {entry!r}; use default or "
                              f"'+'-joined {sorted(LEVERS)}.")
     return names
+
+
+def _fixed_bits(target):
+    """The ``fixed`` lever: every tensor at ``target`` bits for the whole run (uniform QAT
+    with our quantizer and the other levers; the bitlengths cannot move)."""
+    bits = float(target)
+    if bits != int(bits) or bits < 2:
+        raise app.UsageError(f"--levers=...fixed: budget {target} is not a whole number of bits of at least 2 "
+                             "(the weights' floor); give --budgets such as 2,3.")
+    return dict(weight_bits=(int(bits), int(bits)), activation_bits=(int(bits), int(bits)))
 
 
 def _fine_tune(model, xtr, ytr, xte, yte, epochs, callbacks=()):
@@ -282,19 +303,20 @@ def run_task(name, load, build, seed, tmp):
 
     for levers, target, clip in [(v, t, c) for v in FLAGS.levers for c in FLAGS.weight_clip for t in FLAGS.budgets]:
         levers = _levers(levers)
+        fixed = _fixed_bits(target) if "fixed" in levers else {}
         keras.utils.set_random_seed(seed)
         bp = tfbp.bitprune_model(base, bits_lr_multiplier=FLAGS.bits_lr_multiplier,
-                                 per_channel_bits=FLAGS.per_channel_bits,
+                                 per_channel_bits=FLAGS.per_channel_bits, **fixed,
                                  weight_clip="learned" if "clip" in levers else clip,
                                  activation_range="learned" if "range" in levers else FLAGS.activation_range)
         distill = [tfbp.Distill(base, FLAGS.distill_weight, FLAGS.distill_temperature)] if "distill" in levers else []
         calibration = xtr[:256] if FLAGS.calibrate else None
-        learn_acc = fit(bp, 1e-3, ep["learn"], [tfbp.BitBudget(target_bits=float(target), weighting=FLAGS.weighting,
-                                                               anneal=FLAGS.anneal, calibration_data=calibration),
-                                                *distill])
+        budget = [] if fixed else [tfbp.BitBudget(target_bits=float(target), weighting=FLAGS.weighting,
+                                                  anneal=FLAGS.anneal, calibration_data=calibration)]
+        learn_acc = fit(bp, 1e-3, ep["learn"], [*budget, *distill])
         learn_bits = tfbp.average_bits(bp, weighting=FLAGS.weighting)
         learn_step = _step_time(bp, xtr, ytr, callbacks=distill)
-        exact = dict(target_bits=float(target), calibration_data=calibration) if FLAGS.exact else {}
+        exact = dict(target_bits=float(target), calibration_data=calibration) if FLAGS.exact and not fixed else {}
         frozen = tfbp.freeze_bitlengths(bp, rounding=FLAGS.rounding, weighting=FLAGS.weighting, **exact)
         tune_epochs = ep["finetune"] * (3 if "long" in levers else 1)
         frozen.compile(keras.optimizers.Adam(_finetune_lr(tune_epochs, len(xtr))), loss, metrics=["accuracy"])
@@ -315,7 +337,7 @@ def run_task(name, load, build, seed, tmp):
                                                ("cosine fine-tuning" if FLAGS.finetune_schedule == "cosine" else "", ""),
                                                *((LEVERS[v], "") for v in levers)) if v != d)
         suffix = f" ({suffix[2:]})" if suffix else ""
-        rows.append(_row(f"BitPruning {target} bits{suffix}", acc, w_bits,
+        rows.append(_row(f"{'Uniform' if fixed else 'BitPruning'} {target} bits{suffix}", acc, w_bits,
                          tfbp.average_bits(frozen, kind="activations"), w, learn_step,
                          os.path.getsize(path), _tflite_latency(path, xte), macs_bits=bops))
         rows[-1]["uniform_avg_bits"] = tfbp.average_bits(frozen)
@@ -372,7 +394,7 @@ def _markdown(results):
 
 def _runs_markdown(runs):
     """Per seed: the accuracy at each stage of BitPruning and the bits it ran at."""
-    lines = ["", "### BitPruning per seed: float → learning phase → frozen → deployed (fine-tuned)", "",
+    lines = ["", "### BitPruning (and Uniform) per seed: float → learning phase → frozen → deployed (fine-tuned)", "",
              "| task | seed | budget | float % | learning % (bits) | frozen % | deployed % (bits) | .tflite % "
              "| bits without the output's |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -395,11 +417,11 @@ def _plot_bits(row):
 
 
 def _family(row):
-    """A row's curve: tfmot, or BitPruning with its options (the budget left out)."""
+    """A row's curve: tfmot, or BitPruning / Uniform (the fixed lever) with its options (the budget left out)."""
     method = row["method"]
     if method.startswith("tfmot"):
         return "tfmot"
-    return "BitPruning" + (method[method.index(" ("):] if " (" in method else "")
+    return method.split(" ")[0] + (method[method.index(" ("):] if " (" in method else "")
 
 
 def _plot(results, path):
@@ -410,7 +432,7 @@ def _plot(results, path):
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
     for ax, (task, rows) in zip(axes[0], results.items()):
-        families = ["tfmot"] + list(dict.fromkeys(_family(r) for r in rows if r["method"].startswith("BitPruning")))
+        families = ["tfmot"] + list(dict.fromkeys(_family(r) for r in rows if "deployed_bits" in r))
         for family, marker in zip(families, "soD^vPX<>"):
             sel = sorted((r for r in rows if _family(r) == family and r["weight_bits"] <= 8),
                          key=lambda r: r["weight_bits"])
