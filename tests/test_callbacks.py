@@ -189,3 +189,48 @@ def test_frozen_model_is_rejected(digits):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tfbp.BitBudget(**kwargs)
+
+
+def _fit_warnings(bp, x, y, epochs, **budget):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bp.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=[tfbp.BitBudget(**budget)])
+    return [str(w.message) for w in caught if "can fall at most" in str(w.message)]
+
+
+def _dense(optimizer, K=keras, **options):
+    bp = tfbp.bitprune_model(K.Sequential([K.Input((8,)), K.layers.Dense(4)]), **options)
+    bp.compile(optimizer, "sparse_categorical_crossentropy")
+    return bp
+
+
+@pytest.mark.parametrize("kname", ["tf_keras", "keras3"])
+def test_warns_when_the_optimizer_cannot_reach_the_target_in_time(kname):
+    import keras as keras3
+
+    K = {"tf_keras": keras, "keras3": keras3}[kname]
+    # 64 samples, batch 32: 2 steps per epoch. At Adam 1e-4 and bits_lr_multiplier 10 a
+    # bitlength moves at most ~0.001 bit per step: 8 -> 3.1 bits (the target and its tolerance)
+    # takes 4,900 steps before annealing (6,534 with its last quarter), far more than this fit's 2.
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = np.arange(64) % 4
+    (message,) = _fit_warnings(_dense(K.optimizers.Adam(1e-4), K), x, y, epochs=1, target_bits=3.0)
+    assert "Train at least 6534 steps" in message, message
+    assert "bits_lr_multiplier" in message and "init_bits" in message
+    # Another optimizer (no bound to state): no warning.
+    assert _fit_warnings(_dense(K.optimizers.SGD(1e-4), K), x, y, epochs=1, target_bits=3.0) == []
+
+
+def test_no_reach_warning_where_the_full_step_gets_there():
+    from tf_bitpruning.budget_model import BudgetedModel
+
+    budgeted = BudgetedModel(_dense(keras.optimizers.Adam(1e-2), init_bits=3.5), 3.0, "uniform", None, True)
+    # 0.1 bit per step (Adam 1e-2 x 10): 5 steps cover the 0.4 bit outside the tolerance, 3 do
+    # not (4 before annealing, 6 with it, are needed).
+    assert budgeted.reach_warning(3.5, 3.0, 0.1, steps=5, anneal=0.25) is None
+    assert "at least 6 steps" in budgeted.reach_warning(3.5, 3.0, 0.1, steps=3, anneal=0.25)
+    schedule = keras.optimizers.schedules.CosineDecay(1e-4, 100)
+    budgeted = BudgetedModel(_dense(keras.optimizers.Adam(schedule)), 3.0, "uniform", None, True)
+    assert budgeted.reach_warning(8.0, 3.0, 0.1, steps=3, anneal=0.25) is None  # a schedule: no bound

@@ -163,6 +163,39 @@ class BudgetedModel:
         lr = _learning_rate(getattr(self.model, "optimizer", None))
         return 0.8 * k * (lr if lr else 1e-3)
 
+    def descent_limit(self, steps: int) -> Optional[Tuple[float, float, float]]:
+        """``(bits, multiplier, lr)``: the most the average bitlength can fall in ``steps``
+        steps of an Adam-like optimizer at a constant learning rate, whose step moves a
+        bitlength at most about ``bits_lr_multiplier · lr``; None where that bound does
+        not apply (another optimizer, a learning-rate schedule, no optimizer yet)."""
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None or not any(s in type(optimizer).__name__.lower() for s in ("adam", "lion")):
+            return None
+        lr = optimizer.get_config().get("learning_rate")  # a number only when constant
+        if isinstance(lr, (dict, str, bool)) or not isinstance(lr, (int, float, np.floating)) or lr <= 0:
+            return None
+        k = max(float(t.quantizer.bits_lr_multiplier) for t in self.tensors)
+        return k * float(lr) * steps, k, float(lr)
+
+    def reach_warning(self, average: float, target_bits: float, tolerance: float, steps: int,
+                      anneal: float) -> Optional[str]:
+        """Why ``average`` cannot come within ``tolerance`` of ``target_bits`` in the ``steps``
+        before annealing (a share ``anneal`` of the fit), even at the optimizer's full step;
+        None if it can, or the bound does not apply (:meth:`descent_limit`)."""
+        limit = self.descent_limit(steps)
+        gap = average - target_bits - tolerance
+        if limit is None or gap <= limit[0]:
+            return None
+        fall, k, lr = limit
+        needed = math.ceil(gap / (k * lr) / (1.0 - anneal))
+        return (f"BitBudget: the average bitlength is {average:.2f}, but in the {steps} training steps before "
+                f"annealing the bitlengths can fall at most about {fall:.2f} bits (each moves at most "
+                f"bits_lr_multiplier {k:g} x learning rate {lr:g} per step), not to the target {target_bits:g}: "
+                f"training will end above the budget and freeze_bitlengths(target_bits=...) will cut the rest "
+                f"at once. Train at least {needed} steps, raise bits_lr_multiplier in bitprune_model (to about "
+                f"{math.ceil(k * gap / max(fall, 1e-9)):g}), or start nearer the target with "
+                f"bitprune_model(init_bits=...).")
+
     def choose_integers(self, target_bits: float, calibration_data=None) -> None:
         """Sets the integers annealing slides to: rounded up, then fitted to the budget
         (``rounding.fit_budget``; costs measured on ``calibration_data`` when given,

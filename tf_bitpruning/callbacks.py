@@ -92,6 +92,8 @@ class BitBudget(keras.callbacks.Callback):
         training step. Default ``0.8 · bits_lr_multiplier · learning_rate``, just
         under the Adam step of a bitlength (0.008 bit/step with the defaults).
         Must stay below the step the optimizer can make, else λ climbs to ``high``.
+        When even that step cannot bring the average to the target before annealing
+        (Adam at a constant rate), ``fit`` starts with a warning saying what would.
       settle_steps: near the target the error decays with this time constant
         (training steps); larger is slower and smoother.
       gain: log-λ change per step at full relative speed error (0.03: λ changes
@@ -172,14 +174,25 @@ class BitBudget(keras.callbacks.Callback):
             start = self._budgeted.regularization
         self._state.met_epochs, self.stopped_epoch = 0, None
         # Traces the measurement now (not inside the first batch) and sets the baseline.
-        self._state.control = self._controller.start(start, self._measure()["avg_bits"], self._step)
+        average = self._measure()["avg_bits"]
+        self._state.control = self._controller.start(start, average, self._step)
         self._assign(self._state.control.log_lambda)
+        self._warn_if_out_of_reach(average)
         if self.log_dir and self._writer is None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "bitpruning"))
         epochs = self.params.get("epochs") if self.params else None
         self._state.schedule = AnnealSchedule.planned(self.anneal, epochs, self.stop_when_met)
         if not self._resume_state():
             self._state.save()
+
+    def _warn_if_out_of_reach(self, average: float) -> None:
+        params = self.params or {}
+        if self.stop_when_met or not (params.get("epochs") and params.get("steps")):
+            return
+        steps = int(params["epochs"] * params["steps"] * (1.0 - self.anneal))
+        message = self._budgeted.reach_warning(average, self.target_bits, self.tolerance, steps, self.anneal)
+        if message:
+            warnings.warn(message, stacklevel=3)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._resume_state()  # a BackupAndRestore after this callback restores in its on_train_begin
