@@ -17,7 +17,8 @@ from collections import defaultdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# task: (hgq2_compare.py pages, [(compare.py page, its first seed, a note for options its labels omit)])
+# task: (hgq2_compare.py pages, [(compare.py page, its first seed, a note for options its labels omit
+#                                 [, the label of its float row where the float trained otherwise])])
 SOURCES = {
     "digits": (["hgq2_compare_digits", "hgq2_compare_digits_float"], [("comparison_levers_long", 0, "")]),
     "breast_cancer": (["hgq2_compare_mlp_6seeds"],
@@ -36,12 +37,12 @@ def _rows(task):
     """label -> seed -> (top-1, bits per tensor, bits without the output's or None)."""
     hgq2_pages, our_pages = SOURCES[task]
     rows = defaultdict(dict)
-    for page, first, note in our_pages:
+    for page, first, note, *float_label in our_pages:  # a page whose float trained otherwise names it
         seen = defaultdict(int)
         for run in _load(page)["bitpruning_runs"][task]:
             seed = first + seen[run["method"]]
             seen[run["method"]] += 1
-            rows["float (compare.py: 20 epochs)"][seed] = (run["float_top1"], 32.0, None)
+            rows[float_label[0] if float_label else "float (compare.py: 20 epochs)"][seed] = (run["float_top1"], 32.0, None)
             rows["ours: " + run["method"][len("BitPruning "):] + note][seed] = (
                 run["top1"], run["uniform_avg_bits"], run.get("bits_no_output"))
     for page in hgq2_pages:
