@@ -20,11 +20,19 @@ sys.path.insert(0, ROOT)
 # task: (hgq2_compare.py pages, [(compare.py page, its first seed, a note for options its labels omit
 #                                 [, the label of its float row where the float trained otherwise])])
 SOURCES = {
-    "digits": (["hgq2_compare_digits", "hgq2_compare_digits_float"], [("comparison_levers_long", 0, "")]),
+    "digits": (["hgq2_compare_digits_1e-8", "hgq2_compare_digits_3e-8", "hgq2_compare_digits",
+                "hgq2_compare_digits_seeds3to5", "hgq2_compare_digits_float"],
+               [("comparison_levers_long", 0, ""), ("comparison_levers_long_seeds3to5", 3, ""),
+                ("comparison_levers_long_clip", 0, "")]),
     "breast_cancer": (["hgq2_compare_mlp_6seeds"],
                       [("comparison_levers_mlp_long_cos", 0, ""), ("comparison_levers_mlp_long_cos_seeds3to5", 3, ""),
+                       ("comparison_levers_mlp_long_cos_3.25", 0, ""),
                        ("comparison_levers_mlp_hgq2", 0, ""), ("comparison_levers_mlp_hgq2_seeds3to5", 3, ""),
-                       ("comparison_levers_mlp_hgq2_lr3e-4", 0, ", fine-tuning from 3e-4")]),
+                       ("comparison_levers_mlp_hgq2_lr3e-4", 0, ", fine-tuning from 3e-4"),
+                       ("comparison_levers_mlp_per_channel", 0, ""), ("comparison_levers_mlp_per_channel_seeds3to5", 3, ""),
+                       *((page, first, ", float trained as HGQ2's control", "float (compare.py: 150 epochs, cosine from 3e-3)")
+                         for page, first in (("comparison_levers_mlp_float150", 0),
+                                             ("comparison_levers_mlp_float150_seeds3to5", 3)))]),
 }
 
 
