@@ -24,9 +24,10 @@ SOURCES = {
                 "hgq2_compare_digits_seeds3to5", "hgq2_compare_digits_float"],
                [("comparison_levers_long", 0, ""), ("comparison_levers_long_seeds3to5", 3, ""),
                 ("comparison_levers_long_clip", 0, "")]),
-    "breast_cancer": (["hgq2_compare_mlp", "hgq2_compare_mlp_6seeds"],  # seeds 0-2 of β 1e-5 repeat to the digit
+    "breast_cancer": (["hgq2_compare_mlp", "hgq2_compare_mlp_6seeds", "hgq2_compare_mlp_1e-6_seeds3to5"],  # seeds 0-2 of β 1e-5 repeat to the digit
                       [("comparison_levers_mlp_long_cos", 0, ""), ("comparison_levers_mlp_long_cos_seeds3to5", 3, ""),
                        ("comparison_levers_mlp_long_cos_3.25", 0, ""), ("comparison_levers_mlp_long_cos_4", 0, ""),
+                       ("comparison_levers_mlp_long_cos_4_seeds3to5", 3, ""),
                        ("comparison_levers_mlp_hgq2", 0, ""), ("comparison_levers_mlp_hgq2_seeds3to5", 3, ""),
                        ("comparison_levers_mlp_hgq2_lr3e-4", 0, ", fine-tuning from 3e-4"),
                        ("comparison_levers_mlp_per_channel", 0, ""), ("comparison_levers_mlp_per_channel_seeds3to5", 3, ""),
