@@ -20,7 +20,8 @@ sys.path.insert(0, ROOT)
 # task: (hgq2_compare.py pages, [(compare.py page, its first seed, a note for options its labels omit
 #                                 [, the label of its float row where the float trained otherwise])])
 SOURCES = {
-    "digits": (["hgq2_compare_digits_1e-8", "hgq2_compare_digits_3e-8", "hgq2_compare_digits",
+    "digits": (["hgq2_compare_digits_1e-8", "hgq2_compare_digits_3e-8", "hgq2_compare_digits_3e-8_seeds3to5",
+                "hgq2_compare_digits",
                 "hgq2_compare_digits_seeds3to5", "hgq2_compare_digits_float"],
                [("comparison_levers_long", 0, ""), ("comparison_levers_long_seeds3to5", 3, ""),
                 ("comparison_levers_long_clip", 0, "")]),
