@@ -19,6 +19,8 @@ EBOPs after ``trace_minmax``.
     python benchmarks/hgq2_compare.py --tasks=digits --betas=float --out=docs/hgq2_compare_digits_float
     python benchmarks/hgq2_compare.py --tasks=breast_cancer --betas=float,1e-5 --seeds=6 \
         --out=docs/hgq2_compare_mlp_6seeds
+    python benchmarks/hgq2_compare.py --tasks=digits --betas=1e-8 --out=docs/hgq2_compare_digits_1e-8  # above 2.95 bits
+    python benchmarks/hgq2_compare.py --tasks=digits --betas=3e-8 --out=docs/hgq2_compare_digits_3e-8
 """
 
 from __future__ import annotations

@@ -17,13 +17,24 @@ from collections import defaultdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# task: (hgq2_compare.py pages, [(compare.py page, its first seed, a note for options its labels omit)])
+# task: (hgq2_compare.py pages, [(compare.py page, its first seed, a note for options its labels omit
+#                                 [, the label of its float row where the float trained otherwise])])
 SOURCES = {
-    "digits": (["hgq2_compare_digits", "hgq2_compare_digits_float"], [("comparison_levers_long", 0, "")]),
-    "breast_cancer": (["hgq2_compare_mlp_6seeds"],
+    "digits": (["hgq2_compare_digits_1e-8", "hgq2_compare_digits_3e-8", "hgq2_compare_digits_3e-8_seeds3to5",
+                "hgq2_compare_digits",
+                "hgq2_compare_digits_seeds3to5", "hgq2_compare_digits_float"],
+               [("comparison_levers_long", 0, ""), ("comparison_levers_long_seeds3to5", 3, ""),
+                ("comparison_levers_long_clip", 0, "")]),
+    "breast_cancer": (["hgq2_compare_mlp", "hgq2_compare_mlp_6seeds", "hgq2_compare_mlp_1e-6_seeds3to5"],  # seeds 0-2 of β 1e-5 repeat to the digit
                       [("comparison_levers_mlp_long_cos", 0, ""), ("comparison_levers_mlp_long_cos_seeds3to5", 3, ""),
+                       ("comparison_levers_mlp_long_cos_3.25", 0, ""), ("comparison_levers_mlp_long_cos_4", 0, ""),
+                       ("comparison_levers_mlp_long_cos_4_seeds3to5", 3, ""),
                        ("comparison_levers_mlp_hgq2", 0, ""), ("comparison_levers_mlp_hgq2_seeds3to5", 3, ""),
-                       ("comparison_levers_mlp_hgq2_lr3e-4", 0, ", fine-tuning from 3e-4")]),
+                       ("comparison_levers_mlp_hgq2_lr3e-4", 0, ", fine-tuning from 3e-4"),
+                       ("comparison_levers_mlp_per_channel", 0, ""), ("comparison_levers_mlp_per_channel_seeds3to5", 3, ""),
+                       *((page, first, ", float trained as HGQ2's control", "float (compare.py: 150 epochs, cosine from 3e-3)")
+                         for page, first in (("comparison_levers_mlp_float150", 0),
+                                             ("comparison_levers_mlp_float150_seeds3to5", 3)))]),
 }
 
 
@@ -36,12 +47,12 @@ def _rows(task):
     """label -> seed -> (top-1, bits per tensor, bits without the output's or None)."""
     hgq2_pages, our_pages = SOURCES[task]
     rows = defaultdict(dict)
-    for page, first, note in our_pages:
+    for page, first, note, *float_label in our_pages:  # a page whose float trained otherwise names it
         seen = defaultdict(int)
         for run in _load(page)["bitpruning_runs"][task]:
             seed = first + seen[run["method"]]
             seen[run["method"]] += 1
-            rows["float (compare.py: 20 epochs)"][seed] = (run["float_top1"], 32.0, None)
+            rows[float_label[0] if float_label else "float (compare.py: 20 epochs)"][seed] = (run["float_top1"], 32.0, None)
             rows["ours: " + run["method"][len("BitPruning "):] + note][seed] = (
                 run["top1"], run["uniform_avg_bits"], run.get("bits_no_output"))
     for page in hgq2_pages:
