@@ -63,7 +63,12 @@ trains (150 epochs under a cosine from 3e-3); the MLP's seeds 3-5 with ``--first
 Each fine-tuned run records its accuracy on the sixth that fine-tuning holds out (``holdout_top1``,
 the per-seed table's last column). The float and learning phases train on all the training data,
 that sixth included, so it is not unseen data: on both tasks it reads 100 % on every run so far,
-and it cannot choose among variants.
+and it cannot choose among variants. ``--holdout_unseen`` keeps it out of every phase, so that it
+can (docs/comparison_holdout*.md):
+
+    python benchmarks/compare.py --tasks=breast_cancer --budgets=2.5,3 --uniform_bits= --levers=range+clip \
+        --learn_epochs=120 --finetune_epochs=30 --finetune_schedule=cosine --finetune_lr=1e-3 \
+        --holdout_unseen --seeds=6 --out=docs/comparison_holdout_mlp
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ flags.DEFINE_integer("learn_epochs", 40, "Epochs of the learning phase (BitBudge
 flags.DEFINE_integer("finetune_epochs", 10, "Epochs of the fine-tuning at frozen bitlengths (the long lever: 3x).")
 flags.DEFINE_enum("finetune_schedule", "constant", ["constant", "cosine"],
                   "Fine-tuning learning rate: constant, or cosine decay from --finetune_lr to 0 over the epochs.")
+flags.DEFINE_bool("holdout_unseen", False, "Keep the sixth that fine-tuning holds out out of every phase (float, QAT, "
+                  "learning phase) too, so that the fine-tuning epoch is chosen on data no phase trained on.")
 flags.DEFINE_bool("finetune_holdout", True, "Fine-tune on five sixths of the training data and keep the epoch best "
                   "on the other sixth; --nofinetune_holdout: on all of it, keeping the last epoch (as HGQ2's runs train).")
 flags.DEFINE_integer("first_seed", 0, "Seeds run are first_seed .. first_seed + seeds - 1.")
@@ -208,7 +215,7 @@ def _fine_tune(model, xtr, ytr, xte, yte, epochs, callbacks=()):
                         callbacks=[best, *callbacks], verbose=0)
     if max(history.history["val_accuracy"]) < start:
         model.set_weights(weights)
-    _fine_tune.holdout_top1 = float(model.evaluate(*held, verbose=0)[1])  # seen by the float and learning phases
+    _fine_tune.holdout_top1 = float(model.evaluate(*held, verbose=0)[1])  # unseen only with --holdout_unseen
     return float(model.evaluate(xte, yte, verbose=0)[1])
 
 
@@ -305,9 +312,11 @@ def run_task(name, load, build, seed, tmp):
     loss = "sparse_categorical_crossentropy"
     rows = []
 
+    n_fit = len(xtr) - len(xtr) // 6 if FLAGS.holdout_unseen else len(xtr)  # _fine_tune holds out the rest
+
     def fit(model, lr, epochs, callbacks=()):
         model.compile(keras.optimizers.Adam(lr), loss, metrics=["accuracy"])
-        model.fit(xtr, ytr, epochs=epochs, batch_size=32, verbose=0, callbacks=list(callbacks))
+        model.fit(xtr[:n_fit], ytr[:n_fit], epochs=epochs, batch_size=32, verbose=0, callbacks=list(callbacks))
         return float(model.evaluate(xte, yte, verbose=0)[1])
 
     keras.utils.set_random_seed(seed)
@@ -373,6 +382,7 @@ def run_task(name, load, build, seed, tmp):
                                                (f"{FLAGS.learn_epochs}-epoch learning", "40-epoch learning"),
                                                (f"{FLAGS.finetune_epochs}-epoch fine-tuning", "10-epoch fine-tuning"),
                                                ("" if FLAGS.finetune_holdout else "fine-tuning on all, last epoch", ""),
+                                               ("held-out sixth unseen" if FLAGS.holdout_unseen else "", ""),
                                                ("cosine fine-tuning" if FLAGS.finetune_schedule == "cosine" else "", ""),
                                                *((LEVERS[v], "") for v in levers)) if v != d)
         suffix = f" ({suffix[2:]})" if suffix else ""
@@ -501,6 +511,8 @@ def main(argv):
     bad = set(FLAGS.weight_clip) - {"max", "mse"}
     if bad:
         raise app.UsageError(f"--weight_clip: unknown value(s) {sorted(bad)}; use max and/or mse.")
+    if FLAGS.holdout_unseen and not FLAGS.finetune_holdout:
+        raise app.UsageError("--holdout_unseen keeps the fine-tuning's held-out sixth unseen: it needs --finetune_holdout.")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from benchmarks.provenance import stamp
 
