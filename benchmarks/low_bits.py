@@ -132,11 +132,10 @@ def table(results: dict, made_by: str) -> str:
             "on the test set, frozen at the budget (`freeze_bitlengths(target_bits=...)`).\n\n"
             "| family | Keras | budget | activation range | weight clip | initial bits | steps (learn + fine-tune) "
             "| float % | learning phase % | frozen % | deployed % | drop (points) | avg bits "
-            f"| same class as Keras % | within {within:g} points |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            f"| same class as Keras % | within {within:g} points | seconds |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     rows, errors = [], []
-    for key in sorted(results, key=lambda k: list(apps.FAMILIES).index(results[k]["family"])
-                      if results[k]["family"] in apps.FAMILIES else 99):
+    for key in _ordered(results):
         r = results[key]
         if r.get("ours") != "yes":
             errors.append(f"- {key}: {r.get('ours_stage')}: {r.get('ours_error')}")
@@ -145,8 +144,32 @@ def table(results: dict, made_by: str) -> str:
                     f"| {r['weight_clip']} | {_init(r)} | {r['steps']} + {r['finetune_steps']} | {_pct(r, 'float_accuracy')} "
                     f"| {_pct(r, 'learning_accuracy')} | {_pct(r, 'frozen_accuracy')} | {_pct(r, 'tflite_accuracy')} "
                     f"| {r['drop']:.1f} | {r['avg_bits']} | {_pct(r, 'same_class')} "
-                    f"| {'yes' if r['drop'] <= within else 'no'} |")
-    return head + "\n".join(rows) + ("\n\nErrors:\n\n" + "\n".join(errors) if errors else "") + "\n"
+                    f"| {'yes' if r['drop'] <= within else 'no'} | {r.get('seconds', '–')} |")
+    ran = {r["family"] for r in results.values()}
+    missing = [name for name in apps.FAMILIES if name not in ran]
+    tail = ("\n\nCommands (one per row, in order):\n\n" + "\n".join(commands(results))
+            + (f"\n\nNo row at {FLAGS.target_bits:g} bits yet (not run): {', '.join(missing)}." if missing else ""))
+    return (head + "\n".join(rows) + ("\n\nErrors:\n\n" + "\n".join(errors) if errors else "")
+            + tail + "\n")
+
+
+def commands(results: dict) -> list:
+    """Per row, the command that reruns it (its options as recorded in the json)."""
+    out = []
+    for key in _ordered(results):
+        r = results[key]
+        if r.get("ours") != "yes":
+            continue
+        init = "" if r.get("init_bits") is None else f" --init_bits={r['init_bits']:g}"
+        out.append(f"- {r['family']}: `python benchmarks/low_bits.py --families={r['family']} "
+                   f"--target_bits={r['target_bits']:g} --activation_range={r['activation_range']} "
+                   f"--weight_clip={r['weight_clip']} --steps={r['steps']} --finetune_steps={r['finetune_steps']}{init}`")
+    return out
+
+
+def _ordered(results: dict) -> list:
+    return sorted(results, key=lambda k: list(apps.FAMILIES).index(results[k]["family"])
+                  if results[k]["family"] in apps.FAMILIES else 99)
 
 
 def main(argv):
