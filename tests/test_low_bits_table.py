@@ -32,10 +32,12 @@ def test_initial_bits_column_and_the_claim_per_row():
     page = low_bits.table({"a": _row(2.8, init_bits=5.0), "b": _row(3.3), "c": _row(1.0, record_init=False)},
                           "Made by `x`.")
     rows = [line for line in page.splitlines() if line.startswith("| MobileNet")]
+    within = [r.split("|")[-3].strip() for r in rows]  # the column before seconds
+    assert sorted(within) == ["no", "yes", "yes"], rows
     assert "| initial bits |" in page
     # drop 2.8 at init 5: within; drop 3.3 from the top of the range: not within
-    assert any("| 5 | 267 + 89 |" in r and r.endswith("| yes |") for r in rows), rows
-    assert any("| 8 (top) |" in r and "| 3.3 |" in r and r.endswith("| no |") for r in rows), rows
+    assert any("| 5 | 267 + 89 |" in r and r.split("|")[-3].strip() == "yes" for r in rows), rows
+    assert any("| 8 (top) |" in r and "| 3.3 |" in r and r.split("|")[-3].strip() == "no" for r in rows), rows
     # a row written before the column existed started at the top too
     assert sum("| 8 (top) |" in r for r in rows) == 2, rows
 
@@ -46,3 +48,15 @@ def test_row_key_keeps_rows_of_another_initial_bitlength():
     with flagsaver.flagsaver(init_bits=5.0):
         new = low_bits.row_key("MobileNet", row)
     assert old != new and new.startswith(old) and new.endswith("init5")
+
+
+def test_page_gives_each_rows_command_and_names_the_families_not_run():
+    page = low_bits.table({"a": _row(2.8, init_bits=5.0, seconds=482), "b": _row(3.3, family="ResNet50")},
+                          "Made by `x`.")
+    assert ("`python benchmarks/low_bits.py --families=MobileNet --target_bits=4 --activation_range=learned "
+            "--weight_clip=max --steps=267 --finetune_steps=89 --init_bits=5`") in page
+    assert "--families=ResNet50 " in page and "--finetune_steps=89`" in page  # no --init_bits: from the top
+    not_run = next(line for line in page.splitlines() if line.startswith("No row at 4 bits yet"))
+    assert "MobileNetV2" in not_run and "NASNetMobile" in not_run
+    assert "MobileNet," not in not_run and "ResNet50," not in not_run and not not_run.endswith("ResNet50.")
+    assert "| yes | 482 |" in page
