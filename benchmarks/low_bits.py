@@ -129,7 +129,11 @@ def table(results: dict, made_by: str) -> str:
             f"`{os.path.basename(FLAGS.out or DEFAULT_OUT)}.json`, with its options and schedule).\n\n"
             "Float: the same network from the same initial weights, trained for the learning and "
             "fine-tuning steps together at the same learning rates. Deployed: the `.tflite` in LiteRT "
-            "on the test set, frozen at the budget (`freeze_bitlengths(target_bits=...)`).\n\n"
+            "on the test set, frozen at the budget (`freeze_bitlengths(target_bits=...)`). Schedule: "
+            "Adam at the family's rate (1e-3; VGG16 1e-4) for the learning steps under "
+            "`BitBudget(target_bits)`, then the fine-tuning steps at a fifth of it, batches of "
+            f"{FLAGS.batch_size}; the learning phase and frozen columns are the Keras model on the test "
+            "set before fine-tuning.\n\n"
             "| family | Keras | budget | activation range | weight clip | initial bits | steps (learn + fine-tune) "
             "| float % | learning phase % | frozen % | deployed % | drop (points) | avg bits "
             f"| same class as Keras % | within {within:g} points | seconds |\n"
@@ -148,7 +152,8 @@ def table(results: dict, made_by: str) -> str:
     ran = {r["family"] for r in results.values()}
     missing = [name for name in apps.FAMILIES if name not in ran]
     tail = ("\n\nCommands (one per row, in order):\n\n" + "\n".join(commands(results))
-            + (f"\n\nNo row at {FLAGS.target_bits:g} bits yet (not run): {', '.join(missing)}." if missing else ""))
+            + (f"\n\nNo row at {FLAGS.target_bits:g} bits yet (not run: each family trains its "
+                  f"network twice, one family at a time, and the machine time ran out): {', '.join(missing)}." if missing else ""))
     return (head + "\n".join(rows) + ("\n\nErrors:\n\n" + "\n".join(errors) if errors else "")
             + tail + "\n")
 
