@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 from absl import app, flags
 
 from benchmarks import applications as apps
+from benchmarks import low_bits_page as page
 from benchmarks.common import accuracy, digits, export_learned_first, print_row, row_in_subprocess, save_page
 
 FLAGS = flags.FLAGS
@@ -107,74 +108,14 @@ def run_one(name: str) -> dict:
     return row
 
 
-def _pct(r, key) -> str:
-    return f"{100 * r[key]:.1f}" if r.get(key) is not None else "–"
-
-
-def _init(r) -> str:
-    return "8 (top)" if r.get("init_bits") is None else f"{r['init_bits']:g}"
-
-
 def row_key(name: str, row: dict) -> str:
-    """The row's key in the json: rows under other options or schedules stay."""
-    init = "" if FLAGS.init_bits is None else f" init{FLAGS.init_bits:g}"
-    return (f"{name} {FLAGS.keras} {FLAGS.target_bits:g} {FLAGS.activation_range} {FLAGS.weight_clip} "
-            f"{row.get('steps')}+{row.get('finetune_steps')}{init}")
+    return page.row_key(name, row, FLAGS.keras, FLAGS.target_bits, FLAGS.activation_range, FLAGS.weight_clip,
+                        FLAGS.init_bits)
 
 
 def table(results: dict, made_by: str) -> str:
-    commits = sorted({r.get("commit", "unknown") for r in results.values()})
-    within = FLAGS.within
-    head = (f"{made_by} Every row ran at commit {', '.join(commits)} (its `commit` in "
-            f"`{os.path.basename(FLAGS.out or DEFAULT_OUT)}.json`, with its options and schedule).\n\n"
-            "Float: the same network from the same initial weights, trained for the learning and "
-            "fine-tuning steps together at the same learning rates. Deployed: the `.tflite` in LiteRT "
-            "on the test set, frozen at the budget (`freeze_bitlengths(target_bits=...)`). Schedule: "
-            "Adam at the family's rate (1e-3; VGG16 1e-4) for the learning steps under "
-            "`BitBudget(target_bits)`, then the fine-tuning steps at a fifth of it, batches of "
-            f"{FLAGS.batch_size}; the learning phase and frozen columns are the Keras model on the test "
-            "set before fine-tuning.\n\n"
-            "| family | Keras | budget | activation range | weight clip | initial bits | steps (learn + fine-tune) "
-            "| float % | learning phase % | frozen % | deployed % | drop (points) | avg bits "
-            f"| same class as Keras % | within {within:g} points | seconds |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    rows, errors = [], []
-    for key in _ordered(results):
-        r = results[key]
-        if r.get("ours") != "yes":
-            errors.append(f"- {key}: {r.get('ours_stage')}: {r.get('ours_error')}")
-            continue
-        rows.append(f"| {r['family']} | {r['keras']} | {r['target_bits']:g} | {r['activation_range']} "
-                    f"| {r['weight_clip']} | {_init(r)} | {r['steps']} + {r['finetune_steps']} | {_pct(r, 'float_accuracy')} "
-                    f"| {_pct(r, 'learning_accuracy')} | {_pct(r, 'frozen_accuracy')} | {_pct(r, 'tflite_accuracy')} "
-                    f"| {r['drop']:.1f} | {r['avg_bits']} | {_pct(r, 'same_class')} "
-                    f"| {'yes' if r['drop'] <= within else 'no'} | {r.get('seconds', '–')} |")
-    ran = {r["family"] for r in results.values()}
-    missing = [name for name in apps.FAMILIES if name not in ran]
-    tail = ("\n\nCommands (one per row, in order):\n\n" + "\n".join(commands(results))
-            + (f"\n\nNo row at {FLAGS.target_bits:g} bits yet (not run: each family trains its "
-                  f"network twice, one family at a time, and the machine time ran out): {', '.join(missing)}." if missing else ""))
-    return (head + "\n".join(rows) + ("\n\nErrors:\n\n" + "\n".join(errors) if errors else "")
-            + tail + "\n")
-
-
-def commands(results: dict) -> list:
-    """Per row, the command that reruns it (its options as recorded in the json)."""
-    out = []
-    for key in _ordered(results):
-        r = results[key]
-        if r.get("ours") != "yes":
-            continue
-        init = "" if r.get("init_bits") is None else f" --init_bits={r['init_bits']:g}"
-        out.append(f"- {r['family']}: `python benchmarks/low_bits.py --families={r['family']} "
-                   f"--target_bits={r['target_bits']:g} --activation_range={r['activation_range']} "
-                   f"--weight_clip={r['weight_clip']} --steps={r['steps']} --finetune_steps={r['finetune_steps']}{init}`")
-    return out
-
-
-def _ordered(results: dict) -> list:
-    return sorted(results, key=lambda k: list(apps.FAMILIES).index(results[k]["family"])
-                  if results[k]["family"] in apps.FAMILIES else 99)
+    return page.table(results, made_by, list(apps.FAMILIES), FLAGS.within,
+                      f"{os.path.basename(FLAGS.out or DEFAULT_OUT)}.json", FLAGS.batch_size, FLAGS.target_bits)
 
 
 def main(argv):
