@@ -10,6 +10,7 @@ pick the same class.
 
     python benchmarks/low_bits.py --families=MobileNetV2,ResNet50V2 --target_bits=4
     python benchmarks/low_bits.py --families=MobileNet --activation_range=learned
+    python benchmarks/low_bits.py --families=EfficientNetB0 --activation_range=learned --init_bits=5
     python benchmarks/low_bits.py --families=           # rewrite the page from the json
 
 Rows merge into ``--out``.json (default ``docs/applications_4bit``); each family runs in
@@ -31,10 +32,14 @@ sys.path.insert(0, ROOT)
 from absl import app, flags
 
 from benchmarks import applications as apps
+from benchmarks import low_bits_page as page
 from benchmarks.common import accuracy, digits, export_learned_first, print_row, row_in_subprocess, save_page
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("weight_clip", "max", ["max", "mse", "learned"], "bitprune_model(weight_clip=...).")
+flags.DEFINE_float("init_bits", None, "bitprune_model(init_bits=...): the bitlength every tensor starts "
+                   "at; default the top of its range (8). Near the budget, BitBudget (at most ~0.008 bit "
+                   "per step at learning rate 1e-3) needs far fewer steps to get there.")
 flags.DEFINE_float("within", 3.0, "The claim: deployed within this many points of float.")
 DEFAULT_OUT = os.path.join(ROOT, "docs", "applications_4bit")
 
@@ -58,7 +63,7 @@ def run_one(name: str) -> dict:
     row = {"family": name, "input": size, "commit": apps.commit(),
            "keras": f"{'keras3' if FLAGS.keras == '3' else 'tf_keras'} {keras.__version__}",
            "target_bits": FLAGS.target_bits, "activation_range": FLAGS.activation_range,
-           "weight_clip": FLAGS.weight_clip, "steps": steps, "finetune_steps": finetune_steps,
+           "weight_clip": FLAGS.weight_clip, "init_bits": FLAGS.init_bits, "steps": steps, "finetune_steps": finetune_steps,
            "learning_rate": lr}
     stage = "float"
     try:
@@ -75,7 +80,7 @@ def run_one(name: str) -> dict:
         model = apps.build(name)
         model.set_weights(start)  # the float run's initial weights
         bp = tfbp.bitprune_model(model, regularization=0.01, activation_range=FLAGS.activation_range,
-                                 weight_clip=FLAGS.weight_clip)
+                                 weight_clip=FLAGS.weight_clip, init_bits=FLAGS.init_bits)
         _fit(bp, keras, lr, steps, xtr, ytr, [tfbp.BitBudget(FLAGS.target_bits)])
         row["learning_accuracy"] = accuracy(bp, xte, yte)
         row["learned_bits"] = round(tfbp.average_bits(bp), 2)
@@ -103,35 +108,14 @@ def run_one(name: str) -> dict:
     return row
 
 
-def _pct(r, key) -> str:
-    return f"{100 * r[key]:.1f}" if r.get(key) is not None else "–"
+def row_key(name: str, row: dict) -> str:
+    return page.row_key(name, row, FLAGS.keras, FLAGS.target_bits, FLAGS.activation_range, FLAGS.weight_clip,
+                        FLAGS.init_bits)
 
 
 def table(results: dict, made_by: str) -> str:
-    commits = sorted({r.get("commit", "unknown") for r in results.values()})
-    within = FLAGS.within
-    head = (f"{made_by} Every row ran at commit {', '.join(commits)} (its `commit` in "
-            f"`{os.path.basename(FLAGS.out or DEFAULT_OUT)}.json`, with its options and schedule).\n\n"
-            "Float: the same network from the same initial weights, trained for the learning and "
-            "fine-tuning steps together at the same learning rates. Deployed: the `.tflite` in LiteRT "
-            "on the test set, frozen at the budget (`freeze_bitlengths(target_bits=...)`).\n\n"
-            "| family | Keras | budget | activation range | weight clip | steps (learn + fine-tune) "
-            "| float % | learning phase % | frozen % | deployed % | drop (points) | avg bits "
-            f"| same class as Keras % | within {within:g} points |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    rows, errors = [], []
-    for key in sorted(results, key=lambda k: list(apps.FAMILIES).index(results[k]["family"])
-                      if results[k]["family"] in apps.FAMILIES else 99):
-        r = results[key]
-        if r.get("ours") != "yes":
-            errors.append(f"- {key}: {r.get('ours_stage')}: {r.get('ours_error')}")
-            continue
-        rows.append(f"| {r['family']} | {r['keras']} | {r['target_bits']:g} | {r['activation_range']} "
-                    f"| {r['weight_clip']} | {r['steps']} + {r['finetune_steps']} | {_pct(r, 'float_accuracy')} "
-                    f"| {_pct(r, 'learning_accuracy')} | {_pct(r, 'frozen_accuracy')} | {_pct(r, 'tflite_accuracy')} "
-                    f"| {r['drop']:.1f} | {r['avg_bits']} | {_pct(r, 'same_class')} "
-                    f"| {'yes' if r['drop'] <= within else 'no'} |")
-    return head + "\n".join(rows) + ("\n\nErrors:\n\n" + "\n".join(errors) if errors else "") + "\n"
+    return page.table(results, made_by, list(apps.FAMILIES), FLAGS.within,
+                      f"{os.path.basename(FLAGS.out or DEFAULT_OUT)}.json", FLAGS.batch_size, FLAGS.target_bits)
 
 
 def main(argv):
@@ -153,8 +137,7 @@ def main(argv):
             row = {"family": name, "ours": "no", "ours_stage": "crash", "ours_error": stderr[-400:]}
             print(stderr[-3000:], flush=True)
         row["seconds"] = round(time.time() - t0)
-        key = (f"{name} {FLAGS.keras} {FLAGS.target_bits:g} {FLAGS.activation_range} {FLAGS.weight_clip} "
-               f"{row.get('steps')}+{row.get('finetune_steps')}")
+        key = row_key(name, row)
         results[key] = row
         print(f"{key}: {json.dumps(row)}", flush=True)
         save_page(FLAGS.out, results, table(results, made_by))
