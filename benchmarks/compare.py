@@ -84,6 +84,8 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags
 
+from benchmarks import compare_page as page
+
 flags.DEFINE_list("tasks", ["digits", "breast_cancer"], "Offline tasks: digits (CNN), breast_cancer (MLP).")
 flags.DEFINE_integer("seeds", 3, "Seeds per method.")
 flags.DEFINE_list("budgets", ["2.5", "3", "3.25", "4"], "BitPruning target average bits (in --weighting).")
@@ -406,106 +408,6 @@ def run_task(name, load, build, seed, tmp):
     return rows
 
 
-def _aggregate(per_seed):
-    import numpy as np
-
-    out = []
-    for i, first in enumerate(per_seed[0]):
-        runs = [rows[i] for rows in per_seed]
-        row = {"method": first["method"]}
-        for key in first:
-            if key != "method" and not isinstance(first[key], dict):  # tensor_bits stay per seed
-                values = np.array([r[key] for r in runs], float)
-                row[key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-                if key == "top1":
-                    row["top1_std"] = float(values.std())
-        out.append(row)
-    ref = next(r for r in out if r["method"] == "tfmot 8-bit QAT")
-    for r in out:
-        r["step_vs_qat8"] = r["step_s"] / ref["step_s"]
-        r["latency_vs_int8"] = r["latency_s"] / ref["latency_s"]
-    return out
-
-
-def _markdown(results):
-    lines = []
-    for task, rows in results.items():
-        lines += [f"### {task} ({FLAGS.seeds} seed(s))", "",
-                  "| method | top-1 % | avg weight bits | avg act. bits | weight kB | MBOPs | step / tfmot8 | .tflite bytes | latency / int8 |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(
-                f"| {r['method']} | {100 * r['top1']:.2f} ± {100 * r['top1_std']:.2f} | {r['weight_bits']:.2f} | "
-                f"{r['activation_bits']:.2f} | {r['weight_kb']:.2f} | {r['bops_m']:.2f} | {r['step_vs_qat8']:.2f} | "
-                f"{r['tflite_bytes']:.0f} | {r['latency_vs_int8']:.2f} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _percent(value):
-    """A held-out accuracy in %, or — where fine-tuning held nothing out."""
-    return "—" if value is None else f"{100 * value:.2f}"
-
-
-def _runs_markdown(runs):
-    """Per seed: the accuracy at each stage of BitPruning and the bits it ran at."""
-    lines = ["", "### BitPruning (and Uniform) per seed: float → learning phase → frozen → deployed (fine-tuned)", "",
-             "| task | seed | budget | float % | learning % (bits) | frozen % | deployed % (bits) | .tflite % "
-             "| bits without the output's | fine-tuning's held-out sixth % |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for task, rows in runs.items():
-        for i, r in enumerate(rows):
-            seed = FLAGS.first_seed + i // max(1, len(FLAGS.budgets) * len(FLAGS.weight_clip) * len(FLAGS.levers))
-            lines.append(f"| {task} | {seed} | {r['method']} | {100 * r['float_top1']:.2f} | "
-                         f"{100 * r['learn_top1']:.2f} ({r['learn_bits']:.2f}) | {100 * r['frozen_top1']:.2f} | "
-                         f"{100 * r['top1']:.2f} ({r['deployed_bits']:.2f}) | {100 * r['tflite_top1']:.2f} | "
-                         f"{r['bits_no_output']:.2f} | {_percent(r.get('holdout_top1'))} |")
-    return "\n".join(lines + [""])
-
-
-def _plot_bits(row):
-    """The x of a row: its memory-weighted weight bits, or under a memory/bops budget
-    the deployed average in that weighting (uniform n-bit QAT: n either way)."""
-    if FLAGS.weighting == "uniform":
-        return row["weight_bits"]
-    return row.get("deployed_bits", row["weight_bits"])
-
-
-def _family(row):
-    """A row's curve: tfmot, or BitPruning / Uniform (the fixed lever) with its options (the budget left out)."""
-    method = row["method"]
-    if method.startswith("tfmot"):
-        return "tfmot"
-    return method.split(" ")[0] + (method[method.index(" ("):] if " (" in method else "")
-
-
-def _plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
-    for ax, (task, rows) in zip(axes[0], results.items()):
-        families = ["tfmot"] + list(dict.fromkeys(_family(r) for r in rows if "deployed_bits" in r))
-        for family, marker in zip(families, "soD^vPX<>"):
-            sel = sorted((r for r in rows if _family(r) == family and r["weight_bits"] <= 8),
-                         key=lambda r: r["weight_bits"])
-            if sel:
-                ax.errorbar([_plot_bits(r) for r in sel], [100 * r["top1"] for r in sel],
-                            yerr=[100 * r["top1_std"] for r in sel], marker=marker, ls="--" if family == "tfmot" else "-",
-                            label=family + (" (uniform n-bit QAT)" if family == "tfmot" else ""))
-        float_row = next(r for r in rows if r["method"] == "float32")
-        ax.axhline(100 * float_row["top1"], color="gray", ls=":", label="float32")
-        ax.set_xlabel("average weight bits (memory-weighted)" if FLAGS.weighting == "uniform" else
-                      f"deployed average bits ({FLAGS.weighting}-weighted, weights and activations)")
-        ax.set_ylabel("top-1 %")
-        ax.set_title(task)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def main(argv):
     del argv
     bad = set(FLAGS.weight_clip) - {"max", "mse"}
@@ -523,16 +425,17 @@ def main(argv):
         for task in FLAGS.tasks:
             load, build = tasks[task]
             per_seed = [run_task(task, load, build, seed, tmp) for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds)]
-            results[task] = _aggregate(per_seed)
+            results[task] = page.aggregate(per_seed)
             runs[task] = [r for rows in per_seed for r in rows if "deployed_bits" in r]
-            print(_markdown({task: results[task]}), flush=True)
+            print(page.markdown({task: results[task]}, FLAGS.seeds), flush=True)
     os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
     with open(FLAGS.out + ".json", "w") as f:
         json.dump(dict(results, bitpruning_runs=runs), f, indent=1)
     with open(FLAGS.out + ".md", "w") as f:
-        f.write(made_by + "\n\n" + _markdown(results)
-                + _runs_markdown(runs))
-    _plot(results, FLAGS.out + ".png")
+        per_seed_runs = len(FLAGS.budgets) * len(FLAGS.weight_clip) * len(FLAGS.levers)
+        f.write(made_by + "\n\n" + page.markdown(results, FLAGS.seeds)
+                + page.runs_markdown(runs, FLAGS.first_seed, per_seed_runs))
+    page.plot(results, FLAGS.out + ".png", FLAGS.weighting)
     print(f"wrote {FLAGS.out}.md/.json/.png")
 
 
