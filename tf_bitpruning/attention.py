@@ -88,13 +88,17 @@ def expand(layer, args, kwargs, name_of: Callable[[str], str], classes) -> Any:
     parts = _compat.attention_parts(layer)
     config = layer.get_config()
 
+    def piece(role):  # the name of the expansion's layer in ``role`` (what expanded_from reads back)
+        assert role in ROLES, role
+        return name_of(f"{layer.name}.{role}")
+
     def projection(role, x, scale=1.0):
         source = parts[role]
         config = source.get_config()
         # Its output shape with the steps axis known (the layer's own says None: any length).
         shape = einsum_output_shape(config["equation"], [tuple(x.shape), tuple(source.get_weights()[0].shape)])
         dense = type(source).from_config(dict(config, output_shape=list(shape[1:]),
-                                              name=name_of(f"{layer.name}.{role}")))
+                                              name=piece(role)))
         y = dense(x)
         weights = source.get_weights()
         dense.set_weights([weights[0] * scale] + [b * scale for b in weights[1:]])
@@ -103,10 +107,10 @@ def expand(layer, args, kwargs, name_of: Callable[[str], str], classes) -> Any:
     q = projection("query", query, 1.0 / math.sqrt(float(config["key_dim"])))
     k = projection("key", key)
     v = projection("value", value)
-    scores = classes.AttentionEinsum(parts["scores"], name=name_of(f"{layer.name}.scores"))([k, q])
-    probabilities = classes.AttentionSoftmax(name=name_of(f"{layer.name}.softmax"))(scores)
+    scores = classes.AttentionEinsum(parts["scores"], name=piece("scores"))([k, q])
+    probabilities = classes.AttentionSoftmax(name=piece("softmax"))(scores)
     if config.get("dropout"):
-        probabilities = classes.Dropout(config["dropout"], name=name_of(f"{layer.name}.dropout"))(probabilities)
-    context = classes.AttentionEinsum(parts["combine"], name=name_of(f"{layer.name}.context"))([probabilities, v])
+        probabilities = classes.Dropout(config["dropout"], name=piece("dropout"))(probabilities)
+    context = classes.AttentionEinsum(parts["combine"], name=piece("context"))([probabilities, v])
     return projection("output", context)
 

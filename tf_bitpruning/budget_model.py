@@ -172,7 +172,7 @@ class BudgetedModel:
         if optimizer is None or not any(s in type(optimizer).__name__.lower() for s in ("adam", "lion")):
             return None
         lr = optimizer.get_config().get("learning_rate")  # a number only when constant
-        if isinstance(lr, (dict, str, bool)) or not isinstance(lr, (int, float, np.floating)) or lr <= 0:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or lr <= 0:
             return None
         k = max(float(t.quantizer.bits_lr_multiplier) for t in self.tensors)
         return k * float(lr) * steps, k, float(lr)
@@ -182,11 +182,10 @@ class BudgetedModel:
         """Why ``average`` cannot come within ``tolerance`` of ``target_bits`` in the ``steps``
         before annealing (a share ``anneal`` of the fit), even at the optimizer's full step;
         None if it can, or the bound does not apply (:meth:`descent_limit`)."""
-        limit = self.descent_limit(steps)
+        fall, k, lr = self.descent_limit(steps) or (math.inf, None, None)
         gap = average - target_bits - tolerance
-        if limit is None or gap <= limit[0]:
+        if gap <= fall:
             return None
-        fall, k, lr = limit
         needed = math.ceil(gap / (k * lr) / (1.0 - anneal))
         return (f"BitBudget: the average bitlength is {average:.2f}, but in the {steps} training steps before "
                 f"annealing the bitlengths can fall at most about {fall:.2f} bits (each moves at most "
