@@ -241,6 +241,16 @@ def schedule(steps: int, examples: int) -> dict:
     return {"epochs": epochs, "steps_per_epoch": steps // epochs}
 
 
+def fit_steps(model, lr: float, steps: int, x, y, callbacks=()) -> None:
+    """Compiles ``model`` (Adam at ``lr``, the digits' loss) and trains it exactly ``steps`` batches."""
+    keras = K()
+    model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    fit_args = schedule(steps, len(x))
+    model.fit(*fit_data(x, y, fit_args), batch_size=FLAGS.batch_size, callbacks=list(callbacks), verbose=0,
+              **fit_args)
+
+
 def fit_data(x, y, fit_args: dict) -> tuple:
     """``(x, y)`` that ``fit(**fit_args)`` draws exactly its steps from, either Keras."""
     return fit_arrays(x, y, fit_args["epochs"], fit_args["steps_per_epoch"], FLAGS.batch_size, FLAGS.keras == "3")
@@ -254,12 +264,9 @@ def commit() -> str:
 
 
 def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
-    keras = K()
-
     import tf_bitpruning as tfbp
     from tf_bitpruning import costs
 
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     stage = "bitprune_model"
     result = {}
     try:
@@ -270,20 +277,15 @@ def run_ours(name: str, xtr, ytr, xte, yte, workdir: str) -> dict:
         _log(name, stage)
         steps, finetune_steps, lr = recipe(name)
         result.update(steps=steps, finetune_steps=finetune_steps, learning_rate=lr)
-        bp.compile(keras.optimizers.Adam(lr), loss, metrics=["accuracy"])
         t0 = time.time()
-        fit_args = schedule(steps, len(xtr))
-        bp.fit(*fit_data(xtr, ytr, fit_args), batch_size=FLAGS.batch_size,
-               callbacks=[tfbp.BitBudget(FLAGS.target_bits)], verbose=0, **fit_args)
+        fit_steps(bp, lr, steps, xtr, ytr, [tfbp.BitBudget(FLAGS.target_bits)])
         result["learn_s"] = round(time.time() - t0, 1)
         result["avg_bits"] = round(tfbp.average_bits(bp), 2)
         stage = "freeze_bitlengths"
         _log(name, stage)
         frozen = tfbp.freeze_bitlengths(bp)
         stage = "fit (fine-tune)"
-        frozen.compile(keras.optimizers.Adam(lr / 5), loss, metrics=["accuracy"])
-        fit_args = schedule(finetune_steps, len(xtr))
-        frozen.fit(*fit_data(xtr, ytr, fit_args), batch_size=FLAGS.batch_size, verbose=0, **fit_args)
+        fit_steps(frozen, lr / 5, finetune_steps, xtr, ytr)
         x = xte[:FLAGS.eval_inputs]
         result["accuracy"] = round(float(frozen.evaluate(xte, yte, verbose=0)[1]), 4)
         stage = "export_tflite"

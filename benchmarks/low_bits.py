@@ -44,14 +44,6 @@ flags.DEFINE_float("within", 3.0, "The claim: deployed within this many points o
 DEFAULT_OUT = os.path.join(ROOT, "docs", "applications_4bit")
 
 
-def _fit(model, keras, lr, steps, xtr, ytr, callbacks=()):
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(keras.optimizers.Adam(lr), loss, metrics=["accuracy"])
-    args = apps.schedule(steps, len(xtr))
-    model.fit(*apps.fit_data(xtr, ytr, args), batch_size=FLAGS.batch_size, verbose=0,
-              callbacks=list(callbacks), **args)
-
-
 def run_one(name: str) -> dict:
     import tf_bitpruning as tfbp
     from tests.support.litert_run import run_tflite
@@ -70,8 +62,8 @@ def run_one(name: str) -> dict:
         keras.utils.set_random_seed(0)
         model = apps.build(name)
         start = model.get_weights()
-        _fit(model, keras, lr, steps, xtr, ytr)
-        _fit(model, keras, lr / 5, finetune_steps, xtr, ytr)
+        apps.fit_steps(model, lr, steps, xtr, ytr)
+        apps.fit_steps(model, lr / 5, finetune_steps, xtr, ytr)
         row["float_accuracy"] = accuracy(model, xte, yte)
 
         stage = "fit(BitBudget)"
@@ -81,14 +73,14 @@ def run_one(name: str) -> dict:
         model.set_weights(start)  # the float run's initial weights
         bp = tfbp.bitprune_model(model, regularization=0.01, activation_range=FLAGS.activation_range,
                                  weight_clip=FLAGS.weight_clip, init_bits=FLAGS.init_bits)
-        _fit(bp, keras, lr, steps, xtr, ytr, [tfbp.BitBudget(FLAGS.target_bits)])
+        apps.fit_steps(bp, lr, steps, xtr, ytr, [tfbp.BitBudget(FLAGS.target_bits)])
         row["learning_accuracy"] = accuracy(bp, xte, yte)
         row["learned_bits"] = round(tfbp.average_bits(bp), 2)
         stage = "freeze_bitlengths"
         frozen = tfbp.freeze_bitlengths(bp, target_bits=FLAGS.target_bits)
         row["frozen_accuracy"] = accuracy(frozen, xte, yte)
         stage = "fit (fine-tune)"
-        _fit(frozen, keras, lr / 5, finetune_steps, xtr, ytr)
+        apps.fit_steps(frozen, lr / 5, finetune_steps, xtr, ytr)
         row["avg_bits"] = round(tfbp.average_bits(frozen), 2)
         stage = "export_tflite"
         with tempfile.TemporaryDirectory() as workdir:
