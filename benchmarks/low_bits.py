@@ -11,6 +11,7 @@ pick the same class.
     python benchmarks/low_bits.py --families=MobileNetV2,ResNet50V2 --target_bits=4
     python benchmarks/low_bits.py --families=MobileNet --activation_range=learned
     python benchmarks/low_bits.py --families=EfficientNetB0 --activation_range=learned --init_bits=5
+    python benchmarks/low_bits.py --families=EfficientNetB0 --start=float --allocate   # a trained network
     python benchmarks/low_bits.py --families=           # rewrite the page from the json
 
 Rows merge into ``--out``.json (default ``docs/applications_4bit``); each family runs in
@@ -40,6 +41,11 @@ flags.DEFINE_enum("weight_clip", "max", ["max", "mse", "learned"], "bitprune_mod
 flags.DEFINE_float("init_bits", None, "bitprune_model(init_bits=...): the bitlength every tensor starts "
                    "at; default the top of its range (8). Near the budget, BitBudget (at most ~0.008 bit "
                    "per step at learning rate 1e-3) needs far fewer steps to get there.")
+flags.DEFINE_enum("start", "init", ["init", "float"], "Where bit pruning starts: the float run's initial "
+                  "weights (init: both train from scratch) or its trained weights (float: the user's workflow, "
+                  "quantizing a trained network; the bit-pruning run then gets as many steps again).")
+flags.DEFINE_bool("allocate", False, "allocate_bitlengths(target_bits, 128 training inputs) before the learning "
+                  "phase: start at the budget with the bits spent where the outputs change most.")
 flags.DEFINE_float("within", 3.0, "The claim: deployed within this many points of float.")
 DEFAULT_OUT = os.path.join(ROOT, "docs", "applications_4bit")
 
@@ -55,7 +61,8 @@ def run_one(name: str) -> dict:
     row = {"family": name, "input": size, "commit": apps.commit(),
            "keras": f"{'keras3' if FLAGS.keras == '3' else 'tf_keras'} {keras.__version__}",
            "target_bits": FLAGS.target_bits, "activation_range": FLAGS.activation_range,
-           "weight_clip": FLAGS.weight_clip, "init_bits": FLAGS.init_bits, "steps": steps, "finetune_steps": finetune_steps,
+           "weight_clip": FLAGS.weight_clip, "init_bits": FLAGS.init_bits, "start": FLAGS.start,
+           "allocate": FLAGS.allocate, "steps": steps, "finetune_steps": finetune_steps,
            "learning_rate": lr}
     stage = "float"
     try:
@@ -69,10 +76,16 @@ def run_one(name: str) -> dict:
         stage = "fit(BitBudget)"
         keras.backend.clear_session()
         keras.utils.set_random_seed(0)
+        trained = model.get_weights()
         model = apps.build(name)
-        model.set_weights(start)  # the float run's initial weights
+        model.set_weights(start if FLAGS.start == "init" else trained)
         bp = tfbp.bitprune_model(model, regularization=0.01, activation_range=FLAGS.activation_range,
                                  weight_clip=FLAGS.weight_clip, init_bits=FLAGS.init_bits)
+        if FLAGS.allocate:
+            stage = "allocate_bitlengths"
+            tfbp.allocate_bitlengths(bp, FLAGS.target_bits, xtr[:128])
+            row["allocated_accuracy"] = accuracy(bp, xte, yte)
+            stage = "fit(BitBudget)"
         apps.fit_steps(bp, lr, steps, xtr, ytr, [tfbp.BitBudget(FLAGS.target_bits)])
         row["learning_accuracy"] = accuracy(bp, xte, yte)
         row["learned_bits"] = round(tfbp.average_bits(bp), 2)
@@ -102,7 +115,7 @@ def run_one(name: str) -> dict:
 
 def row_key(name: str, row: dict) -> str:
     return page.row_key(name, row, FLAGS.keras, FLAGS.target_bits, FLAGS.activation_range, FLAGS.weight_clip,
-                        FLAGS.init_bits)
+                        FLAGS.init_bits, FLAGS.start, FLAGS.allocate)
 
 
 def table(results: dict, made_by: str) -> str:

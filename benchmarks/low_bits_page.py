@@ -11,13 +11,20 @@ def _pct(r, key) -> str:
 
 
 def _init(r) -> str:
+    if r.get("allocate"):
+        return "allocated"
     return "8 (top)" if r.get("init_bits") is None else f"{r['init_bits']:g}"
 
 
+def _start(r) -> str:
+    return "float model" if r.get("start") == "float" else "initial weights"
+
+
 def row_key(name: str, row: dict, keras: str, target_bits: float, activation_range: str, weight_clip: str,
-            init_bits: Optional[float]) -> str:
+            init_bits: Optional[float], start: str = "init", allocate: bool = False) -> str:
     """The row's key in the json: rows under other options or schedules stay."""
     init = "" if init_bits is None else f" init{init_bits:g}"
+    init += ("" if start == "init" else f" from-{start}") + (" allocate" if allocate else "")
     return (f"{name} {keras} {target_bits:g} {activation_range} {weight_clip} "
             f"{row.get('steps')}+{row.get('finetune_steps')}{init}")
 
@@ -29,23 +36,28 @@ def table(results: dict, made_by: str, families: Sequence[str], within: float, j
     head = (f"{made_by} Every row ran at commit {', '.join(commits)} (its `commit` in "
             f"`{json_name}`, with its options and schedule).\n\n"
             "Float: the same network from the same initial weights, trained for the learning and "
-            "fine-tuning steps together at the same learning rates. Deployed: the `.tflite` in LiteRT "
+            "fine-tuning steps together at the same learning rates. Bit pruning starts from those "
+            "initial weights (both train from scratch) or from the trained float model (the user's "
+            "workflow: quantizing a trained network; the bit-pruning run then trains as many steps "
+            "again). Initial bits \"allocated\": `allocate_bitlengths(bp, target_bits, 128 training "
+            "inputs)` before the learning phase. Deployed: the `.tflite` in LiteRT "
             "on the test set, frozen at the budget (`freeze_bitlengths(target_bits=...)`). Schedule: "
             "Adam at the family's rate (1e-3; VGG16 1e-4) for the learning steps under "
             "`BitBudget(target_bits)`, then the fine-tuning steps at a fifth of it, batches of "
             f"{batch_size}; the learning phase and frozen columns are the Keras model on the test "
             "set before fine-tuning.\n\n"
-            "| family | Keras | budget | activation range | weight clip | initial bits | steps (learn + fine-tune) "
+            "| family | Keras | budget | starts from | activation range | weight clip | initial bits "
+            "| steps (learn + fine-tune) "
             "| float % | learning phase % | frozen % | deployed % | drop (points) | avg bits "
             f"| same class as Keras % | within {within:g} points | seconds |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     rows, errors = [], []
     for key in _ordered(results, families):
         r = results[key]
         if r.get("ours") != "yes":
             errors.append(f"- {key}: {r.get('ours_stage')}: {r.get('ours_error')}")
             continue
-        rows.append(f"| {r['family']} | {r['keras']} | {r['target_bits']:g} | {r['activation_range']} "
+        rows.append(f"| {r['family']} | {r['keras']} | {r['target_bits']:g} | {_start(r)} | {r['activation_range']} "
                     f"| {r['weight_clip']} | {_init(r)} | {r['steps']} + {r['finetune_steps']} "
                     f"| {_pct(r, 'float_accuracy')} | {_pct(r, 'learning_accuracy')} | {_pct(r, 'frozen_accuracy')} "
                     f"| {_pct(r, 'tflite_accuracy')} | {r['drop']:.1f} | {r['avg_bits']} | {_pct(r, 'same_class')} "
@@ -67,6 +79,7 @@ def commands(results: dict, families: Sequence[str]) -> list:
         if r.get("ours") != "yes":
             continue
         init = "" if r.get("init_bits") is None else f" --init_bits={r['init_bits']:g}"
+        init += (" --start=float" if r.get("start") == "float" else "") + (" --allocate" if r.get("allocate") else "")
         out.append(f"- {r['family']}: `python benchmarks/low_bits.py --families={r['family']} "
                    f"--target_bits={r['target_bits']:g} --activation_range={r['activation_range']} "
                    f"--weight_clip={r['weight_clip']} --steps={r['steps']} --finetune_steps={r['finetune_steps']}{init}`")

@@ -14,6 +14,7 @@ from tf_bitpruning._version import __version__  # noqa: F401  (tfbp.__version__)
 
 _logs.import_tensorflow()
 
+from tf_bitpruning.allocate import allocate_bitlengths, calibrate_ranges
 from tf_bitpruning.api import (bitprune_annotate_layer, bitprune_annotate_model, bitprune_apply,
                                bitprune_model, bitprune_scope)
 from tf_bitpruning.callbacks import BitBudget
@@ -36,6 +37,7 @@ __all__ = [
     "Distill",
     "WeightBitQuantizer",
     "align_to_hls4ml",
+    "allocate_bitlengths",
     "align_to_tflite",
     "average_bits",
     "bitlengths",
@@ -44,6 +46,7 @@ __all__ = [
     "bitprune_apply",
     "bitprune_model",
     "bitprune_scope",
+    "calibrate_ranges",
     "distillation_loss",
     "export_hls4ml",
     "export_tflite",

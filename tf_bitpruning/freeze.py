@@ -86,11 +86,7 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
 
     # A range that never saw a training batch is empty; frozen, it would clip every
     # activation to 0 during fine-tuning. Such ranges keep calibrating.
-    uncalibrated = set()
-    for layer in model.layers:
-        for q, v in costs.activation_tensors(layer):
-            if isinstance(q, ActivationBitQuantizer) and "min" in v and _value(v["max"]) <= _value(v["min"]):
-                uncalibrated.add(layer.name)
+    uncalibrated = uncalibrated_layers(model)
     if freeze_ranges and uncalibrated:
         warnings.warn(f"freeze_bitlengths: the activation ranges of {sorted(uncalibrated)} were never "
                       f"calibrated (no training batch yet); they are left to update during fine-tuning.",
@@ -100,19 +96,15 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
         model, lambda config, name: _freeze_config(config, freeze_ranges and name not in uncalibrated),
         lambda quantizer, name: _frozen(quantizer, freeze_ranges and name not in uncalibrated))
     twins = dict(zip(tensors, costs.quantized_tensors(frozen)))
-    _assign_bits(twins, start)
+    assign_bits(twins, start)
     if target_bits is not None:
-        bit_loss = costs.get_bit_loss(model)
-        weighting = weighting or (bit_loss.weighting if bit_loss is not None else "uniform")
-        if kind is None and weighting != "bops" and bit_loss is not None:
-            kind = getattr(bit_loss, "kind", None)
-        costs.check_weighting(weighting)
+        weighting, kind = budget_terms(model, weighting, kind)
         target_bits = check_target(target_bits, "freeze_bitlengths")
         cost = (distance_cost(learned) if calibration_data is None
                 else output_change_cost(model_outputs(frozen, calibration_data),
                                         model_outputs(model, calibration_data)(),
-                                        lambda t, b: _assign_bits(twins, {t: start[t] if b is None else b})))
-        _assign_bits(twins, fit_budget(tensors, start, target_bits, weighting, kind, cost, allowed_bits,
+                                        lambda t, b: assign_bits(twins, {t: start[t] if b is None else b})))
+        assign_bits(twins, fit_budget(tensors, start, target_bits, weighting, kind, cost, allowed_bits,
                                        learned=learned))
     old = costs.get_bit_loss(model)
     if old is not None:
@@ -121,13 +113,30 @@ def freeze_bitlengths(model: keras.Model, rounding: str = "ceil",
     return frozen
 
 
+def budget_terms(model: keras.Model, weighting: Optional[str], kind: Optional[str]):
+    """``(weighting, kind)`` of a budget: those given, else those of the model's bit loss."""
+    bit_loss = costs.get_bit_loss(model)
+    weighting = weighting or (bit_loss.weighting if bit_loss is not None else "uniform")
+    if kind is None and weighting != "bops" and bit_loss is not None:
+        kind = getattr(bit_loss, "kind", None)
+    costs.check_weighting(weighting)
+    return weighting, kind
+
+
+def uncalibrated_layers(model: keras.Model) -> set:
+    """Names of the layers whose activation range has seen no training batch yet (empty)."""
+    return {layer.name for layer in model.layers for q, v in costs.activation_tensors(layer)
+            if isinstance(q, ActivationBitQuantizer) and "min" in v and _value(v["max"]) <= _value(v["min"])}
+
+
 def _value(variable) -> float:
     """A scalar variable's value (also a MirroredVariable, which ``float()`` refuses)."""
     return float(np.asarray(tf.convert_to_tensor(variable)))
 
 
-def _assign_bits(twins: Dict[costs.QuantizedTensor, costs.QuantizedTensor], bits) -> None:
-    """Sets the frozen model's bitlengths (``twins`` maps source to frozen tensors)."""
+def assign_bits(twins: Dict[costs.QuantizedTensor, costs.QuantizedTensor], bits) -> None:
+    """Sets bitlengths: ``bits`` holds the source tensors' values, ``twins`` maps each to
+    the tensor to set (a frozen copy's, or itself)."""
     for t, b in bits.items():
         twin = twins[t]
         twin.bits_variable.assign(np.reshape(b, twin.bits_variable.shape) / twin.quantizer.bits_lr_multiplier)
