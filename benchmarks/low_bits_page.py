@@ -21,10 +21,12 @@ def _start(r) -> str:
 
 
 def row_key(name: str, row: dict, keras: str, target_bits: float, activation_range: str, weight_clip: str,
-            init_bits: Optional[float], start: str = "init", allocate: bool = False) -> str:
+            init_bits: Optional[float], start: str = "init", allocate: bool = False,
+            lr_factor: float = 1.0) -> str:
     """The row's key in the json: rows under other options or schedules stay."""
     init = "" if init_bits is None else f" init{init_bits:g}"
     init += ("" if start == "init" else f" from-{start}") + (" allocate" if allocate else "")
+    init += "" if lr_factor == 1.0 else f" lr×{lr_factor:g}"
     return (f"{name} {keras} {target_bits:g} {activation_range} {weight_clip} "
             f"{row.get('steps')}+{row.get('finetune_steps')}{init}")
 
@@ -45,7 +47,8 @@ def table(results: dict, made_by: str, families: Sequence[str], within: float, j
             "Adam at the family's rate (1e-3; VGG16 1e-4) for the learning steps under "
             "`BitBudget(target_bits)`, then the fine-tuning steps at a fifth of it, batches of "
             f"{batch_size}; the learning phase and frozen columns are the Keras model on the test "
-            "set before fine-tuning.\n\n"
+            "set before fine-tuning; a row with `--lr_factor` (its command) trains the bit-pruned model at "
+            "that multiple of the family's rates.\n\n"
             "| family | Keras | budget | starts from | activation range | weight clip | initial bits "
             "| steps (learn + fine-tune) "
             "| float % | learning phase % | frozen % | deployed % | drop (points) | avg bits "
@@ -80,6 +83,7 @@ def commands(results: dict, families: Sequence[str]) -> list:
             continue
         init = "" if r.get("init_bits") is None else f" --init_bits={r['init_bits']:g}"
         init += (" --start=float" if r.get("start") == "float" else "") + (" --allocate" if r.get("allocate") else "")
+        init += "" if r.get("lr_factor", 1.0) == 1.0 else f" --lr_factor={r['lr_factor']:g}"
         out.append(f"- {r['family']}: `python benchmarks/low_bits.py --families={r['family']} "
                    f"--target_bits={r['target_bits']:g} --activation_range={r['activation_range']} "
                    f"--weight_clip={r['weight_clip']} --steps={r['steps']} --finetune_steps={r['finetune_steps']}{init}`")
