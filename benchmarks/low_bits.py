@@ -111,6 +111,15 @@ def run_one(name: str) -> dict:
                                           .argmax(1)).mean()), 4)
         row["drop"] = round(100 * (row["float_accuracy"] - row["tflite_accuracy"]), 1)
         row["ours"] = "yes"
+        if FLAGS.start == "float":
+            # What the extra steps alone do: the float model trained as the bit-pruned one was.
+            stage = "float, as long again"
+            keras.backend.clear_session()
+            again = apps.build(name)
+            again.set_weights(trained)
+            apps.fit_steps(again, lr, steps, xtr, ytr)
+            apps.fit_steps(again, lr / 5, finetune_steps, xtr, ytr)
+            row["float_again_accuracy"] = accuracy(again, xte, yte)
     except Exception as e:  # noqa: BLE001 (reported)
         row.update(ours="no", ours_stage=stage, ours_error=f"{type(e).__name__}: {e}"[:400])
         traceback.print_exc()

@@ -58,12 +58,15 @@ def test_page_gives_each_rows_command_and_names_the_families_not_run():
 
 
 def test_rows_from_the_float_model_keep_their_own_key_column_and_command():
-    scratch, trained = _row(6.4), _row(1.5, start="float", allocate=True, lr_factor=0.2)
+    scratch = _row(6.4)
+    trained = _row(1.5, start="float", allocate=True, lr_factor=0.2, float_again_accuracy=0.971)
     key = row_key("MobileNet", scratch, "2", 4.0, "learned", "max", None)
     assert row_key("MobileNet", trained, "2", 4.0, "learned", "max", None, "float", True, 0.2) == \
         key + " from-float allocate lr×0.2"
     page = _page({"a": scratch, "b": trained})
     rows = [line for line in page.splitlines() if line.startswith("| MobileNet")]
-    assert any("| float model |" in r and "| allocated |" in r and _within(r) == "yes" for r in rows), rows
-    assert any("| initial weights |" in r and "| 8 (top) |" in r and _within(r) == "no" for r in rows), rows
+    assert any("| float model |" in r and "| allocated |" in r and "| 95.0 | 97.1 |" in r and _within(r) == "yes"
+               for r in rows), rows
+    assert any("| initial weights |" in r and "| 8 (top) |" in r and "| 95.0 | – |" in r and _within(r) == "no"
+               for r in rows), rows
     assert "--finetune_steps=89 --start=float --allocate --lr_factor=0.2`" in page
