@@ -46,6 +46,14 @@ our quantizer and the same schedule and levers, to tell learned bitlengths from 
         --learn_epochs=100 --finetune_epochs=30 --finetune_schedule=cosine --finetune_lr=1e-3 \
         --out=docs/comparison_uniform
 
+The ``allocate`` lever calls ``tfbp.allocate_bitlengths(bp, budget, 256 training inputs)`` on the
+bit-pruned float model, so the learning phase starts at the budget (docs/comparison_allocate*.md;
+the digits at ``--levers=range+allocate --budgets=2.5`` or ``3``, seeds 3-5 with ``--first_seed=3``):
+
+    python benchmarks/compare.py --tasks=breast_cancer --budgets=2.5,3 --uniform_bits= --levers=range+clip+allocate \
+        --learn_epochs=120 --finetune_epochs=30 --finetune_schedule=cosine --finetune_lr=1e-3 \
+        --out=docs/comparison_allocate_mlp
+
 Against HGQ2 (docs/accuracy.md "Against HGQ2"): the digits recipe with learned clips too, the MLP's
 3-bit recipe with one bitlength per output channel, and with the float trained as HGQ2's float control
 trains (150 epochs under a cosine from 3e-3); the MLP's seeds 3-5 with ``--first_seed=3 --seeds=3``:
