@@ -46,6 +46,14 @@ our quantizer and the same schedule and levers, to tell learned bitlengths from 
         --learn_epochs=100 --finetune_epochs=30 --finetune_schedule=cosine --finetune_lr=1e-3 \
         --out=docs/comparison_uniform
 
+The ``allocate`` lever calls ``tfbp.allocate_bitlengths(bp, budget, 256 training inputs)`` on the
+bit-pruned float model, so the learning phase starts at the budget (docs/comparison_allocate*.md;
+the digits at ``--levers=range+allocate --budgets=2.5`` or ``3``, seeds 3-5 with ``--first_seed=3``):
+
+    python benchmarks/compare.py --tasks=breast_cancer --budgets=2.5,3 --uniform_bits= --levers=range+clip+allocate \
+        --learn_epochs=120 --finetune_epochs=30 --finetune_schedule=cosine --finetune_lr=1e-3 \
+        --out=docs/comparison_allocate_mlp
+
 Against HGQ2 (docs/accuracy.md "Against HGQ2"): the digits recipe with learned clips too, the MLP's
 3-bit recipe with one bitlength per output channel, and with the float trained as HGQ2's float control
 trains (150 epochs under a cosine from 3e-3); the MLP's seeds 3-5 with ``--first_seed=3 --seeds=3``:
@@ -111,7 +119,8 @@ flags.DEFINE_list("weight_clip", ["max"], "bitprune_model(weight_clip=...), one 
 flags.DEFINE_enum("activation_range", "ema", ["ema", "expand"], "bitprune_model(activation_range=...).")
 flags.DEFINE_list("levers", ["default"], "Accuracy levers, one BitPruning run per entry and budget: default, or "
                   "'+'-joined range (activation_range='learned'), clip (weight_clip='learned'), distill (tfbp.Distill(float model) in both "
-                  "phases), long (3x the fine-tuning epochs), fixed (every tensor at the budget's bits throughout, no BitBudget: "
+                  "phases), long (3x the fine-tuning epochs), allocate (tfbp.allocate_bitlengths(bp, budget, 256 training "
+                  "inputs) before the learning phase: it starts at the budget), fixed (every tensor at the budget's bits throughout, no BitBudget: "
                   "uniform QAT with our quantizer, rows 'Uniform n bits').")
 flags.DEFINE_float("distill_weight", 1.0, "tfbp.Distill(weight=...) of the distill lever.")
 flags.DEFINE_float("distill_temperature", 2.0, "tfbp.Distill(temperature=...) of the distill lever.")
@@ -175,7 +184,7 @@ def _step_time(model, x, y, steps=30, batch=64, callbacks=()):
 
 
 LEVERS = {"range": "learned range", "clip": "learned clip", "distill": "distill", "long": "3x fine-tuning",
-          "fixed": "fixed bits"}
+          "fixed": "fixed bits", "allocate": "allocated start"}
 
 
 def _levers(entry):
@@ -185,6 +194,9 @@ def _levers(entry):
     if bad:
         raise app.UsageError(f"--levers: unknown lever(s) {sorted(bad)} in {entry!r}; use default or "
                              f"'+'-joined {sorted(LEVERS)}.")
+    if {"fixed", "allocate"} <= set(names):
+        raise app.UsageError(f"--levers: {entry!r} joins fixed (no bitlength moves) and allocate (sets the "
+                             "bitlengths); use one of them.")
     return names
 
 
@@ -359,6 +371,8 @@ def run_task(name, load, build, seed, tmp):
                                  per_channel_bits=FLAGS.per_channel_bits, **fixed,
                                  weight_clip="learned" if "clip" in levers else clip,
                                  activation_range="learned" if "range" in levers else FLAGS.activation_range)
+        if "allocate" in levers:  # start the learning phase at the budget (base is the trained float model)
+            tfbp.allocate_bitlengths(bp, float(target), xtr[:256], weighting=FLAGS.weighting)
         distill = [tfbp.Distill(base, FLAGS.distill_weight, FLAGS.distill_temperature)] if "distill" in levers else []
         calibration = xtr[:256] if FLAGS.calibrate else None
         budget = [] if fixed else [tfbp.BitBudget(target_bits=float(target), weighting=FLAGS.weighting,

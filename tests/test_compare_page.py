@@ -43,3 +43,18 @@ def test_the_plot_draws_each_curve(tmp_path):
                   deployed_bits=float(b)) for kind in ("Uniform", "BitPruning") for b in (2, 3)]
     page.plot({"digits": rows}, str(tmp_path / "p.png"), "uniform")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_the_allocate_lever_parses_and_gets_its_own_curve():
+    import pytest
+    from absl import app
+
+    from benchmarks import compare
+
+    assert compare._levers("range+clip+allocate") == ["range", "clip", "allocate"]
+    with pytest.raises(app.UsageError, match="fixed.*allocate"):  # allocate sets bitlengths fixed keeps
+        compare._levers("fixed+allocate")
+    labels = ", ".join(compare.LEVERS[v] for v in compare._levers("range+clip+allocate"))
+    without = ", ".join(compare.LEVERS[v] for v in compare._levers("range+clip"))
+    assert page.family({"method": f"BitPruning 2.5 bits ({labels})"}) != page.family(
+        {"method": f"BitPruning 2.5 bits ({without})"})
