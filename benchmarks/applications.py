@@ -251,6 +251,21 @@ def fit_steps(model, lr: float, steps: int, x, y, callbacks=()) -> None:
               **fit_args)
 
 
+def trained_float(name: str):
+    """``(model, (x_train, y_train, x_test, y_test), (steps, finetune_steps, lr))``: the family
+    built at seed 0 on its digits and trained in float at its recipe (the learning steps at
+    ``lr``, the fine-tuning steps at a fifth of it), as the 4-bit column's float model is."""
+    keras = K()
+    size, _, raw = {**FAMILIES, **EXTRA}[name]
+    xtr, ytr, xte, yte = digits(size, raw)
+    steps, finetune_steps, lr = recipe(name)
+    keras.utils.set_random_seed(0)
+    model = build(name)
+    fit_steps(model, lr, steps, xtr, ytr)
+    fit_steps(model, lr / 5, finetune_steps, xtr, ytr)
+    return model, (xtr, ytr, xte, yte), (steps, finetune_steps, lr)
+
+
 def fit_data(x, y, fit_args: dict) -> tuple:
     """``(x, y)`` that ``fit(**fit_args)`` draws exactly its steps from, either Keras."""
     return fit_arrays(x, y, fit_args["epochs"], fit_args["steps_per_epoch"], FLAGS.batch_size, FLAGS.keras == "3")

@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 from absl import app, flags
 
 from benchmarks import applications as apps
-from benchmarks.common import accuracy, digits
+from benchmarks.common import accuracy
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("family", "EfficientNetB0", "The keras.applications family.")
@@ -41,14 +41,7 @@ def main(argv):
     del argv
     import tf_bitpruning as tfbp
 
-    keras = apps.K()
-    size, _, raw = {**apps.FAMILIES, **apps.EXTRA}[FLAGS.family]
-    xtr, ytr, xte, yte = digits(size, raw)
-    steps, finetune_steps, lr = apps.recipe(FLAGS.family)
-    keras.utils.set_random_seed(0)
-    model = apps.build(FLAGS.family)
-    apps.fit_steps(model, lr, steps, xtr, ytr)
-    apps.fit_steps(model, lr / 5, finetune_steps, xtr, ytr)
+    model, (xtr, ytr, xte, yte), _ = apps.trained_float(FLAGS.family)
     print(f"float {accuracy(model, xte, yte):.4f}", flush=True)
     t0, b = time.time(), FLAGS.bits
 

@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 from absl import app, flags
 
 from benchmarks import applications as apps
-from benchmarks.common import accuracy, digits
+from benchmarks.common import accuracy
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("family", "EfficientNetB0", "The keras.applications family.")
@@ -30,9 +30,11 @@ flags.DEFINE_integer("bits", 4, "The bitlength each group goes to, alone.")
 
 
 def role(name: str) -> str:
-    """``block3b_se_excite/activations`` -> ``se_excite/activations`` (numbers dropped)."""
+    """``block3b_se_excite/activations`` -> ``se_excite/activations``: the block dropped
+    (EfficientNet's ``block3b_``, MobileNetV2's ``block_3_``, ResNet's ``conv3_block2_``), and
+    Keras' numbering (``conv2d_16`` -> ``conv2d``)."""
     layer, kind = name.rsplit("/", 1)
-    match = re.match(r"(?:block|conv)\d+[a-z]?_(?:block\d+_)?(.*)", layer)
+    match = re.match(r"(?:block_?\d+[a-z]?|conv\d+_block\d+)_(.*)", layer)
     short = re.sub(r"_\d+$", "", match.group(1) if match else layer)
     return f"{short}/{kind}"
 
@@ -43,14 +45,7 @@ def main(argv):
     import tf_bitpruning as tfbp
     from tf_bitpruning import costs
 
-    keras = apps.K()
-    size, _, raw = {**apps.FAMILIES, **apps.EXTRA}[FLAGS.family]
-    xtr, ytr, xte, yte = digits(size, raw)
-    steps, finetune_steps, lr = apps.recipe(FLAGS.family)
-    keras.utils.set_random_seed(0)
-    model = apps.build(FLAGS.family)
-    apps.fit_steps(model, lr, steps, xtr, ytr)
-    apps.fit_steps(model, lr / 5, finetune_steps, xtr, ytr)
+    model, (xtr, ytr, xte, yte), (_, finetune_steps, _) = apps.trained_float(FLAGS.family)
     print(f"float {accuracy(model, xte, yte):.4f}", flush=True)
     bp = tfbp.bitprune_model(model, regularization=0.0, weight_bits=(2, 16), activation_bits=(1, 16),
                              init_bits=16, activation_range="ema")
