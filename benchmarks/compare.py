@@ -183,21 +183,6 @@ def _step_time(model, x, y, steps=30, batch=64, callbacks=()):
     return float(np.median(times))
 
 
-LEVERS = {"range": "learned range", "clip": "learned clip", "distill": "distill", "long": "3x fine-tuning",
-          "fixed": "fixed bits", "allocate": "allocated start"}
-
-
-def _levers(entry):
-    """The lever names of one ``--levers`` entry (``default``: none)."""
-    names = [] if entry == "default" else entry.split("+")
-    bad = set(names) - set(LEVERS)
-    if bad:
-        raise app.UsageError(f"--levers: unknown lever(s) {sorted(bad)} in {entry!r}; use default or "
-                             f"'+'-joined {sorted(LEVERS)}.")
-    if {"fixed", "allocate"} <= set(names):
-        raise app.UsageError(f"--levers: {entry!r} joins fixed (no bitlength moves) and allocate (sets the "
-                             "bitlengths); use one of them.")
-    return names
 
 
 def _fixed_bits(target):
@@ -364,7 +349,7 @@ def run_task(name, load, build, seed, tmp):
         rows.append(_row(label, acc, bits, bits, inventory, _step_time(qat, xtr, ytr), size, latency))
 
     for levers, target, clip in [(v, t, c) for v in FLAGS.levers for c in FLAGS.weight_clip for t in FLAGS.budgets]:
-        levers = _levers(levers)
+        levers = page.levers(levers)
         fixed = _fixed_bits(target) if "fixed" in levers else {}
         keras.utils.set_random_seed(seed)
         bp = tfbp.bitprune_model(base, bits_lr_multiplier=FLAGS.bits_lr_multiplier,
@@ -400,7 +385,7 @@ def run_task(name, load, build, seed, tmp):
                                                ("" if FLAGS.finetune_holdout else "fine-tuning on all, last epoch", ""),
                                                ("held-out sixth unseen" if FLAGS.holdout_unseen else "", ""),
                                                ("cosine fine-tuning" if FLAGS.finetune_schedule == "cosine" else "", ""),
-                                               *((LEVERS[v], "") for v in levers)) if v != d)
+                                               *((page.LEVERS[v], "") for v in levers)) if v != d)
         suffix = f" ({suffix[2:]})" if suffix else ""
         rows.append(_row(f"{'Uniform' if fixed else 'BitPruning'} {target} bits{suffix}", acc, w_bits,
                          tfbp.average_bits(frozen, kind="activations"), w, learn_step,

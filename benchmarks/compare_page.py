@@ -3,6 +3,8 @@ so tests import it)."""
 
 from __future__ import annotations
 
+from absl.app import UsageError
+
 
 def aggregate(per_seed: list) -> list:
     """Per method, the mean over seeds of every number (and top-1's std); steps and latency
@@ -107,3 +109,21 @@ def plot(results: dict, path: str, weighting: str) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+# The --levers of compare.py: name -> the words its rows carry.
+LEVERS = {"range": "learned range", "clip": "learned clip", "distill": "distill", "long": "3x fine-tuning",
+          "fixed": "fixed bits", "allocate": "allocated start"}
+
+
+def levers(entry: str) -> list:
+    """The lever names of one ``--levers`` entry (``default``: none)."""
+    names = [] if entry == "default" else entry.split("+")
+    bad = set(names) - set(LEVERS)
+    if bad:
+        raise UsageError(f"--levers: unknown lever(s) {sorted(bad)} in {entry!r}; use default or "
+                         f"'+'-joined {sorted(LEVERS)}.")
+    if {"fixed", "allocate"} <= set(names):
+        raise UsageError(f"--levers: {entry!r} joins fixed (no bitlength moves) and allocate (sets the "
+                         "bitlengths); use one of them.")
+    return names

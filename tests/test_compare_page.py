@@ -49,12 +49,10 @@ def test_the_allocate_lever_parses_and_gets_its_own_curve():
     import pytest
     from absl import app
 
-    from benchmarks import compare
-
-    assert compare._levers("range+clip+allocate") == ["range", "clip", "allocate"]
+    assert page.levers("range+clip+allocate") == ["range", "clip", "allocate"]
     with pytest.raises(app.UsageError, match="fixed.*allocate"):  # allocate sets bitlengths fixed keeps
-        compare._levers("fixed+allocate")
-    labels = ", ".join(compare.LEVERS[v] for v in compare._levers("range+clip+allocate"))
-    without = ", ".join(compare.LEVERS[v] for v in compare._levers("range+clip"))
+        page.levers("fixed+allocate")
+    labels = ", ".join(page.LEVERS[v] for v in page.levers("range+clip+allocate"))
+    without = ", ".join(page.LEVERS[v] for v in page.levers("range+clip"))
     assert page.family({"method": f"BitPruning 2.5 bits ({labels})"}) != page.family(
         {"method": f"BitPruning 2.5 bits ({without})"})
