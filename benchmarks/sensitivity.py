@@ -21,12 +21,15 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags
 
-from benchmarks import applications as apps
-from benchmarks.common import accuracy
-
 FLAGS = flags.FLAGS
-flags.DEFINE_string("family", "EfficientNetB0", "The keras.applications family.")
-flags.DEFINE_integer("bits", 4, "The bitlength each group goes to, alone.")
+
+
+def _define_flags() -> None:
+    # Here, not at import: tests import role() beside modules with flags of the same names.
+    from benchmarks import applications  # noqa: F401  (its flags: --steps, --finetune_steps, ...)
+
+    flags.DEFINE_string("family", "EfficientNetB0", "The keras.applications family.")
+    flags.DEFINE_integer("bits", 4, "The bitlength each group goes to, alone.")
 
 
 def role(name: str) -> str:
@@ -43,6 +46,8 @@ def main(argv):
     del argv
     import numpy as np
     import tf_bitpruning as tfbp
+    from benchmarks import applications as apps
+    from benchmarks.common import accuracy
     from tf_bitpruning import costs
 
     model, (xtr, ytr, xte, yte), (_, finetune_steps, _) = apps.trained_float(FLAGS.family)
@@ -71,4 +76,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
