@@ -251,6 +251,12 @@ def fit_steps(model, lr: float, steps: int, x, y, callbacks=()) -> None:
               **fit_args)
 
 
+def fit_float(model, lr: float, steps: int, finetune_steps: int, x, y) -> None:
+    """The float schedule of the 4-bit column: ``steps`` at ``lr``, then ``finetune_steps`` at a fifth."""
+    fit_steps(model, lr, steps, x, y)
+    fit_steps(model, lr / 5, finetune_steps, x, y)
+
+
 def trained_float(name: str):
     """``(model, (x_train, y_train, x_test, y_test), (steps, finetune_steps, lr))``: the family
     built at seed 0 on its digits and trained in float at its recipe (the learning steps at
@@ -261,8 +267,7 @@ def trained_float(name: str):
     steps, finetune_steps, lr = recipe(name)
     keras.utils.set_random_seed(0)
     model = build(name)
-    fit_steps(model, lr, steps, xtr, ytr)
-    fit_steps(model, lr / 5, finetune_steps, xtr, ytr)
+    fit_float(model, lr, steps, finetune_steps, xtr, ytr)
     return model, (xtr, ytr, xte, yte), (steps, finetune_steps, lr)
 
 

@@ -72,8 +72,7 @@ def run_one(name: str) -> dict:
         keras.utils.set_random_seed(0)
         model = apps.build(name)
         start = model.get_weights()
-        apps.fit_steps(model, lr, steps, xtr, ytr)
-        apps.fit_steps(model, lr / 5, finetune_steps, xtr, ytr)
+        apps.fit_float(model, lr, steps, finetune_steps, xtr, ytr)
         row["float_accuracy"] = accuracy(model, xte, yte)
 
         stage = "fit(BitBudget)"
@@ -117,8 +116,7 @@ def run_one(name: str) -> dict:
             keras.backend.clear_session()
             again = apps.build(name)
             again.set_weights(trained)
-            apps.fit_steps(again, lr, steps, xtr, ytr)
-            apps.fit_steps(again, lr / 5, finetune_steps, xtr, ytr)
+            apps.fit_float(again, lr, steps, finetune_steps, xtr, ytr)
             row["float_again_accuracy"] = accuracy(again, xte, yte)
     except Exception as e:  # noqa: BLE001 (reported)
         row.update(ours="no", ours_stage=stage, ours_error=f"{type(e).__name__}: {e}"[:400])

@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from tf_bitpruning import costs
 from tf_bitpruning.freeze import assign_bits, budget_terms, uncalibrated_layers
-from tf_bitpruning.rounding import (check_allowed_bits, check_target, fit_budget, learned_bits, model_outputs,
-                                    output_change_cost, round_all)
+from tf_bitpruning.rounding import (check_allowed_bits, check_target, data_batches, fit_budget, learned_bits,
+                                    model_outputs, output_change_cost, round_all)
 
 __all__ = ["allocate_bitlengths", "calibrate_ranges"]
 
@@ -28,17 +28,12 @@ def calibrate_ranges(model, data, batch_size: int = 32) -> None:
     update, so that every activation range (and BatchNormalization's moving statistics,
     as a training epoch would) takes in that data. ``data``: an array, or a tuple of
     arrays for several inputs."""
-    inputs = data if isinstance(data, (tuple, list)) else (data,)
-    inputs = [np.asarray(x, np.float32) for x in inputs]
-    if not len(inputs[0]):
-        raise ValueError("calibrate_ranges: the data is empty: give a few hundred samples.")
-
     @tf.function
     def step(xs):
         model(xs if len(xs) > 1 else xs[0], training=True)
 
-    for i in range(0, len(inputs[0]), batch_size):
-        step([x[i:i + batch_size] for x in inputs])
+    for batch in data_batches(data, batch_size, "calibrate_ranges: the data is empty"):
+        step(batch)
 
 
 def allocate_bitlengths(model, target_bits: float, calibration_data, *, weighting: Optional[str] = None,

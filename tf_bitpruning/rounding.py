@@ -311,15 +311,21 @@ def distance_cost(learned: Dict[costs.QuantizedTensor, np.ndarray]) -> CostFn:
     return lambda t, b: float(np.mean(np.power(4.0, np.maximum(learned[t] - b, 0.0)) - 1.0))
 
 
+def data_batches(data, batch_size: int, empty: str) -> List[List[np.ndarray]]:
+    """``data`` (an array, or a tuple of arrays for several inputs) as float32 batches, each
+    a list with one array per input; a ``ValueError`` starting with ``empty`` if it has no rows."""
+    inputs = data if isinstance(data, (tuple, list)) else (data,)
+    inputs = [np.asarray(x, np.float32) for x in inputs]
+    if not len(inputs[0]):
+        raise ValueError(f"{empty}: give a few hundred samples.")
+    return [[x[i:i + batch_size] for x in inputs] for i in range(0, len(inputs[0]), batch_size)]
+
+
 def model_outputs(model, data, batch_size: int = 256) -> Callable[[], List[tf.Tensor]]:
     """A function returning ``model``'s outputs on ``data`` (inference mode), per
     batch, flattened to ``[batch, values]``; traced once, rerun after each change
     of bitlengths. ``data``: an array, or a tuple of arrays for several inputs."""
-    inputs = data if isinstance(data, (tuple, list)) else (data,)
-    inputs = [np.asarray(x, np.float32) for x in inputs]
-    if not len(inputs[0]):
-        raise ValueError("calibration_data is empty: give a few hundred samples.")
-    batches = [[x[i:i + batch_size] for x in inputs] for i in range(0, len(inputs[0]), batch_size)]
+    batches = data_batches(data, batch_size, "calibration_data is empty")
 
     @tf.function
     def run(xs):
