@@ -24,13 +24,17 @@ SOURCES = {
                 "hgq2_compare_digits",
                 "hgq2_compare_digits_seeds3to5", "hgq2_compare_digits_float"],
                [("comparison_levers_long", 0, ""), ("comparison_levers_long_seeds3to5", 3, ""),
-                ("comparison_levers_long_clip", 0, "")]),
+                ("comparison_levers_long_clip", 0, ""),
+                ("comparison_allocate_digits", 0, ""), ("comparison_allocate_digits_seeds3to5", 3, ""),
+                ("comparison_allocate_digits_3", 0, ""), ("comparison_allocate_digits_3_seeds3to5", 3, "")]),
     "breast_cancer": (["hgq2_compare_mlp", "hgq2_compare_mlp_6seeds", "hgq2_compare_mlp_1e-6_seeds3to5"],  # seeds 0-2 of β 1e-5 repeat to the digit
                       [("comparison_levers_mlp_long_cos", 0, ""), ("comparison_levers_mlp_long_cos_seeds3to5", 3, ""),
                        ("comparison_levers_mlp_long_cos_3.25", 0, ""), ("comparison_levers_mlp_long_cos_4", 0, ""),
                        ("comparison_levers_mlp_long_cos_4_seeds3to5", 3, ""),
                        ("comparison_levers_mlp_hgq2", 0, ""), ("comparison_levers_mlp_hgq2_seeds3to5", 3, ""),
                        ("comparison_levers_mlp_hgq2_lr3e-4", 0, ", fine-tuning from 3e-4"),
+                       ("comparison_allocate_mlp", 0, ""), ("comparison_allocate_mlp_seeds3to5", 3, ""),
+                       ("comparison_allocate_mlp_3.25", 0, ""), ("comparison_allocate_mlp_4", 0, ""),
                        ("comparison_levers_mlp_per_channel", 0, ""), ("comparison_levers_mlp_per_channel_seeds3to5", 3, ""),
                        *((page, first, ", float trained as HGQ2's control", "float (compare.py: 150 epochs, cosine from 3e-3)")
                          for page, first in (("comparison_levers_mlp_float150", 0),
