@@ -54,6 +54,13 @@ the digits at ``--levers=range+allocate --budgets=2.5`` or ``3``, seeds 3-5 with
         --learn_epochs=120 --finetune_epochs=30 --finetune_schedule=cosine --finetune_lr=1e-3 \
         --out=docs/comparison_allocate_mlp
 
+The ``float_output`` lever leaves the model's output (the logits under the softmax) float and out of
+the budget, as HGQ2 does (``bitprune_model(quantize_outputs=False)``; docs/comparison_float_output*.md):
+
+    python benchmarks/compare.py --tasks=breast_cancer --budgets=2.5,3 --uniform_bits= \
+        --levers=range+clip+float_output,range+clip+allocate+float_output --learn_epochs=120 --finetune_epochs=30 \
+        --finetune_schedule=cosine --finetune_lr=1e-3 --seeds=6 --out=docs/comparison_float_output_mlp
+
 Against HGQ2 (docs/accuracy.md "Against HGQ2"): the digits recipe with learned clips too, the MLP's
 3-bit recipe with one bitlength per output channel, and with the float trained as HGQ2's float control
 trains (150 epochs under a cosine from 3e-3); the MLP's seeds 3-5 with ``--first_seed=3 --seeds=3``:
@@ -121,7 +128,8 @@ flags.DEFINE_list("levers", ["default"], "Accuracy levers, one BitPruning run pe
                   "'+'-joined range (activation_range='learned'), clip (weight_clip='learned'), distill (tfbp.Distill(float model) in both "
                   "phases), long (3x the fine-tuning epochs), allocate (tfbp.allocate_bitlengths(bp, budget, 256 training "
                   "inputs) before the learning phase: it starts at the budget), fixed (every tensor at the budget's bits throughout, no BitBudget: "
-                  "uniform QAT with our quantizer, rows 'Uniform n bits').")
+                  "uniform QAT with our quantizer, rows 'Uniform n bits'), float_output (bitprune_model(quantize_outputs=False): "
+                  "the model's output, the logits, stays float and out of the budget, as HGQ2 leaves it).")
 flags.DEFINE_float("distill_weight", 1.0, "tfbp.Distill(weight=...) of the distill lever.")
 flags.DEFINE_float("distill_temperature", 2.0, "tfbp.Distill(temperature=...) of the distill lever.")
 flags.DEFINE_bool("calibrate", True, "Give BitBudget and freeze_bitlengths 256 training inputs as calibration_data.")
@@ -354,6 +362,7 @@ def run_task(name, load, build, seed, tmp):
         keras.utils.set_random_seed(seed)
         bp = tfbp.bitprune_model(base, bits_lr_multiplier=FLAGS.bits_lr_multiplier,
                                  per_channel_bits=FLAGS.per_channel_bits, **fixed,
+                                 quantize_outputs="float_output" not in levers,
                                  weight_clip="learned" if "clip" in levers else clip,
                                  activation_range="learned" if "range" in levers else FLAGS.activation_range)
         if "allocate" in levers:  # start the learning phase at the budget (base is the trained float model)
@@ -397,8 +406,10 @@ def run_task(name, load, build, seed, tmp):
                         deployed_bits=tfbp.average_bits(frozen, weighting=FLAGS.weighting),
                         tflite_top1=_tflite_top1(path, xte, yte),
                         tensor_bits={t.name: float(t.bits()) for t in tensors},
-                        # HGQ2 leaves the model's output unquantized: the average without it
-                        bits_no_output=float(np.mean([float(t.bits()) for t in tensors if t.name != tensors[-1].name])))
+                        # HGQ2 leaves the model's output unquantized: the average without it (the
+                        # last tensor, unless float_output left it float already)
+                        bits_no_output=float(np.mean([float(t.bits()) for t in tensors
+                                                      if t.name != tensors[-1].name or t.kind == "weights"])))
         print(f"{name} seed {seed} {rows[-1]['method']} ({FLAGS.weighting}): float {100 * float_acc:.2f} | learning "
               f"phase {100 * learn_acc:.2f} at {learn_bits:.3f} bits | frozen {100 * frozen_acc:.2f} | deployed "
               f"{100 * acc:.2f} at {rows[-1]['deployed_bits']:.3f} bits (.tflite {100 * rows[-1]['tflite_top1']:.2f}); "

@@ -113,7 +113,7 @@ def plot(results: dict, path: str, weighting: str) -> None:
 
 # The --levers of compare.py: name -> the words its rows carry.
 LEVERS = {"range": "learned range", "clip": "learned clip", "distill": "distill", "long": "3x fine-tuning",
-          "fixed": "fixed bits", "allocate": "allocated start"}
+          "fixed": "fixed bits", "allocate": "allocated start", "float_output": "float output"}
 
 
 def levers(entry: str) -> list:

@@ -163,9 +163,9 @@ def keras_mask(x) -> Any:
     return getattr(x, "_keras_mask", None)
 
 
-def input_layer_name(x) -> str:
-    """The name of the input layer of a tf_keras model input tensor ``x``."""
-    return x._keras_history[0].name
+def tensor_layer(x) -> Any:
+    """The layer that computed a tf_keras model tensor ``x`` (a model input's input layer)."""
+    return x._keras_history[0]
 
 
 def keep_frozen(model) -> None:

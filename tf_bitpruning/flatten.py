@@ -126,4 +126,4 @@ def _flat(args) -> List[Any]:
 def _input_like(model, x):
     """A new model input like ``x`` (its shape, dtype and input layer name)."""
     front = frontend_for(model)
-    return front.make_input(batch_shape=x.shape, dtype=x.dtype, name=front.input_layer_name(x))
+    return front.make_input(batch_shape=x.shape, dtype=x.dtype, name=front.tensor_layer(x).name)

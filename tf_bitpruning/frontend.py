@@ -39,8 +39,8 @@ class FrontEnd(Protocol):
     def consumers(self, layer) -> List[Any]:
         """The layers that take ``layer``'s output, one per call."""
 
-    def input_layer_name(self, x) -> str:
-        """The name of the input layer of a model input tensor ``x``."""
+    def tensor_layer(self, x) -> Any:
+        """The layer that computed a model tensor ``x`` (a model input's input layer)."""
 
     def run_nodes(self, model, inputs: List[Any], call: Callable) -> List[Any]:
         """Re-runs a functional model's graph with ``call(layer, args, kwargs)`` per layer call."""

@@ -176,6 +176,12 @@ FOLDABLE_PRODUCERS = frozenset({"Conv1D", "Conv2D", "DepthwiseConv2D", "Dense"})
 FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax", "sigmoid", "tanh"})
 
 
+# -- the model's outputs ---------------------------------------------------------------------------
+# Layers that only turn a model's output into probabilities: with ``quantize_outputs=False`` the
+# layer they read (the logits) stays float too (layout.float_output_layers).
+OUTPUT_TAILS = frozenset({"Softmax", "Activation"})
+
+
 # -- reading a layer -------------------------------------------------------------------------------
 
 def builtin_kind(layer, exact: bool = True) -> Optional[str]:

@@ -8,7 +8,8 @@ rebuild (:mod:`tf_bitpruning.keras3.api`).
   (``Rescaling``, ``Normalization`` and the training-only layers such as
   ``RandomFlip``: :func:`preprocessing_chain`);
 - an output quantizer is dropped where the only consumer re-quantizes the same
-  values right away (:func:`output_requantized`; see :mod:`tf_bitpruning.scheme`).
+  values right away (:func:`output_requantized`; see :mod:`tf_bitpruning.scheme`);
+- with ``quantize_outputs=False``, the model's outputs get none (:func:`float_output_layers`).
 
 Which layers each rule applies to is in :mod:`tf_bitpruning.layer_kinds`.
 """
@@ -16,14 +17,14 @@ Which layers each rule applies to is in :mod:`tf_bitpruning.layer_kinds`.
 from __future__ import annotations
 
 import collections
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import tf_keras as keras
 
 from tf_bitpruning import _compat, frontend
-from tf_bitpruning.layer_kinds import (FOLDABLE_PRODUCERS, FUSED_ACTIVATIONS, INPUT_CHAIN_LAYERS, TRAINING_ONLY,
-                                       REQUANTIZING_CONSUMERS, SPLIT_LAYERS, UNFUSED_PRODUCERS, activation_name,
-                                       builtin_kind, integer_dtype)
+from tf_bitpruning.layer_kinds import (FOLDABLE_PRODUCERS, FUSED_ACTIVATIONS, INPUT_CHAIN_LAYERS, OUTPUT_TAILS,
+                                       TRAINING_ONLY, REQUANTIZING_CONSUMERS, SPLIT_LAYERS, UNFUSED_PRODUCERS,
+                                       activation_name, builtin_kind, integer_dtype)
 from tf_bitpruning.quantizers import ActivationBitQuantizer
 from tf_bitpruning.registry import BitPruneQuantizeRegistry
 
@@ -125,11 +126,14 @@ class _InputLayerQuantize(_compat.InputLayerQuantize):
 
 class BitPruneLayoutTransform(_compat.QuantizeLayoutTransform):
     """Splits SeparableConv2D layers, adds the input quantizers and drops output
-    quantizers that a consumer re-quantizes right away (see the module docstring)."""
+    quantizers that a consumer re-quantizes right away, or, with ``quantize_outputs=False``,
+    those of the model's outputs (see the module docstring)."""
 
-    def __init__(self, registry: BitPruneQuantizeRegistry, quantize_inputs: bool = True):
+    def __init__(self, registry: BitPruneQuantizeRegistry, quantize_inputs: bool = True,
+                 quantize_outputs: bool = True):
         self._registry = registry
         self._quantize_inputs = quantize_inputs
+        self._quantize_outputs = quantize_outputs
 
     def apply(self, model, layer_quantize_map):
         chains = {name: chain for name, chain in
@@ -145,11 +149,13 @@ class BitPruneLayoutTransform(_compat.QuantizeLayoutTransform):
                 entry = layer_quantize_map[layer.name]
                 if entry.get("quantize_config") is None:
                     entry["quantize_config"] = config
+        float_outputs = set() if self._quantize_outputs else float_output_layers(model.outputs)
         for layer in model.layers:
             entry = layer_quantize_map.get(layer.name)
             if entry is None or entry.get("quantize_config") is not None:
                 continue  # not annotated, or the user chose the config
-            if output_requantized(layer, layer_quantize_map) and self._registry.supports(layer):
+            if ((layer.name in float_outputs or output_requantized(layer, layer_quantize_map))
+                    and self._registry.supports(layer)):
                 entry["quantize_config"] = self._registry.get_quantize_config(layer, quantize_outputs=False)
         return model, layer_quantize_map
 
@@ -165,6 +171,39 @@ def chain_configs(chain, registry: BitPruneQuantizeRegistry, quantize_inputs: bo
         last = i == len(chain) - 1 and quantize_inputs
         configs.append(config.replace(quantize_output=last))  # a training-only layer's too
     return configs
+
+
+def float_output_layers(outputs) -> set:
+    """Names of the layers whose output ``quantize_outputs=False`` leaves float: those that
+    compute the model's ``outputs`` (its output tensors) and, where one is a Softmax or
+    Activation layer (``OUTPUT_TAILS``), the layer it reads if nothing else reads that (the
+    logits before a softmax). Their kernels stay quantized."""
+    names = set()
+    for x in outputs:
+        front = frontend.frontend_for(x)
+        layer = front.tensor_layer(x)
+        names.add(layer.name)
+        tail = builtin_kind(front.user_layer(layer), exact=False) in OUTPUT_TAILS
+        before = frontend.producer(layer) if tail else None
+        if before is not None and len(frontend.consumers(before)) == 1:
+            names.add(before.name)
+    return names
+
+
+def unquantized_outputs(model) -> List[str]:
+    """Names of the bit-pruned layers of ``model`` that compute a model output (or the logits
+    before its softmax) with no quantizer on it (``quantize_outputs=False``): the export
+    calibrates those at 8 bits."""
+    front, registry = frontend.frontend_for(model), BitPruneQuantizeRegistry()
+
+    def dropped(layer) -> bool:  # bit-pruned, and the registry would have quantized its output
+        user = front.user_layer(layer)
+        if user is layer or front.activation_tensors(layer) or not registry.supports(user):
+            return False
+        config = registry.get_quantize_config(user)
+        return bool(config.activation_attrs or config.quantize_output)
+
+    return [name for name in sorted(float_output_layers(model.outputs)) if dropped(model.get_layer(name))]
 
 
 def output_requantized(layer, annotated, producer=None) -> bool:

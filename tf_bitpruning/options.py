@@ -20,6 +20,7 @@ class BitPruneOptions:
     bits_lr_multiplier: float = 10.0
     per_channel_bits: bool = False
     quantize_inputs: bool = True
+    quantize_outputs: bool = True
     weight_clip: str = "max"
     activation_range: str = "ema"
     grid: str = "minmax"

@@ -21,6 +21,7 @@ import numpy as np
 import tf_keras as keras
 
 from tf_bitpruning import costs, frontend
+from tf_bitpruning.layout import unquantized_outputs
 from tf_bitpruning.layer_kinds import (CALIBRATED_LAYERS, CALIBRATED_TENSORS, FIXED_GRID_LAYERS, INPUT_CHAIN_LAYERS,
                                        PASS_THROUGH_LAYERS, TF_OP_PASS_THROUGH, builtin_kind, op_lambda_function)
 
@@ -63,11 +64,14 @@ def _float_parameters(model: keras.Model) -> int:
 def calibrated_layers(model: keras.Model) -> List[Dict[str, str]]:
     """Layers with tensors that no learned quantizer covers, which the TFLite export calibrates
     at 8 bits: a LayerNormalization's ``"statistics"``, an LSTM's ``"gates and states"``, ``"all"``
-    of a layer left in float; and those on a grid TFLite fixes (an attention's softmax output,
+    of a layer left in float, the ``"output"`` of one left float by ``quantize_outputs=False``; and
+    those on a grid TFLite fixes (an attention's softmax output,
     ``layer_kinds.FIXED_GRID_LAYERS``)."""
-    found = []
+    found, outputs = [], set(unquantized_outputs(model))
     for layer in model.layers:
         user = costs.user_layer(layer)
+        if layer.name in outputs:
+            found.append({"layer": user.name, "tensors": "output"})
         if builtin_kind(user) in FIXED_GRID_LAYERS:
             found.append({"layer": user.name, "tensors": FIXED_GRID_LAYERS[builtin_kind(user)]})
         elif user is not layer:

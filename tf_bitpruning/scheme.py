@@ -53,12 +53,13 @@ class BitPruneQuantizeScheme(tfmot.quantization.keras.QuantizeScheme):
 
     def __init__(self, weight_quantizer: Optional[WeightBitQuantizer] = None,
                  activation_quantizer: Optional[ActivationBitQuantizer] = None,
-                 quantize_inputs: bool = True):
+                 quantize_inputs: bool = True, quantize_outputs: bool = True):
         self._registry = BitPruneQuantizeRegistry(weight_quantizer, activation_quantizer)
         self._quantize_inputs = quantize_inputs
+        self._quantize_outputs = quantize_outputs
 
     def get_layout_transformer(self):
-        return BitPruneLayoutTransform(self._registry, self._quantize_inputs)
+        return BitPruneLayoutTransform(self._registry, self._quantize_inputs, self._quantize_outputs)
 
     def get_quantize_registry(self):
         return self._registry

@@ -126,7 +126,7 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
                    weight_bits: Tuple[int, int] = (2, 8), activation_bits: Tuple[int, int] = (1, 8),
                    init_bits: Optional[float] = None, bits_lr_multiplier: float = 10.0,
                    per_channel_bits: bool = False, quantize_inputs: bool = True,
-                   weight_clip: str = "max", activation_range: str = "ema",
+                   quantize_outputs: bool = True, weight_clip: str = "max", activation_range: str = "ema",
                    grid: str = "minmax") -> keras.Model:
     """Turns an annotated model into a bit-pruned one (tfmot's ``quantize_apply``
     with :class:`BitPruneQuantizeScheme`) and attaches the bit loss.
@@ -141,6 +141,10 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
       bits_lr_multiplier: bitlengths learn this many times faster than weights.
       per_channel_bits: one bitlength per output channel of every kernel.
       quantize_inputs: give the model inputs a learned-bitlength quantizer.
+      quantize_outputs: give the model outputs one. ``False`` leaves them float, as
+        HGQ2 does (kernels stay quantized; a softmax's logits stay float too): no
+        argmax ties on a coarse output grid, and the budget covers the other tensors.
+        The export then calibrates them at 8 bits (``representative_dataset=``).
       weight_clip: the top of every weight grid, ``"max"`` (``max|w|``, the
         paper's min-max) or ``"mse"`` (the clip with the least squared error at
         each integer bitlength; far better for ternary kernels, not always at 3
@@ -165,12 +169,13 @@ def bitprune_apply(model: keras.Model, regularization: float = 0.05, weighting: 
     costs.check_regularization(regularization)
     costs.check_weighting(weighting)
     options = BitPruneOptions(weight_bits, activation_bits, init_bits, bits_lr_multiplier, per_channel_bits,
-                              quantize_inputs, weight_clip, activation_range, grid)
+                              quantize_inputs, quantize_outputs, weight_clip, activation_range, grid)
     options.quantizers()
     if not any(isinstance(layer, _compat.QuantizeAnnotate) for layer in model.layers):
         raise ValueError("bitprune_apply: no layer is annotated. Call tfbp.bitprune_annotate_model(model) "
                          "first, or use tfbp.bitprune_model(model) which does both.")
-    scheme = BitPruneQuantizeScheme(*options.quantizers(), quantize_inputs=quantize_inputs)
+    scheme = BitPruneQuantizeScheme(*options.quantizers(), quantize_inputs=quantize_inputs,
+                                    quantize_outputs=quantize_outputs)
     with bitprune_scope():
         quantized = _tfq.quantize_apply(model, scheme)
     _compat.keep_frozen(quantized)

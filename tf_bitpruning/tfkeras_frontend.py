@@ -39,7 +39,7 @@ class TfKerasFrontEnd:
     make_input = staticmethod(tf_keras.Input)
     producers = staticmethod(_compat.producers)
     consumers = staticmethod(_compat.consumers)
-    input_layer_name = staticmethod(_compat.input_layer_name)
+    tensor_layer = staticmethod(_compat.tensor_layer)
     run_nodes = staticmethod(_compat.run_nodes)
 
     @staticmethod

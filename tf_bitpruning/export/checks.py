@@ -42,7 +42,7 @@ def check_calibration(calibrated: Sequence[Tuple[str, str]], representative_data
         raise ExportError(
             f"the layers {layers} compute tensors that no learned quantizer covers (a "
             f"LayerNormalization's statistics: mean, variance, 1/sqrt; an LSTM's or GRU's gates and "
-            f"states); the converter can make them full-integer only by calibrating them at 8 bits: pass "
+            f"states; a model output left float by quantize_outputs=False); the converter can make them full-integer only by calibrating them at 8 bits: pass "
             f"representative_dataset=... (a few hundred model inputs). Their outputs stay on their learned "
             f"grids, and the file's metadata lists the calibrated layers under 'calibrated'.")
 
@@ -98,8 +98,9 @@ def check_full_integer(model_obj, float_preprocessing: bool = True, float_layers
         more = f" (and {len(float_ops) - 5} more)" if len(float_ops) > 5 else ""
         raise ExportError(
             f"the converted model still runs {sorted(set(n for n, _ in float_ops))} in float: some tensor "
-            f"has no quantization range (a layer left in float with skip_layers, or the intermediate of a "
-            f"SeparableConv that was not split, which has no quantizer). The float ops and their tensors "
+            f"has no quantization range (a layer left in float with skip_layers, a model output left "
+            f"float with quantize_outputs=False, or the intermediate of a SeparableConv that was not split, "
+            f"which has no quantizer). The float ops and their tensors "
             f"(named after the Keras layers): {where}{more}.{_separable_hint(float_layers)}{_merge_hint(wide_merges)} Bit-prune every layer, or "
             f"pass representative_dataset=... so the converter calibrates those tensors at 8 bits.")
 

@@ -22,6 +22,7 @@ import tf_keras as keras
 
 from tf_bitpruning import costs
 from tf_bitpruning.layer_kinds import CALIBRATED_LAYERS, CALIBRATED_TENSORS, INPUT_CHAIN_LAYERS, PASS_THROUGH_LAYERS
+from tf_bitpruning.layout import unquantized_outputs
 from tf_bitpruning.registry import is_pass_through
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.grids import ActivationExport, WeightExport, int_bits, weight_export
@@ -233,10 +234,14 @@ def depthwise_inputs(model: keras.Model, grids: Grids, unfolded_bn: Mapping) -> 
 
 def calibrated_layers(model: keras.Model) -> Dict[str, Tuple[str, str]]:
     """Bit-pruned layers with inner tensors that no learned quantizer covers
-    (``layer_kinds.CALIBRATED_LAYERS``): wrapper name -> (the user's layer name, which tensors)."""
-    return {layer.name: (layer.layer.name, CALIBRATED_TENSORS[type(_compat.inner(layer)).__name__])
-            for layer in model.layers
-            if bitpruned(layer) and type(_compat.inner(layer)).__name__ in CALIBRATED_LAYERS}
+    (``layer_kinds.CALIBRATED_LAYERS``), and the model outputs left float
+    (``quantize_outputs=False``): wrapper name -> (the user's layer name, which tensors)."""
+    table = {layer.name: (layer.layer.name, CALIBRATED_TENSORS[type(_compat.inner(layer)).__name__])
+             for layer in model.layers
+             if bitpruned(layer) and type(_compat.inner(layer)).__name__ in CALIBRATED_LAYERS}
+    for name in unquantized_outputs(model):  # quantize_outputs=False
+        table.setdefault(name, (model.get_layer(name).layer.name, "output"))
+    return table
 
 
 def unquantized_layers(model: keras.Model) -> Tuple[str, ...]:

@@ -32,7 +32,7 @@ def run_through_graph(graph, inputs, operation_fn: Callable[[Any], Any]):
 
 def input_names(graph) -> List[str]:
     """The names of a functional graph's input layers, in input order."""
-    return [input_layer_name(x) for x in graph.inputs]
+    return [tensor_layer(x).name for x in graph.inputs]
 
 
 def graph_operations(graph):
@@ -62,9 +62,9 @@ def producers(layer, node_index: int = 0) -> List[Any]:
     return [t._keras_history.operation for t in nodes[node_index].input_tensors]
 
 
-def input_layer_name(x) -> str:
-    """The name of the input layer of a Keras 3 model input tensor ``x``."""
-    return x._keras_history.operation.name
+def tensor_layer(x):
+    """The layer that computed a Keras 3 model tensor ``x`` (a model input's input layer)."""
+    return x._keras_history.operation
 
 
 def run_nodes(model, inputs: List[Any], call) -> List[Any]:

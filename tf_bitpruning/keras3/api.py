@@ -88,7 +88,7 @@ def _splits(layers, skip: set) -> Dict[str, Tuple[keras.layers.Layer, keras.laye
     return splits
 
 
-def _configs(graph, registry, skip: set, quantize_inputs: bool, splits=None):
+def _configs(graph, registry, skip: set, quantize_inputs: bool, splits=None, quantize_outputs: bool = True):
     """``{layer name: config}`` for the layers to wrap (a split layer's by the names of its
     parts, see :func:`_splits`), and the inputs whose own quantizer moves to the end of
     their preprocessing chain (scheme's layout rules)."""
@@ -97,6 +97,7 @@ def _configs(graph, registry, skip: set, quantize_inputs: bool, splits=None):
     chained = layout.training_only_in_chains(layers)
     annotated = {layer.name for layer in layers
                  if layer.name not in skip and (is_quantizable(layer) or layer.name in chained)}
+    float_outputs = set() if quantize_outputs else layout.float_output_layers(graph.outputs)
     configs: Dict[str, BitPruneQuantizeConfig] = {}
     chained_inputs = set()
     for layer in layers:
@@ -110,16 +111,18 @@ def _configs(graph, registry, skip: set, quantize_inputs: bool, splits=None):
             depthwise, pointwise = splits[layer.name]
             configs[depthwise.name] = registry.get_quantize_config(depthwise)
             configs[pointwise.name] = registry.get_quantize_config(
-                pointwise, quantize_outputs=not layout.output_requantized(layer, annotated, producer=pointwise))
+                pointwise, quantize_outputs=not (layer.name in float_outputs
+                                                 or layout.output_requantized(layer, annotated, producer=pointwise)))
         elif layer.name in annotated and layer.name not in configs:
             configs[layer.name] = registry.get_quantize_config(
-                layer, quantize_outputs=not layout.output_requantized(layer, annotated))
+                layer, quantize_outputs=not (layer.name in float_outputs or layout.output_requantized(layer, annotated)))
     return configs, chained_inputs
 
 
 def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
                    skip_layers: Sequence[str], weight_quantizer: WeightBitQuantizer,
-                   activation_quantizer: ActivationBitQuantizer, quantize_inputs: bool) -> BitPrunedModel:
+                   activation_quantizer: ActivationBitQuantizer, quantize_inputs: bool,
+                   quantize_outputs: bool = True) -> BitPrunedModel:
     """A bit-pruned copy of a Keras 3 Sequential or functional model (see module doc), nested
     models flattened first (:func:`tf_bitpruning.flatten.flatten`)."""
     check_model(model, "bitprune_model", allow_nested=True)
@@ -138,7 +141,7 @@ def bitprune_model(model: keras.Model, regularization: float, weighting: str, *,
             "bitprune_model: these layers cannot be bit-pruned automatically:\n" + "\n".join(problems)
             + "\nLeave them in float with skip_layers=[...names...].")
     splits = _splits(layers, skip)
-    configs, chained = _configs(graph, registry, skip, quantize_inputs, splits)
+    configs, chained = _configs(graph, registry, skip, quantize_inputs, splits, quantize_outputs)
     input_names = _compat.input_names(graph)
     indices = {name for name, x in zip(input_names, graph.inputs) if integer_dtype(x.dtype)}  # an Embedding's
     quantized = [name for name in input_names if quantize_inputs and name not in chained | indices

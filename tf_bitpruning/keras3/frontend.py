@@ -43,7 +43,7 @@ class Keras3FrontEnd:
     make_input = staticmethod(keras.Input)
     producers = staticmethod(_compat.producers)
     consumers = staticmethod(_compat.consumers)
-    input_layer_name = staticmethod(_compat.input_layer_name)
+    tensor_layer = staticmethod(_compat.tensor_layer)
     run_nodes = staticmethod(_compat.run_nodes)
 
     @staticmethod

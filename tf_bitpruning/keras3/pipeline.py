@@ -28,7 +28,8 @@ class Keras3Pipeline:
         weights, activations = options.quantizers()
         return api.bitprune_model(model, regularization, weighting, skip_layers=skip_layers,
                                   weight_quantizer=weights, activation_quantizer=activations,
-                                  quantize_inputs=options.quantize_inputs)
+                                  quantize_inputs=options.quantize_inputs,
+                                  quantize_outputs=options.quantize_outputs)
 
     @staticmethod
     def clone_frozen(model, freeze_config: Callable[[Any, str], Any], freeze_quantizer: Callable[[Any, str], Any]):
