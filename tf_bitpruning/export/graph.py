@@ -17,7 +17,7 @@ from tf_bitpruning.configs import BitPruneQuantizeConfig, weight_owner
 from tf_bitpruning.export import _compat
 from tf_bitpruning.export.checks import ExportError, check_frozen
 from tf_bitpruning.export.grids import ActivationExport, WeightExport
-from tf_bitpruning.export.layer_rules import AVERAGES, VALUE_PRESERVING, as_depthwise, coarsens, pool_bands
+from tf_bitpruning.export.layer_rules import AVERAGES, VALUE_PRESERVING, as_depthwise, pool_bands
 from tf_bitpruning.export.plan import Plan, build_plan
 from tf_bitpruning.export.rows import dense_on_rows, einsum_contraction, einsum_on_rows, layer_norm_ops
 from tf_bitpruning.layer_kinds import INPUT_CHAIN_LAYERS, TRAINING_ONLY
@@ -143,7 +143,9 @@ def _on_output_grid(layer, plan: Plan, inputs, codes: IdentityCodes):
     CONCATENATION, which keeps one scale, gets it on every input instead of taking
     one input's (a max pooling's, say) for all.
 
-    An input that reaches the concatenation through value-preserving layers (a max
+    An input stored on another grid changes grid in a 1x1 identity depthwise conv (an
+    int32 accumulator requantized once), so that every input of the CONCATENATION has its
+    grid exactly. An input that reaches the concatenation through value-preserving layers (a max
     pooling, padding) from a tensor on another grid changes grid in a 1x1 identity
     depthwise conv: a change of grid right after the pooling would be moved by the
     converter to before it (same-scale ops), onto the tensor other layers read on
@@ -161,9 +163,12 @@ def _on_output_grid(layer, plan: Plan, inputs, codes: IdentityCodes):
             grid, stored = plan.output_grid(producer), plan.output_grid(producer, stored=True)
             preserved = (isinstance(_compat.inner(producer), VALUE_PRESERVING)
                          and not isinstance(producer, _compat.QuantizeLayer))
-            # A grid change the converter would move, or a QUANTIZE that would round twice.
+            # A grid change the converter would move, or any change of a stored grid (a
+            # QUANTIZE rounding twice where it coarsens; and a CONCATENATION whose inputs come
+            # on other grids, even a float32 ulp apart, the converter can refuse outright:
+            # "same scale constraint", DenseNet121 at 4 bits with "ema" ranges).
             if (preserved and grid is not None and not np.isclose(grid.step, spec.step, rtol=1e-6)) \
-                    or (stored is not None and coarsens(stored, spec)):
+                    or (stored is not None and stored != spec):
                 x = identity_depthwise(codes, f"{layer.name}/input_{i}", x)
         out.append(spec(x))
     return out
