@@ -36,7 +36,7 @@ SOURCES = {
                        ("comparison_levers_mlp_hgq2_lr3e-4", 0, ", fine-tuning from 3e-4"),
                        ("comparison_allocate_mlp", 0, ""), ("comparison_allocate_mlp_seeds3to5", 3, ""),
                        ("comparison_allocate_mlp_3.25", 0, ""), ("comparison_allocate_mlp_4", 0, ""),
-                       ("comparison_float_output_mlp", 0, ""),
+                       ("comparison_float_output_mlp", 0, ""), ("comparison_float_output_mlp_3.25_4", 0, ""),
                        ("comparison_levers_mlp_per_channel", 0, ""), ("comparison_levers_mlp_per_channel_seeds3to5", 3, ""),
                        *((page, first, ", float trained as HGQ2's control", "float (compare.py: 150 epochs, cosine from 3e-3)")
                          for page, first in (("comparison_levers_mlp_float150", 0),
