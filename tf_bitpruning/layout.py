@@ -154,8 +154,7 @@ class BitPruneLayoutTransform(_compat.QuantizeLayoutTransform):
             entry = layer_quantize_map.get(layer.name)
             if entry is None or entry.get("quantize_config") is not None:
                 continue  # not annotated, or the user chose the config
-            if ((layer.name in float_outputs or output_requantized(layer, layer_quantize_map))
-                    and self._registry.supports(layer)):
+            if output_dropped(layer, layer_quantize_map, float_outputs) and self._registry.supports(layer):
                 entry["quantize_config"] = self._registry.get_quantize_config(layer, quantize_outputs=False)
         return model, layer_quantize_map
 
@@ -204,6 +203,13 @@ def unquantized_outputs(model) -> List[str]:
         return bool(config.activation_attrs or config.quantize_output)
 
     return [name for name in sorted(float_output_layers(model.outputs)) if dropped(model.get_layer(name))]
+
+
+def output_dropped(layer, annotated, float_outputs, producer=None) -> bool:
+    """Whether ``layer`` gets no output quantizer: a model output left float (a name in
+    ``float_outputs``, :func:`float_output_layers`) or re-quantized by its consumer
+    (:func:`output_requantized`)."""
+    return layer.name in float_outputs or output_requantized(layer, annotated, producer)
 
 
 def output_requantized(layer, annotated, producer=None) -> bool:

@@ -111,11 +111,10 @@ def _configs(graph, registry, skip: set, quantize_inputs: bool, splits=None, qua
             depthwise, pointwise = splits[layer.name]
             configs[depthwise.name] = registry.get_quantize_config(depthwise)
             configs[pointwise.name] = registry.get_quantize_config(
-                pointwise, quantize_outputs=not (layer.name in float_outputs
-                                                 or layout.output_requantized(layer, annotated, producer=pointwise)))
+                pointwise, quantize_outputs=not layout.output_dropped(layer, annotated, float_outputs, pointwise))
         elif layer.name in annotated and layer.name not in configs:
             configs[layer.name] = registry.get_quantize_config(
-                layer, quantize_outputs=not (layer.name in float_outputs or layout.output_requantized(layer, annotated)))
+                layer, quantize_outputs=not layout.output_dropped(layer, annotated, float_outputs))
     return configs, chained_inputs
 
 
