@@ -9,6 +9,7 @@ import tf_keras
 import tf_bitpruning as tfbp
 from tf_bitpruning import costs
 from tf_bitpruning.freeze import uncalibrated_layers
+from tf_bitpruning.rounding import learned_bits, round_all
 from tests.support.models import bn_add_cnn
 from tests.test_keras3 import cnn
 
@@ -65,3 +66,24 @@ def test_errors_name_the_problem():
         tfbp.allocate_bitlengths(bp, 1.0, x)  # kernels go no lower than 2 bits
     with pytest.raises(ValueError, match="empty"):
         tfbp.allocate_bitlengths(bp, 4.0, x[:0])
+
+
+def test_runs_no_pass_for_a_tensor_at_its_start(monkeypatch):
+    """The change is measured against the model at its starting bitlengths, so a
+    tensor at its start costs nothing and needs no forward pass."""
+    from tf_bitpruning import allocate
+
+    seen = []
+    real = allocate.output_change_cost
+
+    def recording(*args):
+        cost = real(*args)
+        return lambda t, b: seen.append((t, np.array(b))) or cost(t, b)
+
+    monkeypatch.setattr(allocate, "output_change_cost", recording)
+    bp = tfbp.bitprune_model(bn_add_cnn())
+    x = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
+    start = {t.name: b for t, b in round_all(learned_bits(costs.quantized_tensors(bp)), "ceil").items()}
+    tfbp.allocate_bitlengths(bp, 4.0, x)
+    assert seen  # lower bitlengths were measured
+    assert not [t.name for t, b in seen if np.array_equal(b, start[t.name])]

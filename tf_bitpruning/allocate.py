@@ -79,7 +79,11 @@ def allocate_bitlengths(model, target_bits: float, calibration_data, *, weightin
     own = {t: t for t in tensors}
     assign_bits(own, start)
     outputs = model_outputs(model, calibration_data)
-    cost = output_change_cost(outputs, outputs(), lambda t, b: assign_bits(own, {t: start[t] if b is None else b}))
+    change = output_change_cost(outputs, outputs(), lambda t, b: assign_bits(own, {t: start[t] if b is None else b}))
+
+    def cost(t, b):  # the reference is the model at ``start``: no pass needed to know it is unchanged there
+        return 0.0 if np.array_equal(b, start[t]) else change(t, b)
+
     chosen = fit_budget(tensors, start, target_bits, weighting, kind, cost, allowed_bits, learned=learned)
     assign_bits(own, chosen)
     return {t.name: (int(b) if np.ndim(b) == 0 else [int(c) for c in np.ravel(b)]) for t, b in chosen.items()}
