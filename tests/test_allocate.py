@@ -68,7 +68,8 @@ def test_errors_name_the_problem():
         tfbp.allocate_bitlengths(bp, 4.0, x[:0])
 
 
-def test_runs_no_pass_for_a_tensor_at_its_start(monkeypatch):
+@pytest.mark.parametrize("keras", [tf_keras, keras3], ids=["tf_keras", "keras3"])
+def test_runs_no_pass_for_a_tensor_at_its_start(keras, monkeypatch):
     """The change is measured against the model at its starting bitlengths, so a
     tensor at its start costs nothing and needs no forward pass."""
     from tf_bitpruning import allocate
@@ -81,7 +82,7 @@ def test_runs_no_pass_for_a_tensor_at_its_start(monkeypatch):
         return lambda t, b: seen.append((t, np.array(b))) or cost(t, b)
 
     monkeypatch.setattr(allocate, "output_change_cost", recording)
-    bp = tfbp.bitprune_model(bn_add_cnn())
+    bp = tfbp.bitprune_model(bn_add_cnn() if keras is tf_keras else cnn(keras))
     x = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
     start = {t.name: b for t, b in round_all(learned_bits(costs.quantized_tensors(bp)), "ceil").items()}
     tfbp.allocate_bitlengths(bp, 4.0, x)

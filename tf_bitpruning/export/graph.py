@@ -143,14 +143,15 @@ def _on_output_grid(layer, plan: Plan, inputs, codes: IdentityCodes):
     CONCATENATION, which keeps one scale, gets it on every input instead of taking
     one input's (a max pooling's, say) for all.
 
-    An input stored on another grid changes grid in a 1x1 identity depthwise conv (an
-    int32 accumulator requantized once), so that every input of the CONCATENATION has its
-    grid exactly. An input that reaches the concatenation through value-preserving layers (a max
-    pooling, padding) from a tensor on another grid changes grid in a 1x1 identity
-    depthwise conv: a change of grid right after the pooling would be moved by the
-    converter to before it (same-scale ops), onto the tensor other layers read on
-    its own grid (DenseNet's first BN read the pooling on the concatenation's grid:
-    23 % of its outputs a step off)."""
+    An input changes grid in a 1x1 identity depthwise conv (an int32 accumulator
+    requantized once) where it is stored on another grid (a QUANTIZE would round twice,
+    and the converter can refuse a CONCATENATION whose inputs come on other grids, even
+    a float32 ulp apart: "same scale constraint"), or where it reaches the concatenation
+    through value-preserving layers (a max pooling, padding) from a tensor on another
+    grid: a change of grid right after the pooling would be moved by the converter to
+    before it (same-scale ops), onto the tensor other layers read on its own grid
+    (DenseNet's first BN read the pooling on the concatenation's grid: 23 % of its
+    outputs a step off)."""
     spec = plan.concat_grid.get(layer.name)
     if spec is None:
         return inputs
@@ -163,10 +164,7 @@ def _on_output_grid(layer, plan: Plan, inputs, codes: IdentityCodes):
             grid, stored = plan.output_grid(producer), plan.output_grid(producer, stored=True)
             preserved = (isinstance(_compat.inner(producer), VALUE_PRESERVING)
                          and not isinstance(producer, _compat.QuantizeLayer))
-            # A grid change the converter would move, or any change of a stored grid (a
-            # QUANTIZE rounding twice where it coarsens; and a CONCATENATION whose inputs come
-            # on other grids, even a float32 ulp apart, the converter can refuse outright:
-            # "same scale constraint", DenseNet121 at 4 bits with "ema" ranges).
+            # A grid change the converter would move, or any change of a stored grid (above).
             if (preserved and grid is not None and not np.isclose(grid.step, spec.step, rtol=1e-6)) \
                     or (stored is not None and stored != spec):
                 x = identity_depthwise(codes, f"{layer.name}/input_{i}", x)
